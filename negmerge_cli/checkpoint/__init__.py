@@ -1,0 +1,15 @@
+"""Checkpoint files: strict safetensors reading, streaming atomic writing, provenance."""
+
+from negmerge_cli.checkpoint.provenance import provenance
+from negmerge_cli.checkpoint.reader import Checkpoint, load_state_dict, open_checkpoint
+from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter, save_state_dict
+
+__all__ = [
+    "Checkpoint",
+    "OutputTensor",
+    "StreamingWriter",
+    "load_state_dict",
+    "open_checkpoint",
+    "provenance",
+    "save_state_dict",
+]

@@ -1,0 +1,168 @@
+"""The safetensors file format: dtype codes and a strict header parser.
+
+Layout: 8-byte little-endian header length N, N bytes of JSON (maybe padded with spaces), then the
+tensor bytes. Every tensor entry has a dtype, a shape and [begin, end) offsets into the data
+section; the spec requires the entries to tile the data section exactly, with no holes.
+
+We parse headers ourselves (rather than through ``safe_open``) for two reasons: to report hostile or
+damaged files as one-line errors naming the file and tensor, and to read arbitrary byte ranges with
+``pread`` into our own buffers, so streaming never memory-maps whole files (mapped pages count as
+resident memory and would defeat the memory budget).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+
+import torch
+
+from negmerge_cli.errors import CheckpointError
+
+# Code in the file <-> torch dtype. Order matters only for readability.
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U64": torch.uint64,
+    "U32": torch.uint32,
+    "U16": torch.uint16,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "C64": torch.complex64,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
+
+# Same cap as the reference implementation: a header is metadata, never gigabytes.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+METADATA_KEY = "__metadata__"
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def is_float(dtype: torch.dtype) -> bool:
+    """Floating-point tensors take part in task vectors; integer and bool tensors never do."""
+    return dtype.is_floating_point
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives in one file. Offsets are absolute file positions."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def dtype_code(self) -> str:
+        return DTYPE_CODES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Header:
+    path: Path
+    size: int  # header bytes including the 8-byte length prefix; data starts here
+    tensors: dict[str, TensorEntry]  # in file (offset) order
+    metadata: dict[str, str]
+    file_size: int
+
+
+def read_header(path: Path, fd: int) -> Header:
+    """Parse and validate the header of an open safetensors file; CheckpointError when damaged."""
+    file_size = os.fstat(fd).st_size
+    if file_size < 8:
+        raise CheckpointError(f"{path}: not a safetensors file (only {file_size} bytes)")
+    (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    if length > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: not a safetensors file (header claims {length} bytes)")
+    if 8 + length > file_size:
+        raise CheckpointError(
+            f"{path}: truncated or not a safetensors file (header claims {length} bytes, file has {file_size})"
+        )
+    raw = os.pread(fd, length, 8)
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not valid JSON)") from None
+    if not isinstance(parsed, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (header is not a JSON object)")
+    metadata = _parse_metadata(path, parsed.pop(METADATA_KEY, None))
+    header_size = 8 + length
+    entries = [_parse_entry(path, name, spec, header_size) for name, spec in parsed.items()]
+    entries.sort(key=lambda e: (e.begin, e.end))
+    _check_tiling(path, entries, header_size, file_size)
+    return Header(path, header_size, {e.name: e for e in entries}, metadata, file_size)
+
+
+def _parse_metadata(path: Path, metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
+    return metadata
+
+
+def _parse_entry(path: Path, name: str, spec: object, header_size: int) -> TensorEntry:
+    where = f"{path}: tensor '{name}'"
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{where}: entry is not a JSON object")
+    dtype = DTYPES.get(spec.get("dtype"))  # type: ignore[arg-type]
+    if dtype is None:
+        raise CheckpointError(f"{where}: unsupported dtype {spec.get('dtype')!r}")
+    shape, offsets = spec.get("shape"), spec.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"{where}: invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise CheckpointError(f"{where}: invalid data_offsets {offsets!r}")
+    begin, end = offsets
+    if end < begin or end - begin != prod(shape) * itemsize(dtype):
+        raise CheckpointError(
+            f"{where}: data_offsets {offsets} do not match {spec['dtype']} shape {shape}"
+        )
+    return TensorEntry(name, dtype, tuple(shape), header_size + begin, header_size + end)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_tiling(path: Path, entries: list[TensorEntry], data_start: int, file_size: int) -> None:
+    position = data_start
+    for entry in entries:
+        if entry.begin != position:
+            kind = "overlaps another tensor" if entry.begin < position else "leaves a gap before it"
+            raise CheckpointError(f"{path}: tensor '{entry.name}': inconsistent offsets ({kind})")
+        position = entry.end
+    if position > file_size:
+        raise CheckpointError(
+            f"{path}: truncated file ({file_size} bytes, header needs {position})"
+        )
+    if position < file_size:
+        raise CheckpointError(
+            f"{path}: {file_size - position} unexpected bytes after the last tensor"
+        )

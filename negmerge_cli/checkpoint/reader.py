@@ -1,0 +1,217 @@
+"""Read-only access to checkpoints: one safetensors file, a sharded checkpoint, or a folder.
+
+Tensors are read with ``pread`` into fresh buffers, whole or as flat element ranges, so callers can
+stream a checkpoint of any size within a fixed memory budget. Each file can also produce the SHA-256
+of its bytes as a by-product of reading it front to back (see :class:`SequentialHasher`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from negmerge_cli.checkpoint.format import DTYPES, Header, TensorEntry, read_header
+from negmerge_cli.errors import CheckpointError
+
+INDEX_SUFFIX = ".safetensors.index.json"
+_HASH_BLOCK = 16 * 1024 * 1024
+
+
+class SequentialHasher:
+    """SHA-256 of a whole file, fed by whatever reads happen, in any order.
+
+    Reads that continue where hashing stopped are hashed for free; a read that jumps ahead first
+    hashes the gap (reading it), and re-reads of hashed bytes are ignored. The digest is therefore
+    always that of ``sha256sum FILE``, and costs no extra I/O when tensors are read in file order.
+    """
+
+    def __init__(self, fd: int, file_size: int):
+        self._fd, self._size, self._position = fd, file_size, 0
+        self._sha = hashlib.sha256()
+        self._lock = threading.Lock()
+
+    def observe(self, offset: int, data: memoryview) -> None:
+        with self._lock:
+            if offset > self._position:
+                self._hash_gap(offset)
+            end = offset + len(data)
+            if end > self._position:
+                self._sha.update(data[self._position - offset :])
+                self._position = end
+
+    def hexdigest(self) -> str:
+        with self._lock:
+            self._hash_gap(self._size)
+            return self._sha.hexdigest()
+
+    def _hash_gap(self, stop: int) -> None:
+        while self._position < stop:
+            block = os.pread(self._fd, min(_HASH_BLOCK, stop - self._position), self._position)
+            if not block:
+                raise CheckpointError(f"file shrank while being read (fd {self._fd})")
+            self._sha.update(block)
+            self._position += len(block)
+
+
+class SafetensorsFile:
+    """One open, validated safetensors file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{path}: is a directory with no single safetensors file") from None
+        except PermissionError:
+            raise CheckpointError(f"{path}: permission denied") from None
+        try:
+            self.header: Header = read_header(path, self._fd)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.hasher = SequentialHasher(self._fd, self.header.file_size)
+
+    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> None:
+        """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``."""
+        view = memoryview(buffer.numpy()).cast("B")
+        offset = entry.begin + byte_start
+        done = 0
+        while done < len(view):
+            count = os.preadv(self._fd, [view[done:]], offset + done)
+            if count == 0:
+                raise CheckpointError(f"{self.path}: tensor '{entry.name}': file truncated while reading")
+            done += count
+        self.hasher.observe(offset, view)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Checkpoint:
+    """A set of tensors spread over one or more safetensors files, addressed by name."""
+
+    def __init__(self, path: Path, files: list[SafetensorsFile], metadata: dict[str, str]):
+        self.path = path
+        self.files = files
+        self.metadata = metadata
+        self._where: dict[str, tuple[SafetensorsFile, TensorEntry]] = {}
+        for file in files:
+            for name, entry in file.header.tensors.items():
+                if name in self._where:
+                    raise CheckpointError(f"{path}: tensor '{name}' appears in two shards")
+                self._where[name] = (file, entry)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def entry(self, name: str) -> TensorEntry:
+        return self._where[name][1]
+
+    def read(self, name: str, start: int = 0, stop: int | None = None, pin: bool = False) -> torch.Tensor:
+        """Flat elements ``[start, stop)`` of a tensor, in its stored dtype, on the CPU."""
+        file, entry = self._where[name]
+        stop = entry.numel if stop is None else stop
+        item = entry.nbytes // entry.numel if entry.numel else 1
+        buffer = torch.empty((stop - start) * item, dtype=torch.uint8, pin_memory=pin)
+        file.read_into(buffer, entry, start * item)
+        return buffer.view(entry.dtype)
+
+    def read_tensor(self, name: str) -> torch.Tensor:
+        return self.read(name).reshape(self.entry(name).shape)
+
+    def file_hashes(self) -> dict[str, str]:
+        """SHA-256 of every file (hashing whatever was not read yet)."""
+        return {str(f.path): f.hasher.hexdigest() for f in self.files}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.header.file_size for f in self.files)
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder."""
+    path = Path(path)
+    if path.is_dir():
+        path = _resolve_folder(path)
+    if path.name.endswith(INDEX_SUFFIX):
+        return _open_sharded(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    file = SafetensorsFile(path)
+    return Checkpoint(path, [file], file.header.metadata)
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, validated, as a dict of CPU tensors."""
+    with open_checkpoint(path) as checkpoint:
+        return {name: checkpoint.read_tensor(name) for name in checkpoint.names}
+
+
+def _resolve_folder(folder: Path) -> Path:
+    indexes = sorted(folder.glob("*" + INDEX_SUFFIX))
+    if len(indexes) == 1:
+        return indexes[0]
+    files = sorted(folder.glob("*.safetensors"))
+    if not indexes and len(files) == 1:
+        return files[0]
+    found = f"{len(indexes)} index files" if indexes else f"{len(files)} safetensors files"
+    raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}")
+
+
+def _open_sharded(index_path: Path) -> Checkpoint:
+    weight_map = _read_index(index_path)
+    files: list[SafetensorsFile] = []
+    try:
+        for shard in dict.fromkeys(weight_map.values()):
+            shard_path = index_path.parent / shard
+            if Path(shard).name != shard:
+                raise CheckpointError(f"{index_path}: shard name {shard!r} must be a plain file name")
+            files.append(SafetensorsFile(shard_path))
+        checkpoint = Checkpoint(index_path, files, files[0].header.metadata if files else {})
+        for name, shard in weight_map.items():
+            if name not in checkpoint or checkpoint._where[name][0].path.name != shard:
+                raise CheckpointError(f"{index_path}: tensor '{name}' is not in shard {shard}")
+        return checkpoint
+    except BaseException:
+        for file in files:
+            file.close()
+        raise
+
+
+def _read_index(index_path: Path) -> dict[str, str]:
+    try:
+        index = json.loads(index_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{index_path}: no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{index_path}: not a valid JSON index") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f"{index_path}: index has no valid 'weight_map'")
+    return weight_map
+
+
+__all__ = ["Checkpoint", "SafetensorsFile", "open_checkpoint", "load_state_dict", "DTYPES"]

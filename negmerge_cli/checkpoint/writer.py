@@ -1,0 +1,288 @@
+"""Streaming, atomic safetensors writer.
+
+No official API writes safetensors incrementally, but the format only needs each tensor's name,
+dtype and shape up front: we lay out the header first, then append tensor bytes as they are
+computed. Everything goes to hidden temporary files in the target folder, which are renamed into
+place only once complete and synced, so an interrupted run (Ctrl-C, crash, full disk) leaves no
+partial output and never touches an existing file. The header keeps some slack so metadata that is
+only known at the end (content hashes of the inputs) can be filled in before the rename.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from negmerge_cli.checkpoint.format import DTYPE_CODES, METADATA_KEY, itemsize
+from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
+from negmerge_cli.errors import OutputError
+
+_HEADER_SLACK = 4096  # room for metadata that grows after the header is written
+_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * itemsize(self.dtype)
+
+
+@dataclass
+class _Shard:
+    path: Path  # final location
+    tensors: list[OutputTensor]
+    metadata: dict[str, str]
+    temp: Path | None = None
+    handle: object = None
+    header_length: int = 0
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def output_paths(path: Path, shard_count: int) -> list[Path]:
+    """Shard file names for ``path`` (HF convention: stem-00001-of-00003.safetensors)."""
+    if shard_count == 1:
+        return [path]
+    stem = path.name.removesuffix(".safetensors")
+    return [path.with_name(f"{stem}-{i:05d}-of-{shard_count:05d}.safetensors") for i in range(1, shard_count + 1)]
+
+
+def index_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".safetensors") + INDEX_SUFFIX)
+
+
+class StreamingWriter:
+    """Write tensors in a fixed order, chunk by chunk, into one file or several shards.
+
+    Use as a context manager: on a clean exit the output is finalised and renamed into place; on any
+    exception the temporary files are removed and the exception propagates.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tensors: list[OutputTensor],
+        metadata: dict[str, str],
+        *,
+        shard_size: int | None = None,
+        force: bool = False,
+        inputs: Iterable[Path] = (),
+    ):
+        self.path = Path(path)
+        self._shards = self._plan_shards(tensors, metadata, shard_size)
+        self._index = index_path(self.path) if len(self._shards) > 1 else None
+        self._check_targets(force, list(inputs))
+        self._queue: list[tuple[_Shard, OutputTensor]] = [(s, t) for s in self._shards for t in s.tensors]
+        self._cursor = 0
+        self._written = 0  # bytes of the current tensor written so far
+
+    # -- planning -----------------------------------------------------------------------------
+    def _plan_shards(
+        self, tensors: list[OutputTensor], metadata: dict[str, str], shard_size: int | None
+    ) -> list[_Shard]:
+        groups: list[list[OutputTensor]] = [[]]
+        size = 0
+        for tensor in tensors:
+            if shard_size and groups[-1] and size + tensor.nbytes > shard_size:
+                groups.append([])
+                size = 0
+            groups[-1].append(tensor)
+            size += tensor.nbytes
+        paths = output_paths(self.path, len(groups))
+        return [_Shard(p, g, dict(metadata)) for p, g in zip(paths, groups)]
+
+    @property
+    def final_paths(self) -> list[Path]:
+        return [s.path for s in self._shards] + ([self._index] if self._index else [])
+
+    def _check_targets(self, force: bool, inputs: list[Path]) -> None:
+        if self.path.is_dir():
+            raise OutputError(f"{self.path}: output is a directory; give a file name")
+        input_ids = {_identity(p) for p in inputs} - {None}
+        for target in self.final_paths:
+            if _identity(target) in input_ids:
+                raise OutputError(f"{target}: output path is also an input; choose another output")
+            if target.exists() and not force:
+                raise OutputError(f"{target}: exists; pass --force to replace it")
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        needed = sum(s.data_bytes for s in self._shards)
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise OutputError(
+                f"{self.path}: not enough disk space ({needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)"
+            )
+
+    # -- writing ------------------------------------------------------------------------------
+    def __enter__(self) -> "StreamingWriter":
+        try:
+            for shard in self._shards:
+                self._open_shard(shard)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def _open_shard(self, shard: _Shard) -> None:
+        shard.temp = shard.path.with_name(f".{shard.path.name}.{os.getpid()}.tmp")
+        shard.handle = open(shard.temp, "wb")
+        header = _header_bytes(shard.tensors, shard.metadata)
+        shard.header_length = _aligned(len(header) + _HEADER_SLACK)
+        self._guarded(shard.handle.write, struct.pack("<Q", shard.header_length))
+        self._guarded(shard.handle.write, header.ljust(shard.header_length, b" "))
+
+    def write(self, name: str, data: torch.Tensor) -> None:
+        """Append the next elements of tensor ``name`` (any shape; flattened, in C order)."""
+        if data.numel() == 0:  # empty tensors take no bytes and are skipped by the cursor
+            return
+        shard, tensor = self._queue[self._cursor]
+        if name != tensor.name or data.dtype != tensor.dtype:
+            raise RuntimeError(f"writer expected {tensor.name} ({tensor.dtype}), got {name} ({data.dtype})")
+        raw = data.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy()
+        if self._written + len(raw) > tensor.nbytes:
+            raise RuntimeError(f"writer got too many bytes for {name}")
+        self._guarded(shard.handle.write, memoryview(raw))
+        self._written += len(raw)
+        self._advance()
+
+    def _advance(self) -> None:
+        while self._cursor < len(self._queue) and self._written == self._queue[self._cursor][1].nbytes:
+            self._cursor += 1
+            self._written = 0
+
+    def update_metadata(self, updates: dict[str, str]) -> None:
+        """Change metadata before finishing (e.g. hashes only known at the end)."""
+        for shard in self._shards:
+            shard.metadata.update(updates)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            if self._cursor != len(self._queue):
+                missing = self._queue[self._cursor][1].name
+                raise RuntimeError(f"writer closed before tensor {missing} was complete")
+            self._finish()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _finish(self) -> None:
+        for shard in self._shards:
+            header = _header_bytes(shard.tensors, shard.metadata)
+            if len(header) > shard.header_length:
+                raise RuntimeError("final metadata outgrew the header slack")
+            self._guarded(shard.handle.seek, 8)
+            self._guarded(shard.handle.write, header.ljust(shard.header_length, b" "))
+            self._guarded(shard.handle.flush)
+            self._guarded(os.fsync, shard.handle.fileno())
+            shard.handle.close()
+        temp_index = self._write_index() if self._index else None
+        for shard in self._shards:
+            os.replace(shard.temp, shard.path)
+            shard.temp = None
+        if temp_index:  # last: a complete index means a complete sharded checkpoint
+            os.replace(temp_index, self._index)
+        _fsync_folder(self.path.parent)
+
+    def _write_index(self) -> Path:
+        weight_map = {t.name: s.path.name for s in self._shards for t in s.tensors}
+        total = sum(s.data_bytes for s in self._shards)
+        metadata = {**self._shards[0].metadata, "total_size": total}
+        temp = self._index.with_name(f".{self._index.name}.{os.getpid()}.tmp")
+        with open(temp, "w") as handle:
+            json.dump({"metadata": metadata, "weight_map": weight_map}, handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return temp
+
+    def _discard(self) -> None:
+        for shard in self._shards:
+            if shard.handle is not None and not shard.handle.closed:
+                shard.handle.close()
+            if shard.temp is not None:
+                shard.temp.unlink(missing_ok=True)
+        if self._index:
+            self._index.with_name(f".{self._index.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
+
+    def _guarded(self, operation, *args):
+        """Run a write-side operation, turning disk errors into a one-line OutputError."""
+        try:
+            return operation(*args)
+        except OSError as exc:
+            reason = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large"}.get(
+                exc.errno, exc.strerror or str(exc)
+            )
+            raise OutputError(f"{self.path}: {reason} while writing; no output was written") from None
+
+
+def save_state_dict(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    force: bool = False,
+    *,
+    shard_size: int | None = None,
+) -> Path:
+    """Atomically write a whole in-memory state dict (what ``safetensors.torch.save_file`` does,
+    plus the temp-file-and-rename guarantee and provenance)."""
+    layout = [OutputTensor(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    with StreamingWriter(path, layout, {"format": "pt", **(metadata or {})}, shard_size=shard_size, force=force) as writer:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+    return Path(path)
+
+
+def _header_bytes(tensors: list[OutputTensor], metadata: dict[str, str]) -> bytes:
+    header: dict[str, object] = {METADATA_KEY: metadata} if metadata else {}
+    offset = 0
+    for tensor in tensors:
+        header[tensor.name] = {
+            "dtype": DTYPE_CODES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
+        offset += tensor.nbytes
+    return json.dumps(header, separators=(",", ":")).encode("utf-8")
+
+
+def _aligned(length: int) -> int:
+    return (length + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
