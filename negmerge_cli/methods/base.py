@@ -1,0 +1,103 @@
+"""What a merge method is, and the registry that names them.
+
+A method sees one chunk of one tensor at a time: the matching slices of the k task vectors arrive
+as an iterator, one input at a time, so methods that keep running accumulators use memory that
+does not grow with k. Methods that must see all k slices together (``holds_all_inputs``) get
+smaller chunks instead, so the memory budget still holds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import torch
+
+from negmerge_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One flat slice ``[start, stop)`` of tensor ``tensor``, merged over ``count`` inputs."""
+
+    tensor: str
+    start: int
+    stop: int
+    count: int
+    weights: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """A typed, validated method parameter, exposed on the CLI as ``--<name with dashes>``."""
+
+    name: str
+    type: type
+    default: object
+    help: str
+    check: Callable[[object], bool] = lambda value: True
+    requirement: str = ""
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# Tensors read lazily for one tensor of one input: yields its task-vector slices in order.
+TauReader = Callable[[int], Iterator[torch.Tensor]]
+
+
+class MergeMethod(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    formula: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    uses_weights: ClassVar[bool] = False
+    holds_all_inputs: ClassVar[bool] = False
+    state_buffers: ClassVar[int] = 2  # float buffers per element while merging a chunk
+
+    def __init__(self, **values: object):
+        known = {p.name: p for p in self.params}
+        for key in values:
+            if key not in known:
+                raise UsageError(f"method '{self.name}' takes no option --{key.replace('_', '-')}")
+        for param in self.params:
+            value = values.get(param.name, param.default)
+            value = param.type(value)
+            if not param.check(value):
+                raise UsageError(f"{param.option} {value}: must be {param.requirement} (method '{self.name}')")
+            setattr(self, param.name, value)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return {p.name: getattr(self, p.name) for p in self.params}
+
+    def prepare(self, tensor: str, numel: int, count: int, read_taus: TauReader) -> None:
+        """Hook run once per tensor before its chunks (e.g. per-tensor thresholds)."""
+
+    @abstractmethod
+    def merge_chunk(self, chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
+        """Merge the slices of the k task vectors (arriving one input at a time) into one slice.
+
+        The yielded tensors belong to the method: it may modify them in place.
+        """
+
+
+REGISTRY: dict[str, type[MergeMethod]] = {}
+
+
+def register(cls: type[MergeMethod]) -> type[MergeMethod]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def create_method(name: str, **values: object) -> MergeMethod:
+    """Instantiate a registered method with validated parameters (unset ones take defaults)."""
+    if name not in REGISTRY:
+        raise UsageError(f"--method {name}: unknown method; choose from {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](**{k: v for k, v in values.items() if v is not None})
+
+
+def uniform_or(weights: tuple[float, ...] | None, count: int) -> tuple[float, ...]:
+    return weights if weights is not None else (1.0,) * count

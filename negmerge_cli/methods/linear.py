@@ -1,0 +1,44 @@
+"""Linear combinations: task arithmetic (sum) and the (weighted) mean."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from negmerge_cli.methods.base import Chunk, MergeMethod, register
+
+
+def weighted_sum(chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
+    """sum_i w_i tau_i, accumulated input by input (unweighted inputs are added exactly)."""
+    total = None
+    for index, tau in enumerate(taus):
+        if chunk.weights is not None:
+            tau.mul_(chunk.weights[index])
+        total = tau if total is None else total.add_(tau)
+    return total
+
+
+@register
+class Sum(MergeMethod):
+    name = "sum"
+    summary = "Task arithmetic: the (weighted) sum of the task vectors."
+    formula = "out = sum_i w_i tau_i   (w_i = 1 unless --weight is given)"
+    uses_weights = True
+    state_buffers = 1
+
+    def merge_chunk(self, chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
+        return weighted_sum(chunk, taus)
+
+
+@register
+class Mean(MergeMethod):
+    name = "mean"
+    summary = "Uniform (or weighted) average of the task vectors."
+    formula = "out = (sum_i w_i tau_i) / (sum_i w_i)   (w_i = 1: the plain mean)"
+    uses_weights = True
+    state_buffers = 1
+
+    def merge_chunk(self, chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
+        total = weighted_sum(chunk, taus)
+        return total.div_(sum(chunk.weights) if chunk.weights is not None else chunk.count)

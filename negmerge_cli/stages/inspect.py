@@ -1,0 +1,90 @@
+"""``inspect``: what a checkpoint holds (tensors, metadata, totals), and for task vectors how much
+of each tensor is non-zero (what survived a NegMerge)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from negmerge_cli.checkpoint.format import is_float
+from negmerge_cli.checkpoint.provenance import PREFIX
+from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
+
+_SLICE = 1 << 22
+
+
+@dataclass
+class TensorSummary:
+    name: str
+    dtype: str
+    shape: list[int]
+    numel: int
+    nonzero: int | None = None
+
+    @property
+    def nonzero_fraction(self) -> float | None:
+        if self.nonzero is None:
+            return None
+        return self.nonzero / self.numel if self.numel else 0.0
+
+
+@dataclass
+class CheckpointSummary:
+    path: str
+    files: list[str]
+    metadata: dict[str, str]
+    tensors: list[TensorSummary]
+    is_task_vector: bool
+    total_bytes: int
+    dtypes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nonzero_fraction(self) -> float | None:
+        counted = [t for t in self.tensors if t.nonzero is not None]
+        if not counted:
+            return None
+        total = sum(t.numel for t in counted)
+        return sum(t.nonzero for t in counted) / total if total else 0.0
+
+    def to_json(self) -> dict:
+        tensors = [{**asdict(t), "nonzero_fraction": t.nonzero_fraction} for t in self.tensors]
+        return {
+            "path": self.path, "files": self.files, "metadata": self.metadata,
+            "is_task_vector": self.is_task_vector, "tensor_count": len(self.tensors),
+            "numel": self.numel, "total_bytes": self.total_bytes, "params_by_dtype": self.dtypes,
+            "nonzero_fraction": self.nonzero_fraction, "tensors": tensors,
+        }
+
+
+def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None) -> CheckpointSummary:
+    """Summarise a checkpoint. ``count_nonzero`` defaults to True for task vectors (files whose
+    metadata says ``negmerge.kind: task_vector``); counting reads the data, the rest reads headers."""
+    with open_checkpoint(path) as checkpoint:
+        is_vector = checkpoint.metadata.get(PREFIX + "kind") == "task_vector"
+        count = is_vector if count_nonzero is None else count_nonzero
+        tensors = [_summarise(checkpoint, name, count) for name in checkpoint.names]
+        dtypes = Counter()
+        for tensor in tensors:
+            dtypes[tensor.dtype] += tensor.numel
+        return CheckpointSummary(
+            str(checkpoint.path), [str(f.path) for f in checkpoint.files], dict(checkpoint.metadata),
+            tensors, is_vector, checkpoint.total_bytes, dict(dtypes),
+        )
+
+
+def _summarise(checkpoint: Checkpoint, name: str, count: bool) -> TensorSummary:
+    entry = checkpoint.entry(name)
+    summary = TensorSummary(name, entry.dtype_code, list(entry.shape), entry.numel)
+    if count and is_float(entry.dtype):
+        summary.nonzero = sum(
+            int(torch.count_nonzero(checkpoint.read(name, start, min(start + _SLICE, entry.numel))))
+            for start in range(0, entry.numel, _SLICE)
+        )
+    return summary

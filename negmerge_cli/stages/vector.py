@@ -1,0 +1,51 @@
+"""``vector``: task vectors tau = finetuned - base, over the floating-point tensors."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from negmerge_cli.checkpoint.provenance import provenance
+from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
+from negmerge_cli.errors import UsageError
+from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
+from negmerge_cli.stages.merge import plan_merge, task_vectors
+from negmerge_cli.streaming import TensorJob
+
+
+def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
+                options: StreamOptions | None = None) -> StreamResult:
+    """Write tau = finetuned - base. Integer and bool tensors are not part of a vector and are left out."""
+    options = options or StreamOptions()
+    with ExitStack() as stack:
+        finetuned_checkpoint, base_checkpoint = open_inputs(stack, [finetuned, base])
+        jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options)
+
+        def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
+            return next(task_vectors(slices, has_base=True))
+
+        metadata = provenance("vector", kind="task_vector")
+        hashed = {"inputs": [finetuned_checkpoint], "base": [base_checkpoint]}
+        return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
+                              description=f"vector {Path(finetuned).name}")
+
+
+def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str | Path,
+                 options: StreamOptions | None = None) -> list[StreamResult]:
+    """One task vector per fine-tuned checkpoint, written to ``out_dir`` under the input's name."""
+    out_dir = Path(out_dir)
+    targets = [out_dir / vector_file_name(Path(f)) for f in finetuned]
+    if len(set(targets)) != len(targets):
+        raise UsageError("--out-dir: two inputs have the same name; their vectors would collide")
+    return [make_vector(base, f, t, options) for f, t in zip(finetuned, targets)]
+
+
+def vector_file_name(finetuned: Path) -> str:
+    """``ft_lr1e-5.safetensors`` -> ``ft_lr1e-5.safetensors`` (folders and indexes by their name)."""
+    name = finetuned.name
+    if name.endswith(INDEX_SUFFIX):
+        name = name[: -len(INDEX_SUFFIX)]
+    return name if name.endswith(".safetensors") else name + ".safetensors"

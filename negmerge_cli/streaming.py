@@ -1,0 +1,216 @@
+"""The streaming engine: tensor by tensor, slice by slice, over several checkpoints at once.
+
+A background thread reads the slices (``pread`` releases the GIL, and so does hashing) while the
+main thread moves them to the compute device, computes, and hands results to the writer. Only a
+few slices are in flight at a time, so memory is bounded by the budget whatever the model size and
+however many inputs there are.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from math import prod
+from typing import Callable, Iterator
+
+import torch
+
+from negmerge_cli.checkpoint.reader import Checkpoint
+from negmerge_cli.errors import CheckpointError, UsageError
+
+PREFETCH_DEPTH = 4
+# Slices this size keep CPU kernels in cache and per-call overhead negligible; GPUs like them big.
+MAX_SLICE_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Tensor ``name`` of ``checkpoint``; ``checkpoint=None`` stands for zeros (missing-as-zero)."""
+
+    checkpoint: Checkpoint | None
+    name: str
+
+    @property
+    def label(self) -> str:
+        return str(self.checkpoint.path) if self.checkpoint else "(zeros)"
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor computed from aligned slices of its sources."""
+
+    name: str
+    shape: tuple[int, ...]
+    out_dtype: torch.dtype
+    sources: tuple[Source, ...]
+    compute_dtype: torch.dtype | None = torch.float32  # None: pass raw bytes through (copies)
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(s.checkpoint.entry(s.name).nbytes for s in self.sources if s.checkpoint)
+
+
+# process(job, start, stop, slices) -> result slice; slices arrive one source at a time.
+Process = Callable[[TensorJob, int, int, Iterator[torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class Engine:
+    device: torch.device
+    budget_bytes: int
+    check_finite: bool = True
+    on_bytes: Callable[[int], None] = lambda n: None
+    pin: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pin = self.device.type == "cuda"
+
+    # -- slicing ----------------------------------------------------------------------------
+    def slice_elements(self, job: TensorJob, float_buffers: int) -> int:
+        """How many elements per slice so that in-flight reads plus ``float_buffers`` working
+        buffers per element fit in the budget."""
+        per_element = PREFETCH_DEPTH * 8 + 4 * (float_buffers + 3)
+        fit = self.budget_bytes // per_element
+        if fit < 1024:
+            raise UsageError(f"--max-memory {self.budget_bytes} bytes: too small to stream (need >= {1024 * per_element})")
+        return max(1, min(job.numel, fit, MAX_SLICE_ELEMENTS.get(self.device.type, 1 << 22)))
+
+    def slices(self, job: TensorJob, float_buffers: int) -> list[tuple[int, int]]:
+        step = self.slice_elements(job, float_buffers)
+        return [(start, min(start + step, job.numel)) for start in range(0, job.numel, step)] or [(0, 0)]
+
+    # -- reading ----------------------------------------------------------------------------
+    def read(self, job: TensorJob, source: Source, start: int, stop: int) -> torch.Tensor:
+        """One slice of one source, raw (stored dtype, CPU). Thread-safe."""
+        if source.checkpoint is None:
+            return torch.zeros(stop - start, dtype=job.compute_dtype or job.out_dtype)
+        return source.checkpoint.read(source.name, start, stop, pin=self.pin)
+
+    def prepare(self, job: TensorJob, source: Source, raw: torch.Tensor, count: bool = True) -> torch.Tensor:
+        """Raw slice -> compute device and dtype, checked for NaN/Inf."""
+        if count and source.checkpoint is not None:
+            self.on_bytes(raw.numel() * raw.element_size())
+        if job.compute_dtype is None:
+            return raw
+        tensor = raw.to(self.device, non_blocking=True).to(job.compute_dtype)
+        if self.check_finite and source.checkpoint is not None:
+            _check_finite(tensor, source, job.name)
+        return tensor
+
+    def read_prepared(self, job: TensorJob, source: Source, start: int, stop: int) -> torch.Tensor:
+        """A slice read synchronously, outside the planned stream (e.g. a per-tensor statistic)."""
+        return self.prepare(job, source, self.read(job, source, start, stop), count=False)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(
+        self,
+        jobs: list[TensorJob],
+        process: Process,
+        write: Callable[[str, torch.Tensor], None],
+        float_buffers: Callable[[TensorJob], int],
+        before_job: Callable[[TensorJob, "Engine"], None] = lambda job, engine: None,
+    ) -> None:
+        plan = [(job, self.slices(job, float_buffers(job))) for job in jobs]
+        reads = (
+            (job, source, start, stop)
+            for job, slices in plan
+            for start, stop in slices
+            for source in job.sources
+        )
+        with _Prefetcher(reads, self.read) as prefetched:
+            for job, slices in plan:
+                before_job(job, self)
+                for start, stop in slices:
+                    incoming = (self.prepare(job, s, prefetched.next()) for s in job.sources)
+                    counted = _Exhausting(incoming)
+                    result = process(job, start, stop, counted)
+                    counted.drain()
+                    write(job.name, result.to(job.out_dtype))
+
+
+def _check_finite(tensor: torch.Tensor, source: Source, name: str) -> None:
+    # One reduction instead of an elementwise test: NaN or Inf anywhere makes the sum non-finite.
+    # A finite sum that overflows is confirmed (and forgiven) by the exact test.
+    if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+        raise CheckpointError(
+            f"{source.label}: tensor '{name}' contains NaN or Inf (pass --allow-nonfinite to accept)"
+        )
+
+
+class _Exhausting:
+    """Iterator wrapper that can consume whatever the consumer left, keeping reads in step."""
+
+    def __init__(self, iterator: Iterator[torch.Tensor]):
+        self._iterator = iterator
+
+    def __iter__(self) -> "_Exhausting":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return next(self._iterator)
+
+    def drain(self) -> None:
+        for _ in self._iterator:
+            pass
+
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Prefetcher:
+    """Runs ``read(*item)`` for each planned item in a background thread, a few items ahead."""
+
+    def __init__(self, items: Iterator[tuple], read: Callable[..., torch.Tensor]):
+        self._items, self._read = items, read
+        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="negmerge-reader", daemon=True)
+
+    def __enter__(self) -> "_Prefetcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def next(self) -> torch.Tensor:
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            raise item.error
+        if item is _END:
+            raise RuntimeError("prefetcher ran out of planned reads")
+        return item
+
+    def _work(self) -> None:
+        try:
+            for item in self._items:
+                if self._stop.is_set():
+                    return
+                self._put(self._read(*item))
+            self._put(_END)
+        except BaseException as error:  # handed to the main thread, which raises it
+            self._put(_Failure(error))
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
