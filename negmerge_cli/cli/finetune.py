@@ -1,0 +1,112 @@
+"""negmerge finetune: a sweep of OpenCLIP image-encoder fine-tunes, one checkpoint per grid point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from negmerge_cli.cli import options as opt
+from negmerge_cli.errors import UsageError
+
+GridValues = Optional[list[str]]
+
+
+def _grid_option(flag: str, help: str):
+    return typer.Option(flag, help=help + " Repeat the option or separate values by commas.")
+
+
+def finetune(
+    model: Annotated[str, typer.Option("--model", "-m", help="OpenCLIP model name (e.g. ViT-B-32, or the shipped negmerge-tiny).")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Training data spec: digits, an image folder, or NAME:ROOT (trains on :train, the part outside Val).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Sweep folder: base.safetensors, one checkpoint per point, manifest.json.", file_okay=False)],
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip pretrained tag (needs network) or a local checkpoint; omitted: seeded random init.")] = None,
+    lr: Annotated[GridValues, _grid_option("--lr", "Learning rate(s) [default: 1e-5].")] = None,
+    epochs: Annotated[GridValues, _grid_option("--epochs", "Epoch count(s) [default: the paper's for its datasets].")] = None,
+    steps: Annotated[GridValues, _grid_option("--steps", "Optimizer step count(s), instead of --epochs.")] = None,
+    wd: Annotated[GridValues, _grid_option("--wd", "AdamW weight decay(s) [default: 0.1].")] = None,
+    label_smoothing: Annotated[GridValues, _grid_option("--label-smoothing", "Label smoothing(s) [default: 0].")] = None,
+    seed: Annotated[GridValues, _grid_option("--seed", "Seed(s) for shuffling and augmentation [default: 0].")] = None,
+    randaug: Annotated[GridValues, _grid_option("--randaug", "timm RandAugment string(s) like rand-m1-n1-mstd0.5; 'none' for no augmentation [default]; 'paper' for the paper's 30.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).", min=1)] = 128,
+    accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.", min=1)] = 1,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run).", min=0)] = 500,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.", min=0)] = 2,
+    point: Annotated[Optional[list[int]], typer.Option("--point", help="Run only grid point N (0-based; repeatable), e.g. one per Slurm array task.")] = None,
+    list_points: Annotated[bool, typer.Option("--list-points", help="Print the grid (index, name) as JSON lines on stdout and exit.")] = False,
+    templates: Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)] = None,
+    classnames: Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one per line, in label order.", dir_okay=False)] = None,
+    cache_memory: Annotated[str, typer.Option("--cache-memory", help="Memory for the decoded Val images.")] = "4GiB",
+    device: opt.Device = "auto",
+    quiet: opt.Quiet = False,
+) -> None:
+    """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
+
+    The sweep is the product of the grid options. Re-running skips finished points; under torchrun
+    it trains data-parallel (NCCL on GPUs, gloo on CPU).
+    """
+    from negmerge_cli.stages.finetune import FinetuneOptions, Grid, finetune as run, plan
+
+    grid = Grid(
+        lr=_values(lr, float, "--lr", [1e-5]),
+        epochs=_values(epochs, int, "--epochs", []),
+        steps=_values(steps, int, "--steps", []),
+        wd=_values(wd, float, "--wd", [0.1]),
+        label_smoothing=_values(label_smoothing, float, "--label-smoothing", [0.0]),
+        seed=_values(seed, int, "--seed", [0]),
+        randaug=_values(randaug, str, "--randaug", ["none"]),
+    )
+    options = FinetuneOptions(
+        model=model, data=data, output=output, pretrained=pretrained, grid=grid, batch_size=batch_size,
+        accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
+        classnames=classnames, device=device, cache_memory=cache_memory, quiet=quiet,
+    )
+    if list_points:
+        for p in plan(options):
+            typer.echo(json.dumps({"index": p.index, "name": p.name, **p.hyperparameters()}))
+        return
+    manifest = run(options)
+    if manifest and not quiet:
+        _print_table(manifest)
+
+
+def _values(raw: GridValues, cast: Callable, flag: str, default: list) -> list:
+    """Repeated and/or comma-separated values; an option given only empty values leaves no points."""
+    if raw is None:
+        return default
+    values = []
+    for item in raw:
+        for part in item.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                values.append(cast(part))
+            except ValueError:
+                raise UsageError(f"{flag} {part!r}: not a valid {cast.__name__}") from None
+    return values
+
+
+def _print_table(manifest: dict) -> None:
+    from rich.table import Table
+
+    from negmerge_cli.cli.console import stderr
+
+    table = Table(title="finetune sweep")
+    for column in ("point", "status", "Val acc1", "img/s"):
+        table.add_column(column)
+    base = (manifest.get("base") or {}).get("val")
+    if base:
+        table.add_row("base", "", f"{100 * base['acc1']:.2f}", "")
+    for record in manifest.get("points", []):
+        val = record.get("val") or {}
+        acc = f"{100 * val['acc1']:.2f}" if "acc1" in val else ""
+        rate = (record.get("train") or {}).get("images_per_s", "")
+        table.add_row(record.get("name", "?"), record.get("status", "?"), acc, str(rate))
+    stderr.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune")(finetune)

@@ -1,0 +1,366 @@
+"""Dataset specs: one string names a dataset and its split everywhere.
+
+    digits                      scikit-learn's 8x8 digits, shipped with the package (no download)
+    PATH                        an image folder: one sub-folder per class (or PATH/train + PATH/test)
+    NAME:ROOT                   a paper dataset read from ROOT in torchvision's (or task_vectors') layout
+    ...:train | :val | :test    the split; ``val`` is the paper's Val hold-out of the training set
+
+The paper's Val split (task_vectors ``split_train_into_train_val``): a random 10% of the training
+set, at most 5,000 images, drawn with ``torch.randperm`` seeded 0 exactly as ``random_split`` draws
+it; ``train`` is the rest, so fine-tuning never sees a Val image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from negmerge_cli.clip import classnames as names
+from negmerge_cli.clip import templates as prompts
+from negmerge_cli.errors import NegmergeError, UsageError
+
+PAPER_DATASETS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn", "imagenet")
+SPLITS = ("train", "val", "test")
+VAL_FRACTION = 0.1
+VAL_MAX = 5000
+VAL_SEED = 0
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
+
+# Epochs of the paper (with RandAugment) and of the older task-arithmetic runs (without).
+PAPER_EPOCHS_AUG = {"cars": 70, "dtd": 100, "eurosat": 40, "gtsrb": 40, "mnist": 30, "resisc45": 40,
+                    "sun397": 40, "svhn": 30}
+PAPER_EPOCHS_NOAUG = {"cars": 35, "dtd": 76, "eurosat": 12, "gtsrb": 11, "mnist": 5, "resisc45": 15,
+                      "sun397": 14, "svhn": 4}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: str  # "digits", "folder" or one of PAPER_DATASETS
+    root: Optional[Path]
+    split: Optional[str]  # None: the command's default
+    text: str  # as the user wrote it, for messages and JSON
+
+    @property
+    def name(self) -> str:
+        """Readable dataset name for tables and JSON (kind, or the folder's name)."""
+        return self.root.name if self.kind == "folder" and self.root else self.kind
+
+
+def parse_spec(text: str) -> DatasetSpec:
+    """``digits``, ``PATH``, ``NAME:ROOT``, each with an optional ``:train``/``:val``/``:test``."""
+    body, split = text, None
+    head, _, tail = text.rpartition(":")
+    if head and tail in SPLITS:
+        body, split = head, tail
+    if not body:
+        raise UsageError(f"empty dataset spec {text!r}")
+    if body == "digits":
+        return DatasetSpec("digits", None, split, text)
+    kind, sep, root = body.partition(":")
+    if sep and kind.lower() in PAPER_DATASETS:
+        if not root:
+            raise UsageError(f"dataset spec {text!r}: give the local root, e.g. {kind}:/data")
+        return DatasetSpec(kind.lower(), Path(root).expanduser(), split, text)
+    if body.lower() in PAPER_DATASETS:
+        raise UsageError(f"dataset spec {text!r}: {body} needs a local root, e.g. {body}:/data (nothing is downloaded)")
+    return DatasetSpec("folder", Path(body).expanduser(), split, text)
+
+
+def val_split_indices(n: int, seed: int = VAL_SEED) -> tuple[list[int], list[int]]:
+    """(train, val) indices of the paper's Val rule over a training set of n images."""
+    val_size = min(int(n * VAL_FRACTION), VAL_MAX)
+    if val_size <= 0 or val_size >= n:
+        raise UsageError(f"a training set of {n} images is too small for a 10% Val split")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[: n - val_size], order[n - val_size :]
+
+
+# --- sources: indexable (PIL image, label) collections ------------------------------------------
+
+
+class _DigitsSource:
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return Image.fromarray(self.images[i], mode="L"), int(self.labels[i])
+
+
+class _FileSource:
+    """(path, label) pairs decoded with PIL; an unreadable file is a one-line error naming it."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]]):
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        return open_image(path), label
+
+
+class _TorchvisionSource:
+    def __init__(self, dataset, spec_text: str):
+        self.dataset, self.spec_text = dataset, spec_text
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            image, label = self.dataset[i]
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise NegmergeError(f"{self.spec_text}: cannot read image {i} ({exc})") from None
+        return image, int(label)
+
+
+def open_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise NegmergeError(f"{path}: cannot read image ({reason})") from None
+
+
+# --- the dataset object the rest of the package uses --------------------------------------------
+
+
+@dataclass
+class ImageSet(torch.utils.data.Dataset):
+    """A split of a dataset: images as RGB PIL (or transformed), labels, class names, templates."""
+
+    spec: DatasetSpec
+    split: str  # "train", "val", "test" or "all"
+    source: object = field(repr=False)
+    indices: Optional[list[int]] = field(default=None, repr=False)
+    classnames: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
+    transform: Optional[Callable] = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.source)
+
+    def __getitem__(self, i: int):
+        image, label = self.source[self.indices[i] if self.indices is not None else i]
+        image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+    def with_transform(self, transform: Optional[Callable]) -> "ImageSet":
+        return replace(self, transform=transform)
+
+    @property
+    def label(self) -> str:
+        """e.g. ``digits:val`` -- the dataset and the split actually used."""
+        base = self.spec.text.rsplit(":", 1)[0] if self.spec.split else self.spec.text
+        return base if self.split == "all" else f"{base}:{self.split}"
+
+
+def load_dataset(
+    spec: str | DatasetSpec,
+    default_split: str,
+    classnames_file: Optional[Path] = None,
+    templates_file: Optional[Path] = None,
+) -> ImageSet:
+    """Open a dataset spec at its split (or ``default_split``); nothing is downloaded."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    split = spec.split or default_split
+    train, test, classnames = _open_source(spec)
+    if split == "test" and test is None:
+        if spec.split is None and spec.kind == "folder":
+            source, indices, split = train, None, "all"  # a flat folder evaluates on all its images
+        else:
+            raise UsageError(f"{spec.text}: this dataset has no test split here; use :val (the paper's hold-out)")
+    elif split == "test":
+        source, indices = test, None
+    else:
+        train_idx, val_idx = val_split_indices(len(train))
+        source, indices = train, (train_idx if split == "train" else val_idx)
+    if classnames_file is not None:
+        classnames = _checked_classnames(prompts.read_classnames(classnames_file), classnames, classnames_file)
+    templates = prompts.read_templates(templates_file) if templates_file else prompts.templates_for(spec.kind)
+    return ImageSet(spec, split, source, indices, tuple(classnames), tuple(templates))
+
+
+def _checked_classnames(given: Sequence[str], found: Sequence[str], path: Path) -> Sequence[str]:
+    if len(given) != len(found):
+        raise UsageError(f"{path}: --classnames has {len(given)} names but the dataset has {len(found)} classes")
+    return given
+
+
+def _open_source(spec: DatasetSpec):
+    """(train source, test source or None, class names)."""
+    if spec.kind == "digits":
+        return _open_digits()
+    if spec.kind == "folder":
+        return _open_folder_dataset(spec.root, names.folder_name)
+    if not spec.root.is_dir():
+        raise NegmergeError(f"{spec.root}: dataset root does not exist (from --data {spec.text})")
+    return _PAPER_OPENERS[spec.kind](spec)
+
+
+def _open_digits():
+    with np.load(_DIGITS_FILE) as data:
+        train = _DigitsSource(data["train_images"], data["train_labels"])
+        test = _DigitsSource(data["test_images"], data["test_labels"])
+    return train, test, names.DIGITS
+
+
+def _open_folder_dataset(root: Path, to_classname: Callable[[str], str]):
+    """PATH/train (+ PATH/test or PATH/val as the test split), or PATH itself with class folders."""
+    if not root.is_dir():
+        raise NegmergeError(f"{root}: dataset folder does not exist")
+    if (root / "train").is_dir():
+        train, classes = _scan_class_folders(root / "train")
+        test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
+        test = _scan_class_folders(test_dir, classes)[0] if test_dir else None
+    else:
+        train, classes = _scan_class_folders(root)
+        test = None
+    return train, test, tuple(to_classname(c) for c in classes)
+
+
+def _scan_class_folders(root: Path, classes: Optional[Sequence[str]] = None):
+    """torchvision ImageFolder's rule: sorted sub-folders are classes 0..C-1; files sorted within."""
+    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    classes = list(classes) if classes is not None else found
+    samples = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if folder.is_dir():
+            samples += [(str(p), label) for p in sorted(folder.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not samples:
+        raise NegmergeError(
+            f"{root}: no images found (expected one sub-folder per class holding {', '.join(IMAGE_EXTENSIONS[:3])}... files)"
+        )
+    return _FileSource(samples), classes
+
+
+# --- the paper's datasets from a local root -----------------------------------------------------
+
+
+def _torchvision(spec: DatasetSpec, factory: Callable, layout: str):
+    try:
+        return _TorchvisionSource(factory(), spec.text)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise NegmergeError(f"{spec.root}: no {spec.kind} data in the expected layout {layout} ({exc})") from None
+    except ImportError as exc:
+        raise NegmergeError(f"{spec.text}: reading {spec.kind} needs {exc.name} (pip install {exc.name})") from None
+
+
+def _open_mnist(spec):
+    from torchvision.datasets import MNIST
+
+    load = lambda train: _torchvision(spec, lambda: MNIST(str(spec.root), train=train), "ROOT/MNIST/raw/*-ubyte")
+    return load(True), load(False), names.DIGITS
+
+
+def _open_svhn(spec):
+    from torchvision.datasets import SVHN
+
+    load = lambda split: _torchvision(spec, lambda: SVHN(str(spec.root), split=split), "ROOT/{train,test}_32x32.mat")
+    return load("train"), load("test"), names.DIGITS
+
+
+def _open_gtsrb(spec):
+    from torchvision.datasets import GTSRB
+
+    layout = "ROOT/gtsrb/GTSRB/Training, ROOT/gtsrb/GT-final_test.csv"
+    load = lambda split: _torchvision(spec, lambda: GTSRB(str(spec.root), split=split), layout)
+    return load("train"), load("test"), names.GTSRB
+
+
+def _open_cars(spec):
+    from torchvision.datasets import StanfordCars
+
+    layout = "ROOT/stanford_cars/{devkit,cars_train,cars_test,cars_test_annos_withlabels.mat}"
+    train = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="train"), layout)
+    test = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="test"), layout)
+    return train, test, tuple(train.dataset.classes)
+
+
+def _open_dtd(spec):
+    if (spec.root / "dtd" / "train").is_dir():  # task_vectors layout: ROOT/dtd/{train,val}
+        return _open_folder_dataset(spec.root / "dtd", names.folder_name)
+    from torchvision.datasets import DTD
+
+    # torchvision's train+val of partition 1 as the training set, its test as test
+    layout = "ROOT/dtd/{images,labels}"
+    train = _torchvision(spec, lambda: DTD(str(spec.root), split="train"), layout)
+    val = _torchvision(spec, lambda: DTD(str(spec.root), split="val"), layout)
+    test = _torchvision(spec, lambda: DTD(str(spec.root), split="test"), layout)
+    classes = tuple(names.folder_name(c) for c in train.dataset.classes)
+    joined = _TorchvisionSource(torch.utils.data.ConcatDataset([train.dataset, val.dataset]), spec.text)
+    return joined, test, classes
+
+
+def _open_eurosat(spec):
+    if (spec.root / "EuroSAT_splits" / "train").is_dir():  # task_vectors layout
+        return _open_folder_dataset(spec.root / "EuroSAT_splits", names.eurosat_name)
+    from torchvision.datasets import EuroSAT
+
+    train = _torchvision(spec, lambda: EuroSAT(str(spec.root)), "ROOT/eurosat/2750/<class>/*.jpg")
+    return train, None, tuple(names.eurosat_name(c) for c in train.dataset.classes)
+
+
+def _open_resisc45(spec):
+    """task_vectors layout: ROOT/resisc45/NWPU-RESISC45/<class>/*.jpg + resisc45-{train,test}.txt."""
+    base = spec.root / "resisc45"
+    images = base / "NWPU-RESISC45"
+    if not images.is_dir():
+        raise NegmergeError(f"{spec.root}: no resisc45 data in the expected layout ROOT/resisc45/NWPU-RESISC45/<class>/")
+    every, classes = _scan_class_folders(images)
+
+    def split(name: str) -> _FileSource:
+        listing = base / f"resisc45-{name}.txt"
+        if not listing.is_file():
+            raise NegmergeError(f"{listing}: missing split list for resisc45")
+        keep = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+        return _FileSource([s for s in every.samples if Path(s[0]).name in keep])
+
+    return split("train"), split("test"), tuple(names.folder_name(c) for c in classes)
+
+
+def _open_sun397(spec):
+    if (spec.root / "sun397" / "train").is_dir():  # task_vectors layout: class folders 'a_abbey'...
+        return _open_folder_dataset(spec.root / "sun397", lambda c: names.folder_name(c[2:]))
+    from torchvision.datasets import SUN397
+
+    train = _torchvision(spec, lambda: SUN397(str(spec.root)), "ROOT/SUN397/ClassName.txt")
+    return train, None, tuple(names.folder_name(c) for c in train.dataset.classes)
+
+
+def _open_imagenet(spec):
+    """ROOT/train and ROOT/val with one WordNet-id folder per class (the usual ImageNet layout)."""
+    train, test, wnids = _open_folder_dataset(spec.root, lambda c: c)
+    classnames = names.imagenet() if len(wnids) == 1000 else wnids
+    return train, test, classnames
+
+
+_PAPER_OPENERS = {
+    "mnist": _open_mnist,
+    "svhn": _open_svhn,
+    "gtsrb": _open_gtsrb,
+    "cars": _open_cars,
+    "dtd": _open_dtd,
+    "eurosat": _open_eurosat,
+    "resisc45": _open_resisc45,
+    "sun397": _open_sun397,
+    "imagenet": _open_imagenet,
+}
+
+
+def paper_epochs(kind: str, augmented: bool) -> Optional[int]:
+    """The paper's epoch count for a dataset kind, None where the paper has none."""
+    return (PAPER_EPOCHS_AUG if augmented else PAPER_EPOCHS_NOAUG).get(kind)

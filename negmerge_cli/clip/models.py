@@ -1,0 +1,165 @@
+"""OpenCLIP models: create by name (+ pretrained tag or local file), load and save checkpoints.
+
+Checkpoints are full OpenCLIP state dicts in safetensors, so
+``open_clip.create_model_and_transforms(name, pretrained=PATH)`` loads them directly. The tiny
+configs in ``model_configs/`` (``negmerge-tiny``, ``negmerge-tiny-16``) are registered with open_clip
+on first use, for tests and for machines with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+# Random init is seeded so that every job of a sweep (and every torchrun rank) builds the same base.
+INIT_SEED = 0
+
+
+def _open_clip():
+    global _registered
+    import open_clip
+
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+    return open_clip
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def check_model_name(name: str) -> None:
+    if name not in _open_clip().list_models():
+        tiny = ", ".join(shipped_models())
+        raise UsageError(f"unknown model '{name}' for --model (open_clip.list_models() has none; shipped tiny configs: {tiny})")
+
+
+def create_model(name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """An OpenCLIP model in eval mode: random (seeded), a pretrained tag, or a local checkpoint file."""
+    open_clip = _open_clip()
+    check_model_name(name)
+    if pretrained and not _looks_like_path(pretrained):
+        model = _from_tag(open_clip, name, pretrained)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(INIT_SEED)
+            model = _quiet(lambda: open_clip.create_model(name))
+        if pretrained:
+            load_weights(model, pretrained, name)
+    return model.to(device).eval()
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")) or Path(value).exists()
+
+
+def _from_tag(open_clip, name: str, tag: str) -> torch.nn.Module:
+    tags = [t for model, t in open_clip.list_pretrained() if model == name]
+    if tag not in tags:
+        known = ", ".join(tags) or "none"
+        raise UsageError(f"unknown --pretrained tag '{tag}' for model {name} (known tags: {known}; or give a local file)")
+    try:
+        return _quiet(lambda: open_clip.create_model(name, pretrained=tag))
+    except (RuntimeError, OSError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise NegmergeError(
+            f"could not get pretrained weights '{tag}' for {name} ({reason}); offline, pass a local checkpoint file"
+        ) from None
+
+
+def _quiet(make):
+    """open_clip logs a warning for every random init; keep stderr for our own messages."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return make()
+    finally:
+        logger.setLevel(level)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
+    """Load a full OpenCLIP state dict, with a one-line error if it does not fit the model."""
+    from negmerge_cli.checkpoint import load_state_dict
+
+    state = load_state_dict(path)
+    check_fits(model, state, path, model_name)
+    model.load_state_dict(_reshaped(model, state), strict=True)
+
+
+def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path, model_name: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = f"missing tensor '{missing[0]}'" if missing else f"unexpected tensor '{unexpected[0]}'"
+        extra = len(missing) + len(unexpected) - 1
+        more = f" and {extra} more" if extra else ""
+        raise CheckpointError(f"{path}: checkpoint does not fit model {model_name}: {what}{more}")
+    for key, tensor in expected.items():
+        if state[key].numel() != tensor.numel():
+            raise CheckpointError(
+                f"{path}: checkpoint does not fit model {model_name}: tensor '{key}' has shape "
+                f"{tuple(state[key].shape)}, the model needs {tuple(tensor.shape)}"
+            )
+
+
+def _reshaped(model, state):
+    # logit_scale is a 0-d or 1-element tensor depending on the open_clip version that wrote it
+    expected = model.state_dict()
+    return {k: v.reshape(expected[k].shape) if v.shape != expected[k].shape else v for k, v in state.items()}
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of every state tensor (safetensors refuses shared or strided storage)."""
+    module = model.module if hasattr(model, "module") else model
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path, metadata: dict[str, str], force: bool = False) -> Path:
+    from negmerge_cli.checkpoint import save_state_dict
+
+    return save_state_dict(state_dict_for_saving(model), path, metadata=metadata, force=force)
+
+
+def tokenizer_for(name: str):
+    return _open_clip().get_tokenizer(name)
+
+
+def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] = None):
+    """The model's eval preprocessing; for training, open_clip's train transform or timm RandAugment.
+
+    RandAugment uses timm's ``transforms_imagenet_train`` as the paper did (random resized crop,
+    horizontal flip, then ``rand-m{m}-n{n}-mstd0.5``), with the model's size, mean and std.
+    """
+    open_clip = _open_clip()
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
+    if not train or not randaug:
+        return image_transform_v2(cfg, is_train=train)
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
+    return transforms_imagenet_train(
+        img_size=size, auto_augment=randaug, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std
+    )
+
+
+def check_randaug(spec: str) -> None:
+    """Fail early on a RandAugment string timm cannot parse."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    try:
+        rand_augment_transform(spec, {})
+    except Exception as exc:  # timm raises assorted errors (AssertionError, ValueError, KeyError)
+        raise UsageError(f"--randaug '{spec}' is not a timm RandAugment string like rand-m1-n1-mstd0.5 ({exc})") from None

@@ -1,0 +1,221 @@
+"""Fine-tuning one grid point: the image encoder against the frozen zero-shot head.
+
+The recipe of the paper (and of task arithmetic before it): AdamW, cosine schedule with linear
+warm-up (the task_vectors ``cosine_lr`` formula), gradient-norm clipping at 1.0, cross-entropy with
+optional label smoothing. Only ``model.visual`` trains; the text tower and logit scale stay frozen,
+so a task vector from these checkpoints is zero outside the image encoder.
+
+Under torchrun the image encoder is wrapped in DistributedDataParallel (NCCL on GPUs, gloo on CPU);
+``batch_size`` is the global batch of one optimizer step, split over processes and accumulation
+steps, so the same command gives the same recipe on 1 or N processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from negmerge_cli.clip import zeroshot
+from negmerge_cli.clip.datasets import ImageSet
+from negmerge_cli.clip.evaluate import worker_errors
+from negmerge_cli.clip.progress import progress_bar
+from negmerge_cli.errors import UsageError
+
+GRAD_CLIP_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed() -> Distributed:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed(info: Distributed) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """One grid point's optimisation settings (the grid varies the first six)."""
+
+    lr: float
+    wd: float
+    label_smoothing: float
+    seed: int
+    epochs: Optional[int] = None
+    steps: Optional[int] = None
+    batch_size: int = 128
+    accum_steps: int = 1
+    warmup_steps: int = 500
+    workers: int = 2
+
+
+def micro_batch_size(settings: TrainSettings, world_size: int) -> int:
+    parts = world_size * settings.accum_steps
+    if settings.batch_size % parts:
+        raise UsageError(
+            f"--batch-size {settings.batch_size} must be divisible by processes x --accum-steps ({parts})"
+        )
+    return settings.batch_size // parts
+
+
+def effective_warmup(requested: int, total_steps: int) -> int:
+    """Short runs would never leave warm-up: cap it at a quarter of the run (paper runs are unaffected)."""
+    return min(requested, total_steps // 4)
+
+
+def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """task_vectors' schedule: base_lr*(step+1)/warmup, then half-cosine from base_lr to 0."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
+
+
+def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: TrainSettings, device: torch.device,
+                        ranks: Distributed, quiet: bool = False, description: str = "finetune") -> dict:
+    """Train ``model.visual`` in place; returns run statistics (steps, images/s, last loss)."""
+    torch.manual_seed(settings.seed + ranks.rank)
+    _freeze_all_but_visual(model)
+    encoder = model.visual.train()
+    if ranks.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        encoder = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
+    loader = _train_loader(data, settings, ranks)
+    steps_per_epoch = math.ceil(len(loader) / settings.accum_steps)
+    total = settings.steps if settings.steps else settings.epochs * steps_per_epoch
+    warmup = effective_warmup(settings.warmup_steps, total)
+    parameters = [p for p in model.visual.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.wd)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    amp = _Amp(device)
+    head = head.to(device)
+
+    step, epoch, images, loss_value, started = 0, 0, 0, float("nan"), time.perf_counter()
+    with progress_bar(quiet or not ranks.is_main) as bar, worker_errors():
+        task = bar.add_task(description, total=total, info="")
+        while step < total:
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+            for group in _groups(loader, settings.accum_steps):
+                for group_ in optimizer.param_groups:
+                    group_["lr"] = cosine_lr(step, settings.lr, warmup, total)
+                optimizer.zero_grad(set_to_none=True)
+                loss_value = _accumulate(encoder, head, group, loss_fn, amp, device)
+                amp.step(optimizer, parameters)
+                step += 1
+                images += sum(len(labels) for _, labels in group) * ranks.world_size
+                rate = images / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, advance=1, info=f"loss {loss_value:.3f}  {rate:.0f} img/s")
+                if step >= total:
+                    break
+            epoch += 1
+    seconds = time.perf_counter() - started
+    model.visual.eval()
+    return {"steps": total, "warmup_steps": warmup, "epochs_run": epoch, "images_seen": images,
+            "seconds": round(seconds, 3), "images_per_s": round(images / max(seconds, 1e-9), 2),
+            "final_loss": round(loss_value, 6), "processes": ranks.world_size}
+
+
+def _freeze_all_but_visual(model) -> None:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in model.visual.parameters():
+        parameter.requires_grad_(True)
+
+
+def _train_loader(data: ImageSet, settings: TrainSettings, ranks: Distributed) -> DataLoader:
+    micro = micro_batch_size(settings, ranks.world_size)
+    if ranks.enabled:
+        sampler = DistributedSampler(data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True,
+                                     seed=settings.seed)
+    else:
+        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(settings.seed))
+    return DataLoader(data, batch_size=micro, sampler=sampler, num_workers=settings.workers,
+                      pin_memory=torch.cuda.is_available(), drop_last=False,
+                      persistent_workers=settings.workers > 0)
+
+
+def _groups(loader, size: int):
+    """Micro-batches grouped by optimizer step (the last group of an epoch may be shorter)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _accumulate(encoder, head, group, loss_fn, amp, device) -> float:
+    total = 0.0
+    for index, (images, labels) in enumerate(group):
+        last = index == len(group) - 1
+        # DDP all-reduces gradients on every backward; only the last micro-batch of a step needs it
+        sync = contextlib.nullcontext() if last or not hasattr(encoder, "no_sync") else encoder.no_sync()
+        with sync:
+            with amp.autocast():
+                features = encoder(images.to(device, non_blocking=True))
+                loss = loss_fn(zeroshot.logits(features, head), labels.to(device, non_blocking=True)) / len(group)
+            amp.backward(loss)
+        total += loss.item()
+    return total
+
+
+class _Amp:
+    """Mixed precision on CUDA (bf16, or fp16 with a gradient scaler); plain fp32 elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.enabled = device.type == "cuda"
+        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.dtype) if self.enabled else contextlib.nullcontext()
+
+    def backward(self, loss) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer, parameters) -> None:
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP_NORM)
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
