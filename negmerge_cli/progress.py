@@ -19,8 +19,12 @@ from rich.progress import (
 
 @contextmanager
 def byte_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield an ``advance(n_bytes)`` callback that drives a progress bar (or does nothing)."""
-    if not enabled:
+    """Yield an ``advance(n_bytes)`` callback that drives a progress bar (or does nothing).
+
+    The bar is drawn only on a terminal (logs and CI stay clean) and removed if the work fails, so
+    an error stays the one line that explains it."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
         yield lambda n: None
         return
     columns = (
@@ -31,6 +35,10 @@ def byte_progress(description: str, total: int, enabled: bool = True) -> Iterato
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+    with Progress(*columns, console=console) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        try:
+            yield lambda n: progress.advance(task, n)
+        except BaseException:
+            progress.remove_task(task)
+            raise

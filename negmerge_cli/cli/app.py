@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 
 import typer
@@ -40,15 +41,34 @@ def _root(
     """Unlearning by weight negation (NegMerge) and streaming merges of safetensors checkpoints."""
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit."""
+    signal.signal(signal.SIGTERM, _terminate)  # clean up temporary files as Ctrl-C does
+    sys.exit(_run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app()
+        code = app(args=args or ["--help"], prog_name="negmerge", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except typer.TyperException as exc:  # bad usage: Click's message, on one line
+        context = getattr(exc, "ctx", None)
+        hint = f" (see '{context.command_path} --help')" if context else ""
+        print_error(exc.format_message() + hint)
+        return getattr(exc, "exit_code", 2)
+    except (KeyboardInterrupt, typer.Abort):
+        print_error("interrupted; no output was written")
+        return 130
     except NegmergeError as exc:
         print_error(str(exc))
-        sys.exit(exc.exit_code)
-    except OSError as exc:  # permissions, full disk outside our writers, vanished files...
+        return exc.exit_code
+    except OSError as exc:  # permissions, vanished files...
         where = f"{exc.filename}: " if exc.filename else ""
         reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         print_error(f"{where}{reason}")
-        sys.exit(1)
+        return 1
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -33,10 +33,10 @@ def merge(
     quiet: opt.Quiet = False,
 ) -> None:
     """Merge task vectors into one (NegMerge by default), streaming tensor by tensor."""
-    from negmerge_cli.stages.merge import merge as merge_stage
+    from negmerge_cli.stages.merge import merge_vectors
 
     options = stream_options(device, dtype, max_memory, shard_size, force, quiet, missing_as_zero, allow_nonfinite)
-    result = merge_stage(inputs, output, method, base=base, weights=weight, options=options,
+    result = merge_vectors(inputs, output, method, base=base, weights=weight, options=options,
                          density=density, drop_rate=drop_rate, seed=seed)
     report(result, quiet, kept=True)
 

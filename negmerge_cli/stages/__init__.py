@@ -1,17 +1,24 @@
-"""The library API: one function per stage; the CLI commands are thin wrappers around these."""
+"""The library API: one function per stage; the CLI commands are thin wrappers around these.
 
-from negmerge_cli.stages.apply import apply_vector
-from negmerge_cli.stages.common import StreamOptions, StreamResult
-from negmerge_cli.stages.inspect import inspect_checkpoint
-from negmerge_cli.stages.merge import merge
-from negmerge_cli.stages.vector import make_vector, make_vectors
+Names are imported lazily, so using one stage never pays for another's imports (open_clip is slow).
+"""
 
-__all__ = [
-    "StreamOptions",
-    "StreamResult",
-    "apply_vector",
-    "inspect_checkpoint",
-    "make_vector",
-    "make_vectors",
-    "merge",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "StreamOptions": "common",
+    "StreamResult": "common",
+    "apply_vector": "apply",
+    "inspect_checkpoint": "inspect",
+    "make_vector": "vector",
+    "make_vectors": "vector",
+    "merge_vectors": "merge",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -27,7 +27,7 @@ from negmerge_cli.stages.common import (
 from negmerge_cli.streaming import Engine, Source, TensorJob
 
 
-def merge(
+def merge_vectors(
     inputs: Sequence[str | Path],
     output: str | Path,
     method: str | MergeMethod = "negmerge",
