@@ -1,0 +1,41 @@
+"""CPU and CUDA give the same results (skipped without a GPU; run on a GPU machine when lent)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from negmerge_cli.methods import REGISTRY
+from negmerge_cli.stages import StreamOptions, apply_vector, merge_vectors
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_merge_on_cuda_matches_cpu(vectors, tmp_path, method):
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.safetensors"
+        merge_vectors(vectors, out, method, options=StreamOptions(device=device))
+        results[device] = load_file(str(out))
+    for name, expected in results["cpu"].items():
+        if method in ("negmerge", "magmax", "dare"):  # selections and exact sums in the same order
+            assert torch.equal(results["cuda"][name], expected), name
+        else:
+            torch.testing.assert_close(results["cuda"][name], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_apply_on_cuda_matches_cpu(model_files, tmp_path):
+    base, finetuned = model_files
+    vector = tmp_path / "tau.safetensors"
+    merge_vectors(finetuned, vector, "mean", base=base, options=StreamOptions(device="cpu"))
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        outputs[device] = tmp_path / f"theta-{device}.safetensors"
+        apply_vector(base, vector, -0.8, outputs[device], StreamOptions(device=device))
+    cpu, cuda = load_file(str(outputs["cpu"])), load_file(str(outputs["cuda"]))
+    assert all(torch.equal(cpu[n], cuda[n]) for n in cpu)
