@@ -149,16 +149,39 @@ def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] =
         return image_transform_v2(cfg, is_train=train)
     from timm.data.transforms_factory import transforms_imagenet_train
 
+    _patch_timm_posterize()
     size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
     return transforms_imagenet_train(
         img_size=size, auto_augment=randaug, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std
     )
 
 
+def _patch_timm_posterize() -> None:
+    """timm maps low RandAugment magnitudes (m <= 2) to Posterize with 0 bits, which Pillow >= 11
+    rejects ("bits must be between 1 and 8"); older Pillow returned a black image. Restore that."""
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    def posterize(img, bits_to_keep, **_):
+        if bits_to_keep >= 8:
+            return img
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)  # keeping 0 bits: every channel value becomes 0
+        return ImageOps.posterize(img, bits_to_keep)
+
+    auto_augment.NAME_TO_OP["Posterize"] = posterize
+    auto_augment.NAME_TO_OP["PosterizeIncreasing"] = posterize
+    auto_augment.NAME_TO_OP["PosterizeOriginal"] = posterize
+
+
 def check_randaug(spec: str) -> None:
     """Fail early on a RandAugment string timm cannot parse."""
+    import re
+
     from timm.data.auto_augment import rand_augment_transform
 
+    if not re.fullmatch(r"rand(-[a-z]+\d+(\.\d+)?)+", spec):
+        raise UsageError(f"--randaug '{spec}' is not a timm RandAugment string like rand-m1-n1-mstd0.5")
     try:
         rand_augment_transform(spec, {})
     except Exception as exc:  # timm raises assorted errors (AssertionError, ValueError, KeyError)
