@@ -77,7 +77,7 @@ def make_vectors(folder: Path, count: int, shapes: dict[str, tuple[int, ...]], s
 
 @pytest.fixture
 def vectors(tmp_path: Path) -> list[Path]:
-    return make_vectors(tmp_path / "vectors", 5, {"w": (60, 70), "b": (70,), "scalar": ()})
+    return make_vectors(tmp_path / "vectors", 5, {"w": (60, 70), "b": (70,), "scalar": (), "empty": (0, 4)})
 
 
 @pytest.fixture

@@ -35,6 +35,9 @@ def ties(taus: list[torch.Tensor], density: float) -> torch.Tensor:
     kept = []
     for tau in taus:
         n = tau.numel()
+        if n == 0:
+            kept.append(tau)
+            continue
         m = math.ceil(density * n)
         threshold = torch.sort(tau.abs().flatten(), descending=True).values[m - 1]
         kept.append(torch.where(tau.abs() >= threshold, tau, torch.zeros_like(tau)))

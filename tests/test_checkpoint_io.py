@@ -135,6 +135,16 @@ def test_writer_refuses_existing_output_and_inputs(tmp_path):
         StreamingWriter(link, layout, {}, force=True, inputs=[existing])
 
 
+def test_empty_tensors_anywhere_in_the_layout(tmp_path):
+    tensors = {"a_empty": torch.empty(0, 3), "b": torch.arange(4.0), "c_empty": torch.empty(0), "d": torch.ones(2)}
+    layout = [OutputTensor(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
+    with StreamingWriter(tmp_path / "e.safetensors", layout, {}) as writer:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+    loaded = load_file(str(tmp_path / "e.safetensors"))
+    assert all(torch.equal(loaded[n], t) for n, t in tensors.items())
+
+
 def test_metadata_written_at_the_end_and_format_kept(tmp_path):
     layout = [OutputTensor("a", torch.float32, (3,))]
     with StreamingWriter(tmp_path / "m.safetensors", layout, {"format": "pt", "hash": "0" * 64}) as writer:

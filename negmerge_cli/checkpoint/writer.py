@@ -91,6 +91,7 @@ class StreamingWriter:
         self._queue: list[tuple[_Shard, OutputTensor]] = [(s, t) for s in self._shards for t in s.tensors]
         self._cursor = 0
         self._written = 0  # bytes of the current tensor written so far
+        self._advance()  # skip leading empty tensors: they take no bytes
 
     # -- planning -----------------------------------------------------------------------------
     def _plan_shards(
