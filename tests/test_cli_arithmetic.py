@@ -64,6 +64,11 @@ def test_pipeline_vector_merge_apply_inspect(model_files, tmp_path):
     assert meta["metadata"]["format"] == "pt"
     inputs = json.loads(meta["metadata"]["negmerge.inputs"])
     assert [i["sha256"] for i in inputs] == [sha256(p) for p in sorted(vectors.iterdir())]
+    fast = tmp_path / "fast.safetensors"
+    assert run_cli("merge", "--no-hash", "-o", fast, *sorted(vectors.iterdir()), "-q").returncode == 0
+    fast_meta = json.loads(run_cli("inspect", "--json", fast).stdout)["metadata"]
+    assert {i["sha256"] for i in json.loads(fast_meta["negmerge.inputs"])} == {"skipped"}
+    assert load_file(str(fast))["layer.weight"].equal(a["layer.weight"])
     nonzero = (a["layer.weight"] != 0).sum() + (a["layer.bias"] != 0).sum() + (a["norm.weight"] != 0).sum()
     assert meta["nonzero_fraction"] == pytest.approx(float(nonzero) / (40 * 30 + 40 + 30))
     table = run_cli("inspect", unlearned).stdout
@@ -177,11 +182,13 @@ def test_hostile_inputs_fail_cleanly_without_output(vectors, tmp_path, command, 
 def test_inconsistent_inputs_fail_cleanly(tmp_path, vectors, cli):
     out = tmp_path / "out.safetensors"
     other_shape = tmp_path / "other_shape.safetensors"
-    save_file({"w": torch.zeros(70, 60), "b": torch.zeros(70), "scalar": torch.zeros(())}, str(other_shape))
+    save_file({"w": torch.zeros(70, 60), "b": torch.zeros(70), "scalar": torch.zeros(()), "empty": torch.zeros(0, 4)},
+              str(other_shape))
     assert_clean_failure(cli("merge", "-o", out, vectors[0], other_shape), str(other_shape), "'w'", "shape")
 
     integer = tmp_path / "integer.safetensors"
-    save_file({"w": torch.zeros(60, 70, dtype=torch.int32), "b": torch.zeros(70), "scalar": torch.zeros(())}, str(integer))
+    save_file({"w": torch.zeros(60, 70, dtype=torch.int32), "b": torch.zeros(70), "scalar": torch.zeros(()),
+               "empty": torch.zeros(0, 4)}, str(integer))
     assert_clean_failure(cli("merge", "-o", out, vectors[0], integer), str(integer), "'w'", "I32")
     assert_clean_failure(cli("apply", "-b", vectors[0], "-v", integer, "-s", "1", "-o", out), str(integer), "'w'")
     assert not out.exists()

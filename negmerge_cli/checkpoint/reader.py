@@ -59,9 +59,9 @@ class SequentialHasher:
 
 
 class SafetensorsFile:
-    """One open, validated safetensors file."""
+    """One open, validated safetensors file; ``hash=False`` skips the SHA-256 by-product."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, hash: bool = True):
         self.path = path
         try:
             self._fd = os.open(path, os.O_RDONLY)
@@ -76,7 +76,7 @@ class SafetensorsFile:
         except BaseException:
             os.close(self._fd)
             raise
-        self.hasher = SequentialHasher(self._fd, self.header.file_size)
+        self.hasher = SequentialHasher(self._fd, self.header.file_size) if hash else None
 
     def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> None:
         """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``."""
@@ -88,7 +88,8 @@ class SafetensorsFile:
             if count == 0:
                 raise CheckpointError(f"{self.path}: tensor '{entry.name}': file truncated while reading")
             done += count
-        self.hasher.observe(offset, view)
+        if self.hasher is not None:
+            self.hasher.observe(offset, view)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -131,8 +132,8 @@ class Checkpoint:
         return self.read(name).reshape(self.entry(name).shape)
 
     def file_hashes(self) -> dict[str, str]:
-        """SHA-256 of every file (hashing whatever was not read yet)."""
-        return {str(f.path): f.hasher.hexdigest() for f in self.files}
+        """SHA-256 of every file (hashing whatever was not read yet); "skipped" when disabled."""
+        return {str(f.path): f.hasher.hexdigest() if f.hasher else "skipped" for f in self.files}
 
     @property
     def total_bytes(self) -> int:
@@ -149,16 +150,16 @@ class Checkpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, hash: bool = True) -> Checkpoint:
     """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder."""
     path = Path(path)
     if path.is_dir():
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):
-        return _open_sharded(path)
+        return _open_sharded(path, hash)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
-    file = SafetensorsFile(path)
+    file = SafetensorsFile(path, hash)
     return Checkpoint(path, [file], file.header.metadata)
 
 
@@ -179,7 +180,7 @@ def _resolve_folder(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}")
 
 
-def _open_sharded(index_path: Path) -> Checkpoint:
+def _open_sharded(index_path: Path, hash: bool) -> Checkpoint:
     weight_map = _read_index(index_path)
     files: list[SafetensorsFile] = []
     try:
@@ -187,7 +188,7 @@ def _open_sharded(index_path: Path) -> Checkpoint:
             shard_path = index_path.parent / shard
             if Path(shard).name != shard:
                 raise CheckpointError(f"{index_path}: shard name {shard!r} must be a plain file name")
-            files.append(SafetensorsFile(shard_path))
+            files.append(SafetensorsFile(shard_path, hash))
         checkpoint = Checkpoint(index_path, files, files[0].header.metadata if files else {})
         for name, shard in weight_map.items():
             if name not in checkpoint or checkpoint._where[name][0].path.name != shard:

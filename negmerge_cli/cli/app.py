@@ -51,6 +51,8 @@ def _run(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         code = app(args=args or ["--help"], prog_name="negmerge", standalone_mode=False)
+        if code == 130:  # Typer turns Ctrl-C into exit code 130 after our cleanup has run
+            print_error("interrupted; no output was written")
         return code if isinstance(code, int) else 0
     except typer.TyperException as exc:  # bad usage: Click's message, on one line
         context = getattr(exc, "ctx", None)

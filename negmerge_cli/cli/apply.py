@@ -21,13 +21,15 @@ def apply(
     max_memory: opt.MaxMemory = "1GB",
     shard_size: opt.ShardSize = None,
     allow_nonfinite: opt.AllowNonFinite = False,
+    no_hash: opt.NoHash = False,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Write BASE + SCALE * VECTOR; tensors the vector lacks and non-float tensors are copied from BASE."""
     from negmerge_cli.stages.apply import apply_vector
 
-    options = stream_options(device, dtype, max_memory, shard_size, force, quiet, allow_nonfinite=allow_nonfinite)
+    options = stream_options(device, dtype, max_memory, shard_size, force, quiet,
+                             allow_nonfinite=allow_nonfinite, no_hash=no_hash)
     report(apply_vector(base, vector, scale, output, options), quiet)
 
 

@@ -8,10 +8,10 @@ from negmerge_cli.stages.common import StreamOptions, StreamResult
 
 def stream_options(device: str, dtype: str | None, max_memory: str, shard_size: str | None,
                    force: bool, quiet: bool, missing_as_zero: bool = False,
-                   allow_nonfinite: bool = False) -> StreamOptions:
+                   allow_nonfinite: bool = False, no_hash: bool = False) -> StreamOptions:
     return StreamOptions(device=device, dtype=dtype, max_memory=max_memory, shard_size=shard_size,
                          force=force, missing_as_zero=missing_as_zero, allow_nonfinite=allow_nonfinite,
-                         progress=not quiet)
+                         hash_inputs=not no_hash, progress=not quiet)
 
 
 def report(result: StreamResult, quiet: bool, kept: bool = False) -> None:

@@ -29,13 +29,15 @@ def merge(
     shard_size: opt.ShardSize = None,
     missing_as_zero: opt.MissingAsZero = False,
     allow_nonfinite: opt.AllowNonFinite = False,
+    no_hash: opt.NoHash = False,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
 ) -> None:
     """Merge task vectors into one (NegMerge by default), streaming tensor by tensor."""
     from negmerge_cli.stages.merge import merge_vectors
 
-    options = stream_options(device, dtype, max_memory, shard_size, force, quiet, missing_as_zero, allow_nonfinite)
+    options = stream_options(device, dtype, max_memory, shard_size, force, quiet, missing_as_zero,
+                             allow_nonfinite, no_hash)
     result = merge_vectors(inputs, output, method, base=base, weights=weight, options=options,
                          density=density, drop_rate=drop_rate, seed=seed)
     report(result, quiet, kept=True)

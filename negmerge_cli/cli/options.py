@@ -33,3 +33,7 @@ MissingAsZero = Annotated[
         "--missing-as-zero", help="Treat a tensor absent from some inputs as zero instead of failing."
     ),
 ]
+NoHash = Annotated[
+    bool,
+    typer.Option("--no-hash", help="Skip the SHA-256 of the inputs in the output's metadata (faster on huge merges)."),
+]

@@ -23,6 +23,7 @@ def vector(
     shard_size: opt.ShardSize = None,
     missing_as_zero: opt.MissingAsZero = False,
     allow_nonfinite: opt.AllowNonFinite = False,
+    no_hash: opt.NoHash = False,
     force: opt.Force = False,
     quiet: opt.Quiet = False,
 ) -> None:
@@ -33,7 +34,8 @@ def vector(
         raise UsageError("give exactly one of --output (one input) or --out-dir (any number of inputs)")
     if output is not None and len(finetuned) != 1:
         raise UsageError(f"--output takes one input, got {len(finetuned)}; use --out-dir for several")
-    options = stream_options(device, dtype, max_memory, shard_size, force, quiet, missing_as_zero, allow_nonfinite)
+    options = stream_options(device, dtype, max_memory, shard_size, force, quiet, missing_as_zero,
+                             allow_nonfinite, no_hash)
     if output is not None:
         results = [make_vector(base, finetuned[0], output, options)]
     else:

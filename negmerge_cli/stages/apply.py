@@ -33,7 +33,7 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
     if not math.isfinite(scale):
         raise UsageError(f"--scale {scale}: must be a finite number")
     with ExitStack() as stack:
-        base_checkpoint, vector_checkpoint = open_inputs(stack, [base, vector])
+        base_checkpoint, vector_checkpoint = open_inputs(stack, [base, vector], options)
         jobs = plan_apply(base_checkpoint, vector_checkpoint, options)
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:

@@ -31,6 +31,7 @@ class StreamOptions:
     force: bool = False
     missing_as_zero: bool = False
     allow_nonfinite: bool = False
+    hash_inputs: bool = True
     progress: bool = False
 
     def __post_init__(self) -> None:  # validate early: before any file is opened
@@ -55,8 +56,8 @@ class StreamResult:
         return self.nonzero / self.elements if self.elements else 0.0
 
 
-def open_inputs(stack: ExitStack, paths: list) -> list[Checkpoint]:
-    return [stack.enter_context(open_checkpoint(p)) for p in paths]
+def open_inputs(stack: ExitStack, paths: list, options: StreamOptions) -> list[Checkpoint]:
+    return [stack.enter_context(open_checkpoint(p, options.hash_inputs)) for p in paths]
 
 
 def files_of(checkpoints: list[Checkpoint]) -> list[Path]:

@@ -48,8 +48,8 @@ def merge_vectors(
         raise UsageError("merge needs at least one input")
     weights = _check_weights(merger, weights, len(inputs))
     with ExitStack() as stack:
-        sources = open_inputs(stack, list(inputs))
-        base_checkpoint = open_inputs(stack, [base])[0] if base is not None else None
+        sources = open_inputs(stack, list(inputs), options)
+        base_checkpoint = open_inputs(stack, [base], options)[0] if base is not None else None
         jobs = plan_merge(sources, base_checkpoint, options)
         has_base = base_checkpoint is not None
         buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)

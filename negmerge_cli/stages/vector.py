@@ -21,7 +21,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
     """Write tau = finetuned - base. Integer and bool tensors are not part of a vector and are left out."""
     options = options or StreamOptions()
     with ExitStack() as stack:
-        finetuned_checkpoint, base_checkpoint = open_inputs(stack, [finetuned, base])
+        finetuned_checkpoint, base_checkpoint = open_inputs(stack, [finetuned, base], options)
         jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options)
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
