@@ -31,10 +31,13 @@ def finetune(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Point 1 alone first (an earlier job), then the whole two-point sweep, which must skip it."""
+    """Two jobs (--point 0, --point 1) at once into one new folder, then the whole sweep, which skips both."""
     out = tmp_path_factory.mktemp("sweep") / "run"
-    first = finetune("-o", out, *GRID, "--point", "1")
-    assert first.returncode == 0, first.stderr
+    jobs = [subprocess.Popen([sys.executable, "-m", "negmerge_cli", "finetune", *COMMON, "-o", str(out), *GRID,
+                              "--point", str(i)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for job in jobs:
+        assert job.wait(timeout=300) == 0, job.stderr.read()
     stamp = (out / f"{NAMES[1]}.safetensors").stat().st_mtime_ns
     whole = finetune("-o", out, *GRID)
     assert whole.returncode == 0, whole.stderr
@@ -59,9 +62,9 @@ def test_sweep_writes_base_points_and_manifest(sweep):
     assert result.stdout == ""  # results go to files; stdout stays clean
 
 
-def test_finished_point_is_skipped(sweep):
+def test_finished_points_are_skipped(sweep):
     out, stamp, result = sweep
-    assert f"skip {NAMES[1]}" in result.stderr
+    assert f"skip {NAMES[0]}" in result.stderr and f"skip {NAMES[1]}" in result.stderr
     assert (out / f"{NAMES[1]}.safetensors").stat().st_mtime_ns == stamp
     again = finetune("-o", out, *GRID, "-q")
     assert again.returncode == 0 and again.stderr == "", again.stderr
