@@ -67,13 +67,17 @@ def _from_tag(open_clip, name: str, tag: str) -> torch.nn.Module:
     if tag not in tags:
         known = ", ".join(tags) or "none"
         raise UsageError(f"unknown --pretrained tag '{tag}' for model {name} (known tags: {known}; or give a local file)")
+    logging.disable(logging.ERROR)  # huggingface_hub logs every retry; the one-line error says it all
     try:
-        return _quiet(lambda: open_clip.create_model(name, pretrained=tag))
+        return open_clip.create_model(name, pretrained=tag)
     except (RuntimeError, OSError) as exc:
-        reason = str(exc).splitlines()[0][:200]
+        reason = str(exc).splitlines()[0]
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
         raise NegmergeError(
-            f"could not get pretrained weights '{tag}' for {name} ({reason}); offline, pass a local checkpoint file"
+            f"could not get pretrained weights '{tag}' for {name}: {reason} (offline? pass a local checkpoint file)"
         ) from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _quiet(make):
