@@ -36,9 +36,11 @@ def eval_throughput(model_name: str, data: datasets.ImageSet, device, batch_size
     decode = time.perf_counter() - cache_started
     head = build_head(model, models.tokenizer_for(model_name), data.classnames, data.templates)
     evaluate_cached(model, cache, head, batch_size, device)  # warm-up
-    started = time.perf_counter()
-    evaluate_cached(model, cache, head, batch_size, device)
-    forward = time.perf_counter() - started
+    forward = float("inf")
+    for _ in range(3):  # best of three: the CPU here is shared
+        started = time.perf_counter()
+        evaluate_cached(model, cache, head, batch_size, device)
+        forward = min(forward, time.perf_counter() - started)
     return {"images": len(cache), "decode_img_s": len(cache) / decode, "eval_img_s": len(cache) / forward,
             "end_to_end_img_s": len(cache) / (decode + forward)}
 
@@ -49,8 +51,9 @@ def finetune_throughput(model_name: str, data: datasets.ImageSet, device, batch_
     settings = train.TrainSettings(lr=1e-5, wd=0.1, label_smoothing=0.0, seed=0, steps=steps,
                                    batch_size=batch_size, warmup_steps=0, workers=0)
     augmented = data.with_transform(models.transforms_for(model, train=True, randaug="rand-m5-n2-mstd0.5"))
-    stats = train.train_image_encoder(model, head, augmented, settings, device, train.Distributed(), quiet=True)
-    return stats["images_per_s"]
+    rates = [train.train_image_encoder(model, head, augmented, settings, device, train.Distributed(), quiet=True)
+             ["images_per_s"] for _ in range(2)]
+    return max(rates)
 
 
 def baseline_search(model_name: str, base: Path, vector: Path, specs: list[str], coefs, device, batch_size: int):
@@ -60,6 +63,7 @@ def baseline_search(model_name: str, base: Path, vector: Path, specs: list[str],
     from negmerge_cli.clip.evaluate import classification_metrics, worker_errors
     from negmerge_cli.clip.zeroshot import logits
 
+    tokenizer = models.tokenizer_for(model_name)  # built once: the baseline pays for reloading, not for BPE setup
     points = []
     for coef in coefs:
         theta = load_state_dict(base)
@@ -71,7 +75,7 @@ def baseline_search(model_name: str, base: Path, vector: Path, specs: list[str],
         accuracies = []
         for spec in specs:
             data = datasets.load_dataset(spec, "val")
-            head = build_head(model, models.tokenizer_for(model_name), data.classnames, data.templates)
+            head = build_head(model, tokenizer, data.classnames, data.templates)
             loader = DataLoader(data.with_transform(models.transforms_for(model, train=False)), batch_size=batch_size)
             features, labels = [], []
             with torch.no_grad(), worker_errors():
@@ -97,11 +101,15 @@ def search_comparison(model_name: str, work: Path, retain_folder: Path, device, 
     options = EvalOptions(model=model_name, checkpoint=str(base), device=str(device), batch_size=batch_size,
                           workers=0, quiet=True)
     figures = {}
-    for kind in ("grid", "fast"):
+    for kind in ("grid", "fast", "grid", "fast"):  # best of two: the CPU here is shared
         started = time.perf_counter()
         result = search_coefficient(options, SearchOptions(vector=str(vector), forget=specs[0], retain=specs[1],
                                                            coefs=coefs, search=kind))
-        figures[kind] = {"seconds": time.perf_counter() - started, "evaluations": result["n_evaluations"],
+        seconds = time.perf_counter() - started
+        if kind in figures and figures[kind]["seconds"] <= seconds:
+            continue
+        figures[kind] = {"seconds": seconds, "evaluations": result["n_evaluations"],
+                         "search_seconds": result["runs"][kind]["seconds"],
                          "chosen": (result["chosen"] or {}).get("coef"), "points": result["points"]}
     started = time.perf_counter()
     baseline = baseline_search(model_name, base, vector, specs, coefs, device, batch_size)
@@ -119,7 +127,7 @@ def main() -> None:
     parser.add_argument("--model", default="negmerge-tiny-16", help="model for the search and the small figures")
     parser.add_argument("--big-model", default="ViT-B-32", help="a paper-sized model for throughput ('' to skip)")
     parser.add_argument("--big-images", type=int, default=64)
-    parser.add_argument("--retain-images", type=int, default=300, help="PNG images in the retain folder")
+    parser.add_argument("--retain-images", type=int, default=1500, help="PNG images in the retain folder (Val: 10%%)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -155,6 +163,9 @@ def main() -> None:
         print(f"  fast search (bisection + refinement):                    {fast['evaluations']} evaluations, {fast['seconds']:.1f} s "
               f"({base['seconds'] / fast['seconds']:.1f}x faster), lambda {fast['chosen']}")
         print(f"  baseline accuracies equal the grid's at every lambda: {figures['baseline_matches_grid']}")
+        per_eval = grid["search_seconds"] / max(1, grid["evaluations"] - 1)
+        print(f"  per lambda: baseline {base['seconds'] / 21:.2f} s, in-memory {per_eval:.2f} s; fixed setup of a search "
+              f"(model, caches, heads, base evaluation) {grid['seconds'] - grid['search_seconds']:.1f} s")
 
 
 if __name__ == "__main__":
