@@ -1,0 +1,204 @@
+"""The paper-reproduction Makefile (docs/reproduce/Makefile) stays valid as the CLI changes.
+
+`make -n` on the tiny model and one forget dataset prints every command the Makefile would run; each
+`negmerge SUBCOMMAND ...` line is parsed by the real Typer/Click command (unknown options, bad values
+and missing required options fail), the checkpoint names the Makefile predicts are those `finetune`
+writes, and the two helper scripts work on outputs shaped like the ones `negmerge eval` writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPRO = Path(__file__).resolve().parents[1] / "docs" / "reproduce"
+MAKEFILE = REPRO / "Makefile"
+MARK = "negmerge"  # NEGMERGE as the Makefile runs it
+SUBCOMMANDS = {"finetune", "vector", "merge", "apply", "inspect", "eval"}
+TARGETS = ["all", "finetune", "vectors", "merges", "singles", "search", "apply", "test", "table",
+           "print-points", "help", "finetune-mnist", "mnist"]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _make(tmp_path: Path, *args: str, **variables: str) -> str:
+    settings = {"MODEL": "negmerge-tiny", "PRETRAINED": "", "DATASETS": "mnist", "GRID_M": "1 2",
+                "GRID_N": "1 3", "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out"),
+                "NEGMERGE": MARK, "PYTHON": sys.executable, **variables}
+    command = ["make", "--no-print-directory", "-f", str(MAKEFILE), *args,
+               *(f"{k}={v}" for k, v in settings.items())]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _commands(dry_run: str) -> list[list[str]]:
+    """Every simple command of the printed recipes, as argument lists."""
+    text = dry_run.replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        # command substitutions and shell variables stand for a number at run time ($(cat lambda.txt))
+        line = re.sub(r"\$\([^()]*\)", "0.5", line)
+        line = re.sub(r"\$\{?\w+\}?", "0.5", line)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
+        lexer.whitespace_split = True
+        current: list[str] = []
+        for token in lexer:
+            if token and set(token) <= set(";&|<>"):
+                if token in (">", ">>", "<", "2>"):
+                    next(lexer, None)  # the redirection's file
+                    continue
+                commands.append(current)
+                current = []
+            else:
+                current.append(token)
+        commands.append(current)
+    return [c for c in commands if c]
+
+
+def _negmerge_commands(dry_run: str) -> list[list[str]]:
+    found = []
+    for command in _commands(dry_run):
+        if MARK in command:
+            found.append(command[command.index(MARK) + 1:])
+    return found
+
+
+@pytest.fixture(scope="module")
+def cli_commands():
+    import typer
+
+    from negmerge_cli.cli.app import app
+
+    return typer.main.get_command(app).commands
+
+
+def test_every_negmerge_command_parses_against_the_cli(tmp_path, cli_commands):
+    dry_run = _make(tmp_path, "-n", "all")
+    commands = _negmerge_commands(dry_run)
+    used = {c[0] for c in commands}
+    assert used == SUBCOMMANDS, f"the Makefile runs {sorted(used)}"
+    for argv in commands:
+        name, args = argv[0], argv[1:]
+        command = cli_commands[name]
+        known = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("-")}
+        for token in args:
+            flag = token.split("=", 1)[0]
+            if re.fullmatch(r"--?[A-Za-z][\w-]*", flag):
+                assert flag in known, f"`negmerge {name}` has no option {flag}: {' '.join(argv)}"
+        try:  # the real parser: types, required options, arity
+            command.make_context(name, list(args))
+        except Exception as exc:  # Click's UsageError / BadParameter / NoSuchOption
+            pytest.fail(f"`negmerge {' '.join(argv)}` does not parse: {exc}")
+
+
+def test_the_pipeline_has_every_stage_per_dataset(tmp_path):
+    dry_run = _make(tmp_path, "-n", "all")
+    commands = _negmerge_commands(dry_run)
+    by_name = lambda n: [c for c in commands if c[0] == n]
+    assert len(by_name("finetune")) == 4  # GRID_M=1 2 x GRID_N=1 3
+    assert sorted(c[c.index("--point") + 1] for c in by_name("finetune")) == ["0", "2", "3", "5"]
+    assert all("paper" == c[c.index("--randaug") + 1] for c in by_name("finetune"))
+    methods = sorted(c[c.index("-m") + 1] for c in by_name("merge"))
+    assert methods == ["magmax", "mean", "negmerge", "ties"]
+    ties = next(c for c in by_name("merge") if "ties" in c)
+    assert ties[ties.index("--density") + 1] == "0.2"
+    searches = [c for c in by_name("eval") if "--vector" in c]
+    assert len(searches) == 4 + 4  # 4 merged vectors + 4 single vectors
+    assert all(c[c.index("--retain") + 1].startswith("imagenet:") for c in searches)
+    assert all(c[c.index("--forget") + 1].endswith(":val") for c in searches)
+    applies = by_name("apply")
+    assert len(applies) == 5  # best single + 4 merges
+    assert all(c[c.index("--scale") + 1].startswith("-") for c in applies)
+    tests = [c for c in by_name("eval") if "--vector" not in c]
+    assert len(tests) == 6  # pretrained, best single, 4 merges
+    assert "best_single.py" in dry_run and "table.py" in dry_run
+
+
+def test_targets_exist_and_reruns_are_file_based(tmp_path):
+    for target in TARGETS:
+        _make(tmp_path, "-n", target)
+    listing = _make(tmp_path, "-s", "print-points")
+    rows = [line.split() for line in listing.splitlines()]
+    assert [r[1] for r in rows] == ["0", "2", "3", "5"]
+    # a finished checkpoint is not trained again
+    done = Path(rows[0][2])
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"")
+    dry_run = _make(tmp_path, "-n", "finetune")
+    points = [c[c.index("--point") + 1] for c in _negmerge_commands(dry_run) if c[0] == "finetune"]
+    assert points == ["2", "3", "5"]
+
+
+def test_checkpoint_names_match_finetune(tmp_path):
+    """The names the Makefile predicts are those `finetune --randaug paper` gives each --point."""
+    from negmerge_cli.stages.finetune import Grid, expand_grid, normalise_randaug
+
+    listing = _make(tmp_path, "-s", "print-points", GRID_M="1 2 3 4 5 6 7 8 9 10", GRID_N="1 2 3",
+                    DATASETS="mnist cars")
+    rows = [line.split() for line in listing.splitlines()]
+    assert len(rows) == 60
+    for dataset, epochs in (("mnist", 30), ("cars", 70)):
+        points = expand_grid(Grid(lr=[1e-5], epochs=[epochs], randaug=normalise_randaug(["paper"])))
+        expected = [(str(p.index), f"{p.name}.safetensors") for p in points]
+        got = [(r[1], Path(r[2]).name) for r in rows if r[0] == dataset]
+        assert got == expected
+    steps = _make(tmp_path, "-s", "print-points", STEPS="7", LR="3e-4").split()
+    assert Path(steps[2]).name.startswith("lr0.0003_st7_")
+
+
+def _search(path: Path, vector: str, coef: float, forget: float, retain: float) -> None:
+    point = {"coef": coef, "forget_acc1": forget, "retain_acc1": retain}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "search.json").write_text(json.dumps({
+        "task": "coefficient_search", "model": "negmerge-tiny", "vector": vector, "threshold": 0.95,
+        "base": {"forget_acc1": 0.9, "retain_acc1": 0.8}, "points": [point], "chosen": point, "feasible": True}))
+    (path / "lambda.txt").write_text(f"{coef:g}\n")
+
+
+def test_best_single_and_table_scripts(tmp_path):
+    out = tmp_path / "out"
+    vectors = tmp_path / "vectors"
+    vectors.mkdir()
+    for name in ("a", "b", "c"):
+        (vectors / f"{name}.safetensors").write_bytes(b"x")
+    single = out / "mnist" / "single"
+    _search(single / "a", str(vectors / "a.safetensors"), 0.5, 0.40, 0.78)
+    _search(single / "b", str(vectors / "b.safetensors"), 0.9, 0.30, 0.77)
+    _search(single / "c", str(vectors / "c.safetensors"), 0.7, 0.30, 0.79)  # tie on forget: higher retain
+    best = out / "mnist" / "best_single"
+    subprocess.run([sys.executable, str(REPRO / "best_single.py"), "--out-dir", str(best),
+                    *(str(single / n) for n in "abc")], check=True, capture_output=True, timeout=30)
+    assert (best / "lambda.txt").read_text().strip() == "0.7"
+    assert (best / "tau.safetensors").resolve() == (vectors / "c.safetensors").resolve()
+    assert json.loads((best / "choice.json").read_text())["chosen"]["name"] == "c"
+
+    def test_json(method: str, forget: float, retain: float) -> None:
+        entry = lambda d, a: {"dataset": d, "model": "negmerge-tiny", "pretrained": "x", "task": "zeroshot_classification",
+                              "metrics": {"acc1": a, "acc5": 1.0, "mean_per_class_recall": a}, "n_images": 10}
+        folder = out / "mnist" / method
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "test.json").write_text(json.dumps([entry(f"mnist:{tmp_path}:test", forget),
+                                                      entry(f"imagenet:{tmp_path}/imagenet:test", retain)]))
+
+    test_json("pretrained", 0.9, 0.8)
+    test_json("best_single", 0.3, 0.77)
+    test_json("negmerge", 0.2, 0.76)
+    _search(out / "mnist" / "negmerge", "tau", 0.85, 0.21, 0.77)
+    (out / "mnist" / "negmerge" / "inspect.json").write_text(json.dumps({"nonzero_fraction": 0.25}))
+    done = subprocess.run([sys.executable, str(REPRO / "table.py"), "--out", str(out), "--datasets", "mnist",
+                           "--methods", "pretrained best_single negmerge", "--json", str(out / "table.json")],
+                          check=True, capture_output=True, text=True, timeout=30)
+    assert "| NegMerge | 20.00 | 76.00 | 20.00 | 76.00 |" in done.stdout
+    assert "| Pretrained | 90.00 | 80.00 |" in done.stdout
+    assert "0.85 (25.0% kept)" in done.stdout
+    table = json.loads((out / "table.json").read_text())
+    assert table["rows"]["best_single"]["datasets"]["mnist"]["lambda"] == 0.7
+    assert table["rows"]["negmerge"]["average"] == {"forget": 0.2, "retain": 0.76, "n_datasets": 1, "complete": True}
