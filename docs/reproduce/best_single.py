@@ -59,6 +59,7 @@ def _atomic_write(path: Path, text: str) -> None:
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    os.chmod(temp, 0o644)  # mkstemp's 0600 -> an ordinary file
     os.replace(temp, path)
 
 
