@@ -9,7 +9,7 @@ import sys
 import typer
 
 from negmerge_cli import __version__
-from negmerge_cli.cli import apply, evaluate, finetune, inspect, merge, vector
+from negmerge_cli.cli import apply, demo, evaluate, finetune, inspect, merge, vector
 from negmerge_cli.cli.console import print_error
 from negmerge_cli.errors import NegmergeError
 
@@ -22,7 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (finetune, vector, merge, apply, inspect, evaluate):
+for module in (finetune, vector, merge, apply, inspect, evaluate, demo):
     module.register(app)
 
 

@@ -39,6 +39,8 @@ def finetune(
     templates: Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)] = None,
     classnames: Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one per line, in label order.", dir_okay=False)] = None,
     cache_memory: Annotated[str, typer.Option("--cache-memory", help="Memory for the decoded Val images.")] = "4GiB",
+    crop_scale: Annotated[float, typer.Option("--crop-scale", help="With --randaug: smallest random-resized-crop area (timm's and the paper's 0.08).")] = 0.08,
+    hflip: Annotated[float, typer.Option("--hflip", help="With --randaug: horizontal flip probability (timm's and the paper's 0.5).")] = 0.5,
     device: opt.Device = "auto",
     quiet: opt.Quiet = False,
 ) -> None:
@@ -61,7 +63,8 @@ def finetune(
     options = FinetuneOptions(
         model=model, data=data, output=output, pretrained=pretrained, grid=grid, batch_size=batch_size,
         accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
-        classnames=classnames, device=device, cache_memory=cache_memory, quiet=quiet,
+        classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
+        quiet=quiet,
     )
     if list_points:
         for p in plan(options):

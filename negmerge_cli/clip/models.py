@@ -34,7 +34,7 @@ def _open_clip():
 
 
 def shipped_models() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not p.name.endswith(".preprocess.json"))
 
 
 def check_model_name(name: str) -> None:
@@ -55,7 +55,19 @@ def create_model(name: str, pretrained: Optional[str] = None, device: str | torc
             model = _quiet(lambda: open_clip.create_model(name))
         if pretrained:
             load_weights(model, pretrained, name)
+    _apply_preprocess_override(open_clip, model, name)
     return model.to(device).eval()
+
+
+def _apply_preprocess_override(open_clip, model: torch.nn.Module, name: str) -> None:
+    """A shipped config may come with ``NAME.preprocess.json`` (open_clip's built-in config files
+    cannot carry preprocessing): e.g. the demo model takes images in [0, 1], unnormalised."""
+    override = CONFIG_DIR / f"{name}.preprocess.json"
+    if override.exists():
+        import json
+
+        cfg = {**open_clip.get_model_preprocess_cfg(model), **json.loads(override.read_text())}
+        open_clip.set_model_preprocess_cfg(model, cfg)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -139,11 +151,14 @@ def tokenizer_for(name: str):
     return _open_clip().get_tokenizer(name)
 
 
-def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] = None):
+def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] = None,
+                   crop_scale: float = 0.08, hflip: float = 0.5):
     """The model's eval preprocessing; for training, open_clip's train transform or timm RandAugment.
 
     RandAugment uses timm's ``transforms_imagenet_train`` as the paper did (random resized crop,
     horizontal flip, then ``rand-m{m}-n{n}-mstd0.5``), with the model's size, mean and std.
+    ``crop_scale`` (smallest crop area) and ``hflip`` (probability) keep timm's defaults, the
+    paper's; tiny images and orientation-bound classes (digits) want gentler values.
     """
     open_clip = _open_clip()
     from open_clip.transform import PreprocessCfg, image_transform_v2
@@ -156,7 +171,8 @@ def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] =
     _patch_timm_posterize()
     size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
     return transforms_imagenet_train(
-        img_size=size, auto_augment=randaug, interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std
+        img_size=size, scale=(crop_scale, 1.0), hflip=hflip, auto_augment=randaug,
+        interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
     )
 
 

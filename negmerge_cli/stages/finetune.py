@@ -194,8 +194,9 @@ class SweepFolder:
 
 
 def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: int, warmup_steps: int,
-                templates: Optional[Path], classnames: Optional[Path]) -> dict:
-    return {
+                templates: Optional[Path], classnames: Optional[Path], crop_scale: float = 0.08,
+                hflip: float = 0.5) -> dict:
+    identity = {
         "model": model,
         "pretrained": _describe_weights(pretrained),
         "data": data,
@@ -204,6 +205,9 @@ def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: in
         "templates": _file_digest(templates),
         "classnames": _file_digest(classnames),
     }
+    if (crop_scale, hflip) != (0.08, 0.5):  # recorded only when changed: older sweeps stay valid
+        identity.update(crop_scale=crop_scale, hflip=hflip)
+    return identity
 
 
 def _describe_weights(pretrained: Optional[str]) -> Optional[str]:
@@ -263,6 +267,8 @@ class FinetuneOptions:
     device: str = "auto"
     eval_batch_size: int = 256
     cache_memory: str = "4GiB"
+    crop_scale: float = 0.08  # RandAugment runs: smallest random-resized-crop area (timm's default)
+    hflip: float = 0.5  # RandAugment runs: horizontal flip probability (timm's default)
     quiet: bool = False
 
 
@@ -299,6 +305,10 @@ def finetune(options: FinetuneOptions) -> dict:
     from negmerge_cli.units import parse_size, resolve_device
 
     points = plan(options)
+    if not 0 < options.crop_scale <= 1:
+        raise UsageError(f"--crop-scale {options.crop_scale}: must be in (0, 1]")
+    if not 0 <= options.hflip <= 1:
+        raise UsageError(f"--hflip {options.hflip}: must be in [0, 1]")
     ranks = train.init_distributed()
     try:
         quiet = options.quiet or not ranks.is_main
@@ -312,7 +322,8 @@ def finetune(options: FinetuneOptions) -> dict:
 
         folder = SweepFolder(options.output, identity_of(options.model, options.pretrained, options.data,
                                                          options.batch_size, options.warmup_steps,
-                                                         options.templates, options.classnames))
+                                                         options.templates, options.classnames,
+                                                         options.crop_scale, options.hflip))
         if ranks.is_main:
             # build the base before touching DIR: weights that do not fit fail with nothing written
             base_model = None if folder.base.exists() else models.create_model(options.model, options.pretrained)
@@ -348,7 +359,8 @@ def finetune(options: FinetuneOptions) -> dict:
             model.load_state_dict(base_state)
             settings = _settings(options, point)
             augment = None if point.randaug == NO_AUGMENTATION else point.randaug
-            data = train_set.with_transform(models.transforms_for(model, train=True, randaug=augment))
+            data = train_set.with_transform(models.transforms_for(model, train=True, randaug=augment,
+                                                                  crop_scale=options.crop_scale, hflip=options.hflip))
             if ranks.is_main:
                 folder.write_record(point, {"status": "running", "host": socket.gethostname(), "pid": os.getpid(),
                                             "hyperparameters": point.hyperparameters()})

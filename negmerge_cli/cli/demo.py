@@ -1,0 +1,68 @@
+"""negmerge demo: the whole unlearning pipeline on built-in data, no network needed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from negmerge_cli.cli import options as opt
+from negmerge_cli.cli.console import stderr
+from negmerge_cli.errors import UsageError
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Working folder: every intermediate file, results.json, the plot.", file_okay=False)] = Path("negmerge-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Reduced setting (3 fine-tunes, fewer steps), for tests.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the pretrained tiny model is cached [default: ~/.cache/negmerge_cli].", file_okay=False)] = None,
+    quiet: opt.Quiet = False,
+) -> None:
+    """Unlearn digits from a tiny CLIP that knows digits and textures: fine-tune k models, merge their
+    task vectors (NegMerge and baselines), choose lambda on Val, report test accuracy."""
+    from negmerge_cli.demo.pipeline import DemoSettings, run_demo
+    from negmerge_cli.demo.pretrain import default_cache_dir
+
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir}: exists and is not a folder")
+    settings = DemoSettings.quick() if quick else DemoSettings.full()
+    log = (lambda message: None) if quiet else (lambda message: stderr.print(f"[bold]demo[/]: {message}", highlight=False))
+    results = run_demo(workdir, settings, cache_dir or default_cache_dir(), log, quiet=quiet)
+    plot = workdir / "search" / "negmerge.png"
+    if plot.exists():
+        shutil.copyfile(plot, workdir / "tradeoff.png")
+    if not quiet:
+        stderr.print(results_table(results))
+        stderr.print(f"results: {workdir / 'results.json'}   trade-off plot: {workdir / 'tradeoff.png'}", highlight=False)
+        _print_commands(workdir / "commands.sh")
+
+
+def _print_commands(script: Path) -> None:
+    """The fine-tune and NegMerge's chain; the baselines' commands differ only in --method."""
+    lines = script.read_text().splitlines()[2:]
+    shown = [line for line in lines if "finetune" in line or "negmerge.safetensors" in line or "negmerge.json" in line]
+    stderr.print("\nThe same pipeline with the stage commands (all of it, baselines too, in "
+                 f"{script}):", style="bold", highlight=False)
+    stderr.print("\n".join(shown), highlight=False, soft_wrap=True)
+
+
+def results_table(results: dict) -> Table:
+    start, chance = results["start"], results["chance"]
+    table = Table(title=f"Unlearning digits (forget) while keeping textures (retain), k = {results['k']}",
+                  caption=f"test accuracy; chance: forget {chance['forget']:.1%}, retain {chance['retain']:.1%}; "
+                          "lambda chosen on Val by the paper's rule")
+    for column in ("method", "lambda", "forget acc", "retain acc", "kept"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    table.add_row("start (no unlearning)", "-", f"{start['forget']:.1%}", f"{start['retain']:.1%}", "-")
+    for name, row in results["methods"].items():
+        kept = f"{row['kept']:.1%}" if "kept" in row else "-"
+        forget = f"{row['forget']:.1%}" if row["forget"] is not None else "-"
+        retain = f"{row['retain']:.1%}" if row["retain"] is not None else "-"
+        table.add_row(name, f"{row['lambda']:.2f}", forget, retain, kept)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
