@@ -202,3 +202,22 @@ def test_randaugment_low_magnitudes_work_with_current_pillow():
     torch.manual_seed(0)
     image = Image.new("RGB", (20, 20), (120, 30, 200))
     assert all(transform(image).shape == (3, 32, 32) for _ in range(200))
+
+
+def test_crop_scale_and_hflip_reach_the_randaugment_transform(tmp_path, cli):
+    from torchvision import transforms
+
+    from negmerge_cli.clip import models
+
+    model = models.create_model(TINY)
+    default = models.transforms_for(model, train=True, randaug="rand-m1-n1-mstd0.5").transforms
+    gentle = models.transforms_for(model, train=True, randaug="rand-m1-n1-mstd0.5", crop_scale=0.6, hflip=0.0).transforms
+    crop = lambda ts: next(t for t in ts if type(t).__name__.startswith("RandomResizedCrop"))  # timm's own class
+    assert crop(default).scale == (0.08, 1.0) and crop(gentle).scale == (0.6, 1.0)
+    assert any(isinstance(t, transforms.RandomHorizontalFlip) for t in default)
+    assert not any(isinstance(t, transforms.RandomHorizontalFlip) for t in gentle)
+    out = tmp_path / "never"
+    for option, value in (("--crop-scale", "0"), ("--crop-scale", "1.5"), ("--hflip", "-0.1")):
+        assert_clean_failure(cli("finetune", "-m", TINY, "-d", "digits", "-o", out, "--steps", "1",
+                                 "--randaug", "rand-m1-n1-mstd0.5", option, value), option)
+    assert not out.exists()

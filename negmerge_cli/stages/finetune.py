@@ -276,6 +276,10 @@ def plan(options: FinetuneOptions) -> list[Point]:
     """The grid points this call would run (after --point selection); validates the options."""
     from negmerge_cli.clip import datasets, models
 
+    if not 0 < options.crop_scale <= 1:
+        raise UsageError(f"--crop-scale {options.crop_scale}: must be in (0, 1]")
+    if not 0 <= options.hflip <= 1:
+        raise UsageError(f"--hflip {options.hflip}: must be in [0, 1]")
     spec = datasets.parse_spec(options.data)
     if spec.split not in (None, "train"):
         raise UsageError(f"--data {options.data}: finetune trains on the train split (Val is held out for it)")
@@ -305,10 +309,6 @@ def finetune(options: FinetuneOptions) -> dict:
     from negmerge_cli.units import parse_size, resolve_device
 
     points = plan(options)
-    if not 0 < options.crop_scale <= 1:
-        raise UsageError(f"--crop-scale {options.crop_scale}: must be in (0, 1]")
-    if not 0 <= options.hflip <= 1:
-        raise UsageError(f"--hflip {options.hflip}: must be in [0, 1]")
     ranks = train.init_distributed()
     try:
         quiet = options.quiet or not ranks.is_main
