@@ -81,10 +81,14 @@ def measure_read_floor(paths: list[str]) -> None:
         os.close(fd)
 
 
-def measure_ours(paths: list[str], out: str, method: str, device: str) -> None:
+def measure_ours(paths: list[str], out: str, method: str, device: str, hash_inputs: bool = True) -> None:
     from negmerge_cli.stages import StreamOptions, merge_vectors
 
-    merge_vectors(paths, out, method, options=StreamOptions(device=device, force=True))
+    merge_vectors(paths, out, method, options=StreamOptions(device=device, force=True, hash_inputs=hash_inputs))
+
+
+def measure_ours_nohash(paths: list[str], out: str, method: str, device: str) -> None:
+    measure_ours(paths, out, method, device, hash_inputs=False)
 
 
 def measure_naive(paths: list[str], out: str, method: str, device: str) -> None:
@@ -153,6 +157,8 @@ def main() -> None:
         for method in methods:
             ours = run_child("ours", paths, args.workdir / "out.safetensors", method, args.device)
             rows.append({"k": k, "what": f"negmerge_cli {method}", **ours, "x_floor": ours["wall_s"] / floor["wall_s"]})
+        fast = run_child("ours_nohash", paths, args.workdir / "out.safetensors", methods[0], args.device)
+        rows.append({"k": k, "what": f"negmerge_cli {methods[0]} --no-hash", **fast, "x_floor": fast["wall_s"] / floor["wall_s"]})
         needed_gb = 2 * k * file_gb  # every vector loaded, plus the stacked copy of them
         if needed_gb < naive_limit:
             naive = run_child("naive", paths, args.workdir / "naive.safetensors", "negmerge", args.device)
@@ -160,7 +166,7 @@ def main() -> None:
                          "x_floor": naive.get("wall_s", float("nan")) / floor["wall_s"]})
         else:
             rows.append({"k": k, "what": "naive load+stack (negmerge)", "skipped": f"needs ~{needed_gb:.0f} GB"})
-        for row in rows[-(len(methods) + 2):]:
+        for row in rows[-(len(methods) + 3):]:
             print(json.dumps(row), flush=True)
     print("\n| k | what | wall s | x read floor | peak RSS MB |\n|---|---|---|---|---|")
     for row in rows:

@@ -75,17 +75,18 @@ class Engine:
         self.pin = self.device.type == "cuda"
 
     # -- slicing ----------------------------------------------------------------------------
-    def slice_elements(self, job: TensorJob, float_buffers: int) -> int:
+    def slice_elements(self, job: TensorJob, float_buffers: int, cache_sized: bool = True) -> int:
         """How many elements per slice so that in-flight reads plus ``float_buffers`` working
-        buffers per element fit in the budget."""
+        buffers per element fit in the budget (and, if ``cache_sized``, the CPU caches)."""
         per_element = PREFETCH_DEPTH * 8 + 4 * (float_buffers + 3)
         fit = self.budget_bytes // per_element
         if fit < 1024:
             raise UsageError(f"--max-memory {self.budget_bytes} bytes: too small to stream (need >= {1024 * per_element})")
-        return max(1, min(job.numel, fit, MAX_SLICE_ELEMENTS.get(self.device.type, 1 << 20)))
+        cap = MAX_SLICE_ELEMENTS.get(self.device.type, 1 << 20) if cache_sized else job.numel
+        return max(1, min(job.numel, fit, cap))
 
-    def slices(self, job: TensorJob, float_buffers: int) -> list[tuple[int, int]]:
-        step = self.slice_elements(job, float_buffers)
+    def slices(self, job: TensorJob, float_buffers: int, cache_sized: bool = True) -> list[tuple[int, int]]:
+        step = self.slice_elements(job, float_buffers, cache_sized)
         return [(start, min(start + step, job.numel)) for start in range(0, job.numel, step)] or [(0, 0)]
 
     # -- reading ----------------------------------------------------------------------------

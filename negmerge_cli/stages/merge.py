@@ -60,8 +60,10 @@ def merge_vectors(
 
         def before_job(job: TensorJob, engine: Engine) -> None:
             def read_taus(index: int) -> Iterator[torch.Tensor]:
+                # whole tensors when the budget allows: per-tensor statistics (TIES' top-k) then
+                # take one kthvalue instead of a bisection over many slices
                 picked = (job.sources[0], job.sources[1 + index]) if has_base else (job.sources[index],)
-                for start, stop in engine.slices(job, buffers):
+                for start, stop in engine.slices(job, buffers, cache_sized=False):
                     yield from task_vectors((engine.read_prepared(job, s, start, stop) for s in picked), has_base)
 
             merger.prepare(job.name, job.numel, len(sources), read_taus)
