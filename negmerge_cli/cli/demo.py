@@ -53,7 +53,7 @@ def results_table(results: dict) -> Table:
     table = Table(title=f"Unlearning digits (forget) while keeping textures (retain), k = {results['k']}",
                   caption=f"test accuracy; chance: forget {chance['forget']:.1%}, retain {chance['retain']:.1%}; "
                           "lambda chosen on Val by the paper's rule")
-    for column in ("method", "lambda", "forget acc", "retain acc", "kept"):
+    for column in ("method", "lambda", "forget acc", "retain acc", "kept by NegMerge"):
         table.add_column(column, justify="left" if column == "method" else "right")
     table.add_row("start (no unlearning)", "-", f"{start['forget']:.1%}", f"{start['retain']:.1%}", "-")
     for name, row in results["methods"].items():

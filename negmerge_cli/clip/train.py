@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -107,7 +109,7 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
 def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: TrainSettings, device: torch.device,
                         ranks: Distributed, quiet: bool = False, description: str = "finetune") -> dict:
     """Train ``model.visual`` in place; returns run statistics (steps, images/s, last loss)."""
-    torch.manual_seed(settings.seed + ranks.rank)
+    _seed_everything(settings.seed + ranks.rank)
     _freeze_all_but_visual(model)
     encoder = model.visual.train()
     if ranks.enabled:
@@ -147,6 +149,14 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     return {"steps": total, "warmup_steps": warmup, "epochs_run": epoch, "images_seen": images,
             "seconds": round(seconds, 3), "images_per_s": round(images / max(seconds, 1e-9), 2),
             "final_loss": round(loss_value, 6), "processes": ranks.world_size}
+
+
+def _seed_everything(seed: int) -> None:
+    """torch for sampling and init; Python's and NumPy's RNGs for the augmentations (timm's
+    RandAugment and random-resized crop draw from ``random``) when they run in this process."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _freeze_all_but_visual(model) -> None:

@@ -23,27 +23,30 @@ CHANCE = {"forget": 1 / len(tasks.DIGIT_CLASSES), "retain": 1 / len(tasks.TEXTUR
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The reduced (``quick``) and full settings: fine-tunes vary RandAugment at one learning rate,
-    as the paper's sweep does."""
+    """The reduced (``quick``) and full settings.
+
+    The k fine-tunes differ in their seed (data order and initial batches) at one learning rate.
+    The paper varies RandAugment instead; here timm's RandAugment mixes colour channels (Invert,
+    SolarizeAdd, Color, Contrast), which are exactly what keeps the two tiny tasks apart, and with
+    it the chosen lambda's retain accuracy fell to the 95% limit (see docs/demo.md)."""
 
     randaug: tuple[str, ...]
     steps: int
     lr: float = 1e-3
+    seeds: tuple[int, ...] = (0,)
     batch_size: int = 64
     warmup_steps: int = 10
-    crop_scale: float = 0.6  # 16-px digits: gentler crops than timm's 0.08 ...
+    crop_scale: float = 0.6  # only used with RandAugment: 16-px digits want gentler crops ...
     hflip: float = 0.0  # ... and no mirrored digits
     pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
 
     @classmethod
     def full(cls) -> "DemoSettings":
-        grid = ((1, 1), (3, 1), (5, 1), (7, 2), (9, 2), (10, 3))
-        return cls(tuple(f"rand-m{m}-n{n}-mstd0.5" for m, n in grid), steps=100)
+        return cls(("none",), steps=100, seeds=(0, 1, 2, 3, 4, 5))
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        grid = ((1, 1), (5, 1), (9, 2))
-        return cls(tuple(f"rand-m{m}-n{n}-mstd0.5" for m, n in grid), steps=80)
+        return cls(("none",), steps=80, seeds=(0, 1, 2))
 
 
 @dataclass
@@ -92,11 +95,15 @@ def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, log: Log, q
     start = _test_accuracies(work, base, quiet)
     results = {"start": start, "chance": dict(CHANCE), "methods": {}, "k": len(finetuned),
                "settings": {"randaug": list(settings.randaug), "steps": settings.steps, "lr": settings.lr}}
+    nonzero = {}
     for method in METHODS:
         log(f"{method}: merge, choose lambda on Val, test")
         vector = work / "merged" / f"{method}.safetensors"
-        kept = _merge(method, finetuned, base, vector, commands)
-        results["methods"][method] = _unlearn(work, method, base, vector, commands, quiet) | {"kept": kept}
+        nonzero[method] = _merge(method, finetuned, base, vector, commands)
+        results["methods"][method] = _unlearn(work, method, base, vector, commands, quiet)
+        results["methods"][method]["nonzero_fraction"] = nonzero[method].kept_fraction
+    # what NegMerge kept, out of the elements the fine-tunes changed (non-zero in their mean)
+    results["methods"]["negmerge"]["kept"] = nonzero["negmerge"].nonzero / max(1, nonzero["mean"].nonzero)
     log("best single task vector: search each of the k vectors")
     results["methods"]["best_single"] = _best_single(work, base, finetuned, commands, quiet)
     timings["total_s"] = round(time.perf_counter() - started, 1)
@@ -121,19 +128,23 @@ def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands:
     from negmerge_cli.stages.finetune import FinetuneOptions, Grid, finetune
 
     sweep = work / "finetune"
-    log(f"fine-tuning {len(settings.randaug)} models on digits (RandAugment grid, {settings.steps} steps each)")
+    count = len(settings.randaug) * len(settings.seeds)
+    log(f"fine-tuning {count} models on digits ({settings.steps} steps each, one per grid point)")
     options = FinetuneOptions(
         model=MODEL, data=str(work.digits), output=sweep, pretrained=str(pretrained),
-        grid=Grid(lr=[settings.lr], steps=[settings.steps], randaug=list(settings.randaug)),
+        grid=Grid(lr=[settings.lr], steps=[settings.steps], seed=list(settings.seeds), randaug=list(settings.randaug)),
         batch_size=settings.batch_size, warmup_steps=settings.warmup_steps, workers=0,
         crop_scale=settings.crop_scale, hflip=settings.hflip, quiet=quiet,
     )
     finetune(options)
-    randaug = " ".join(f"--randaug {r}" for r in settings.randaug)
+    grid = " ".join(f"--seed {s}" for s in settings.seeds)
+    if settings.randaug != ("none",):
+        grid += "".join(f" --randaug {r}" for r in settings.randaug)
+        grid += f" --crop-scale {settings.crop_scale} --hflip {settings.hflip}"
     commands.append(
         f"negmerge finetune --model {MODEL} --pretrained {pretrained} --data {work.digits} -o {sweep} "
-        f"{randaug} --lr {settings.lr} --steps {settings.steps} --batch-size {settings.batch_size} "
-        f"--warmup-steps {settings.warmup_steps} --crop-scale {settings.crop_scale} --hflip {settings.hflip}"
+        f"{grid} --lr {settings.lr} --steps {settings.steps} --batch-size {settings.batch_size} "
+        f"--warmup-steps {settings.warmup_steps}"
     )
     return sweep
 
@@ -143,14 +154,14 @@ def _manifest_points(sweep: Path) -> list[dict]:
     return [p for p in manifest["points"] if p.get("status") == "done"]
 
 
-def _merge(method: str, finetuned: list[Path], base: Path, output: Path, commands: list[str]) -> float:
+def _merge(method: str, finetuned: list[Path], base: Path, output: Path, commands: list[str]):
     from negmerge_cli.stages import StreamOptions, merge_vectors
 
     params = {"density": 0.2} if method == "ties" else {}
     result = merge_vectors(finetuned, output, method, base=base, options=StreamOptions(device="cpu", force=True), **params)
     extra = " --density 0.2" if method == "ties" else ""
     commands.append(f"negmerge merge --method {method}{extra} --base {base} -o {output} {' '.join(map(str, finetuned))}")
-    return result.kept_fraction
+    return result
 
 
 def _unlearn(work: Workdir, name: str, base: Path, vector: Path, commands: list[str], quiet: bool) -> dict:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 SIZE = 16
-DATA_VERSION = 1  # bump when the generated images change (invalidates cached pretrained models)
+DATA_VERSION = 2  # bump when the generated images change (invalidates cached pretrained models)
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEXTURE_CLASSES = ("horizontal_stripes", "vertical_stripes", "diagonal_stripes", "antidiagonal_stripes",
                    "checkerboard", "dots", "rings", "blotches")
@@ -41,7 +41,7 @@ def digits() -> dict[str, Split]:
                 for split in ("train", "test")}
 
 
-def textures(train: int = 2000, test: int = 1000) -> dict[str, Split]:
+def textures(train: int = 4000, test: int = 1000) -> dict[str, Split]:
     return {"train": _textures(train, seed=1), "test": _textures(test, seed=3)}
 
 
