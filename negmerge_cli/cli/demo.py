@@ -42,7 +42,8 @@ def demo(
 def _print_commands(script: Path) -> None:
     """The fine-tune and NegMerge's chain; the baselines' commands differ only in --method."""
     lines = script.read_text().splitlines()[2:]
-    shown = [line for line in lines if "finetune" in line or "negmerge.safetensors" in line or "negmerge.json" in line]
+    shown = [line for line in lines
+             if line.startswith("negmerge finetune") or "/negmerge.safetensors" in line or "/negmerge.json" in line]
     stderr.print("\nThe same pipeline with the stage commands (all of it, baselines too, in "
                  f"{script}):", style="bold", highlight=False)
     stderr.print("\n".join(shown), highlight=False, soft_wrap=True)

@@ -160,7 +160,7 @@ def _merge(method: str, finetuned: list[Path], base: Path, output: Path, command
     params = {"density": 0.2} if method == "ties" else {}
     result = merge_vectors(finetuned, output, method, base=base, options=StreamOptions(device="cpu", force=True), **params)
     extra = " --density 0.2" if method == "ties" else ""
-    commands.append(f"negmerge merge --method {method}{extra} --base {base} -o {output} {' '.join(map(str, finetuned))}")
+    commands.append(f"negmerge merge --method {method}{extra} --base {base} -o {output} {_points_glob(base)}")
     return result
 
 
@@ -209,7 +209,7 @@ def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: lis
 
     folder = work / "vectors"
     make_vectors(base, finetuned, folder, StreamOptions(device="cpu", force=True))
-    commands.append(f"negmerge vector --base {base} --out-dir {folder} {' '.join(map(str, finetuned))}")
+    commands.append(f"negmerge vector --base {base} --out-dir {folder} {_points_glob(base)}")
     best = None
     for path in finetuned:
         vector = folder / path.name
@@ -221,6 +221,11 @@ def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: lis
         return {"lambda": 0.0, "forget": None, "retain": None, "feasible": False}
     vector, _ = best
     return _unlearn(work, "best_single", base, vector, commands, quiet) | {"vector": vector.name}
+
+
+def _points_glob(base: Path) -> str:
+    """The sweep's checkpoints as the shell would list them (every point file starts with lr)."""
+    return str(base.parent / "lr*.safetensors")
 
 
 def _test_accuracies(work: Workdir, checkpoint: Path, quiet: bool) -> dict:
