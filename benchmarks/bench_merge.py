@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 # Shapes of open_clip ViT-B-32 `visual.*` (width 768, 12 layers, patch 32, 224 px, embed 512).
@@ -114,7 +112,7 @@ def run_child(kind: str, paths: list[Path], out: Path, method: str, device: str)
         "import torch\n"  # import cost excluded from the timing, included in the RSS baseline
         f"paths = {[str(p) for p in paths]!r}\n"
         "start = time.perf_counter()\n"
-        + (f"b.measure_read_floor(paths)\n" if kind == "floor" else
+        + ("b.measure_read_floor(paths)\n" if kind == "floor" else
            f"b.measure_{kind}(paths, {str(out)!r}, {method!r}, {device!r})\n")
         + "wall = time.perf_counter() - start\n"
         "print(json.dumps({'wall_s': wall, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"

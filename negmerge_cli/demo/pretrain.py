@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ def pretrained_checkpoint(recipe: PretrainRecipe, cache_dir: Path, templates: tu
 
 def pretrain(recipe: PretrainRecipe, templates: tuple[str, ...], progress=None) -> torch.nn.Module:
     from negmerge_cli.clip import models
+    from negmerge_cli.clip.train import cosine_lr
     from negmerge_cli.clip.zeroshot import text_head
 
     model = models.create_model(MODEL)  # seeded random init
@@ -79,7 +79,7 @@ def pretrain(recipe: PretrainRecipe, templates: tuple[str, ...], progress=None) 
     model.train()
     for step in range(recipe.steps):
         for group in optimizer.param_groups:
-            group["lr"] = _cosine(step, recipe)
+            group["lr"] = cosine_lr(step, recipe.lr, recipe.warmup_steps, recipe.steps)
         loss = torch.zeros(())
         for images, labels, classnames in data.values():
             picked = torch.randint(len(labels), (recipe.batch_size,), generator=generator)
@@ -119,10 +119,3 @@ def _normalizer(model):
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     return lambda images: (torch.tensor(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-
-
-def _cosine(step: int, recipe: PretrainRecipe) -> float:
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
