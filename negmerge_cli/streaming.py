@@ -206,26 +206,44 @@ class _Failure:
 
 
 class _Prefetcher:
-    """Runs ``read(*item)`` for each planned item in a background thread, a few items ahead."""
+    """Runs ``read(*item)`` for each planned item in a background thread, a few items ahead.
+
+    The thread is not a daemon and is always stopped and joined, even when Ctrl-C lands while it
+    starts: a daemon thread killed inside torch at interpreter exit aborts the process
+    ("terminate called without an active exception")."""
 
     def __init__(self, items: Iterator[tuple], read: Callable[..., torch.Tensor]):
         self._items, self._read = items, read
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="negmerge-reader", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="negmerge-reader")
 
     def __enter__(self) -> "_Prefetcher":
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._shutdown()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         self._stop.set()
-        while self._thread.is_alive():  # unblock a reader waiting on a full queue
+        if self._thread.ident is None:
+            return  # never started
+        while True:
             try:
-                self._queue.get(timeout=0.05)
+                self._thread.join(timeout=0.05)
+            except RuntimeError:  # interrupted inside start(): not marked as started yet
+                continue
+            if not self._thread.is_alive():
+                return
+            try:  # unblock a reader waiting on a full queue
+                self._queue.get_nowait()
             except queue.Empty:
                 pass
-        self._thread.join()
 
     def next(self) -> torch.Tensor:
         item = self._queue.get()
