@@ -90,11 +90,12 @@ class Engine:
         return [(start, min(start + step, job.numel)) for start in range(0, job.numel, step)] or [(0, 0)]
 
     # -- reading ----------------------------------------------------------------------------
-    def read(self, job: TensorJob, source: Source, start: int, stop: int) -> torch.Tensor:
-        """One slice of one source, raw (stored dtype, CPU). Thread-safe."""
+    def read(self, job: TensorJob, source: Source, start: int, stop: int) -> tuple[torch.Tensor, Callable[[], None]]:
+        """One slice of one source, raw (stored dtype, CPU), and the step that hashes its bytes
+        (to run before the slice is modified). Thread-safe."""
         if source.checkpoint is None:
-            return torch.zeros(stop - start, dtype=job.compute_dtype or job.out_dtype)
-        return source.checkpoint.read(source.name, start, stop, pin=self.pin)
+            return torch.zeros(stop - start, dtype=job.compute_dtype or job.out_dtype), lambda: None
+        return source.checkpoint.read_unhashed(source.name, start, stop, pin=self.pin)
 
     def prepare(self, job: TensorJob, source: Source, raw: torch.Tensor, count: bool = True) -> torch.Tensor:
         """Raw slice -> compute device and dtype, checked for NaN/Inf."""
@@ -109,7 +110,9 @@ class Engine:
 
     def read_prepared(self, job: TensorJob, source: Source, start: int, stop: int) -> torch.Tensor:
         """A slice read synchronously, outside the planned stream (e.g. a per-tensor statistic)."""
-        return self.prepare(job, source, self.read(job, source, start, stop), count=False)
+        raw, hash_step = self.read(job, source, start, stop)
+        hash_step()
+        return self.prepare(job, source, raw, count=False)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(
@@ -206,21 +209,26 @@ class _Failure:
 
 
 class _Prefetcher:
-    """Runs ``read(*item)`` for each planned item in a background thread, a few items ahead.
+    """Reads the planned items a few ahead in one thread and hashes them in another, so reading,
+    hashing and the main thread's arithmetic overlap; items reach the main thread in plan order,
+    hashed (hashing must see the bytes before the arithmetic changes them in place).
 
-    The thread is not a daemon and is always stopped and joined, even when Ctrl-C lands while it
-    starts: a daemon thread killed inside torch at interpreter exit aborts the process
+    The threads are not daemons and are always stopped and joined, even when Ctrl-C lands while
+    they start: a daemon thread killed inside torch at interpreter exit aborts the process
     ("terminate called without an active exception")."""
 
-    def __init__(self, items: Iterator[tuple], read: Callable[..., torch.Tensor]):
+    def __init__(self, items: Iterator[tuple], read: Callable[..., tuple[torch.Tensor, Callable[[], None]]]):
         self._items, self._read = items, read
+        self._read_queue: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="negmerge-reader")
+        self._threads = [threading.Thread(target=self._read_all, name="negmerge-reader"),
+                         threading.Thread(target=self._hash_all, name="negmerge-hasher")]
 
     def __enter__(self) -> "_Prefetcher":
         try:
-            self._thread.start()
+            for thread in self._threads:
+                thread.start()
         except BaseException:
             self._shutdown()
             raise
@@ -231,19 +239,21 @@ class _Prefetcher:
 
     def _shutdown(self) -> None:
         self._stop.set()
-        if self._thread.ident is None:
-            return  # never started
-        while True:
-            try:
-                self._thread.join(timeout=0.05)
-            except RuntimeError:  # interrupted inside start(): not marked as started yet
-                continue
-            if not self._thread.is_alive():
-                return
-            try:  # unblock a reader waiting on a full queue
-                self._queue.get_nowait()
-            except queue.Empty:
-                pass
+        for thread in self._threads:
+            if thread.ident is None:
+                continue  # never started
+            while True:
+                try:
+                    thread.join(timeout=0.05)
+                except RuntimeError:  # interrupted inside start(): not marked as started yet
+                    continue
+                if not thread.is_alive():
+                    break
+                for waiting in (self._read_queue, self._queue):  # unblock a full queue
+                    try:
+                        waiting.get_nowait()
+                    except queue.Empty:
+                        pass
 
     def next(self) -> torch.Tensor:
         item = self._queue.get()
@@ -253,20 +263,37 @@ class _Prefetcher:
             raise RuntimeError("prefetcher ran out of planned reads")
         return item
 
-    def _work(self) -> None:
+    def _read_all(self) -> None:
         try:
             for item in self._items:
                 if self._stop.is_set():
                     return
-                self._put(self._read(*item))
-            self._put(_END)
-        except BaseException as error:  # handed to the main thread, which raises it
-            self._put(_Failure(error))
+                self._put(self._read_queue, self._read(*item))
+            self._put(self._read_queue, _END)
+        except BaseException as error:  # handed on to the main thread, which raises it
+            self._put(self._read_queue, _Failure(error))
 
-    def _put(self, item: object) -> None:
+    def _hash_all(self) -> None:
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=0.05)
+                item = self._read_queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is _END or isinstance(item, _Failure):
+                self._put(self._queue, item)
+                return
+            tensor, hash_step = item
+            try:
+                hash_step()
+            except BaseException as error:
+                self._put(self._queue, _Failure(error))
+                return
+            self._put(self._queue, tensor)
+
+    def _put(self, target: queue.Queue, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                target.put(item, timeout=0.05)
                 return
             except queue.Full:
                 continue

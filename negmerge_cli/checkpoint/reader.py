@@ -12,6 +12,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,6 +20,11 @@ from negmerge_cli.checkpoint.format import DTYPES, Header, TensorEntry, read_hea
 from negmerge_cli.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def _nothing() -> None:
+    pass
+
 _HASH_BLOCK = 16 * 1024 * 1024
 
 
@@ -78,8 +84,11 @@ class SafetensorsFile:
             raise
         self.hasher = SequentialHasher(self._fd, self.header.file_size) if hash else None
 
-    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> None:
-        """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``."""
+    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> Callable[[], None]:
+        """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``.
+
+        Returns the hashing step for these bytes, to run before the buffer is modified (possibly
+        on another thread, so that reading and hashing overlap)."""
         view = memoryview(buffer.numpy()).cast("B")
         offset = entry.begin + byte_start
         done = 0
@@ -88,8 +97,8 @@ class SafetensorsFile:
             if count == 0:
                 raise CheckpointError(f"{self.path}: tensor '{entry.name}': file truncated while reading")
             done += count
-        if self.hasher is not None:
-            self.hasher.observe(offset, view)
+        hasher = self.hasher
+        return (lambda: hasher.observe(offset, view)) if hasher is not None else _nothing
 
     def close(self) -> None:
         os.close(self._fd)
@@ -121,12 +130,19 @@ class Checkpoint:
 
     def read(self, name: str, start: int = 0, stop: int | None = None, pin: bool = False) -> torch.Tensor:
         """Flat elements ``[start, stop)`` of a tensor, in its stored dtype, on the CPU."""
+        tensor, hash_step = self.read_unhashed(name, start, stop, pin)
+        hash_step()
+        return tensor
+
+    def read_unhashed(self, name: str, start: int = 0, stop: int | None = None,
+                      pin: bool = False) -> tuple[torch.Tensor, Callable[[], None]]:
+        """``read`` with the hashing of the bytes left to the caller (to run before any change)."""
         file, entry = self._where[name]
         stop = entry.numel if stop is None else stop
         item = entry.nbytes // entry.numel if entry.numel else 1
         buffer = torch.empty((stop - start) * item, dtype=torch.uint8, pin_memory=pin)
-        file.read_into(buffer, entry, start * item)
-        return buffer.view(entry.dtype)
+        hash_step = file.read_into(buffer, entry, start * item)
+        return buffer.view(entry.dtype), hash_step
 
     def read_tensor(self, name: str) -> torch.Tensor:
         return self.read(name).reshape(self.entry(name).shape)
