@@ -1,7 +1,7 @@
 """The streaming engine: tensor by tensor, slice by slice, over several checkpoints at once.
 
-A background thread reads the slices (``pread`` releases the GIL, and so does hashing) while the
-main thread moves them to the compute device, computes, and hands results to the writer. Only a
+Background threads read the slices and hash their bytes (``pread`` and SHA-256 release the GIL)
+while the main thread moves them to the compute device, computes, and hands results to the writer. Only a
 few slices are in flight at a time, so memory is bounded by the budget whatever the model size and
 however many inputs there are.
 """
@@ -136,9 +136,9 @@ class Engine:
                 before_job(job, self)
                 for start, stop in slices:
                     incoming = (self.prepare(job, s, prefetched.next()) for s in job.sources)
-                    counted = _Exhausting(incoming)
-                    result = process(job, start, stop, counted)
-                    counted.drain()
+                    result = process(job, start, stop, incoming)
+                    for _ in incoming:  # whatever the method left unread, to keep reads in step
+                        pass
                     write(job.name, result.to(job.out_dtype))
 
 
@@ -161,7 +161,7 @@ def _reuse_freed_memory() -> None:
 
 @contextmanager
 def _compute_threads(device: torch.device) -> Iterator[None]:
-    """Leave one core to the reader thread (reads and hashing) when computing on the CPU.
+    """Leave one core to the reader and hasher threads when computing on the CPU.
 
     Elementwise kernels on slices this size are memory-bound: an extra thread gains little, and
     competing with the reader for the last core costs a lot (measured 7x slower under load)."""
@@ -181,23 +181,6 @@ def _check_finite(tensor: torch.Tensor, source: Source, name: str) -> None:
         raise CheckpointError(
             f"{source.label}: tensor '{name}' contains NaN or Inf (pass --allow-nonfinite to accept)"
         )
-
-
-class _Exhausting:
-    """Iterator wrapper that can consume whatever the consumer left, keeping reads in step."""
-
-    def __init__(self, iterator: Iterator[torch.Tensor]):
-        self._iterator = iterator
-
-    def __iter__(self) -> "_Exhausting":
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        return next(self._iterator)
-
-    def drain(self) -> None:
-        for _ in self._iterator:
-            pass
 
 
 _END = object()

@@ -20,12 +20,11 @@ from negmerge_cli.checkpoint.format import DTYPES, Header, TensorEntry, read_hea
 from negmerge_cli.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
+_HASH_BLOCK = 16 * 1024 * 1024
 
 
 def _nothing() -> None:
     pass
-
-_HASH_BLOCK = 16 * 1024 * 1024
 
 
 class SequentialHasher:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -49,7 +49,6 @@ class StreamResult:
     nonzero: int
     bytes_read: int
     seconds: float
-    extra: dict = field(default_factory=dict)
 
     @property
     def kept_fraction(self) -> float:

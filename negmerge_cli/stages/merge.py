@@ -99,10 +99,7 @@ def _plan_vectors(sources: list[Checkpoint], options: StreamOptions) -> list[Ten
     names = list(dict.fromkeys(n for c in sources for n in c.names))
     jobs = []
     for name in names:
-        present = [c for c in sources if name in c]
-        if len(present) < len(sources) and not options.missing_as_zero:
-            absent = next(c for c in sources if name not in c)
-            raise missing_error(name, absent, present[0], hint=True)
+        present = _holding(name, sources, options)
         for checkpoint in present:
             require_float(name, checkpoint, "task vectors hold floating-point tensors only")
         check_shapes(name, present)
@@ -121,10 +118,7 @@ def _plan_with_base(sources: list[Checkpoint], base: Checkpoint, options: Stream
             raise missing_error(extra[0], base, checkpoint, hint=False)
     jobs = []
     for name in names:
-        present = [c for c in sources if name in c]
-        if len(present) < len(sources) and not options.missing_as_zero:
-            absent = next(c for c in sources if name not in c)
-            raise missing_error(name, absent, base, hint=True)
+        present = _holding(name, sources, options, reference=base)
         for checkpoint in present:
             require_float(name, checkpoint, "it is floating-point in the base")
         check_shapes(name, [base] + present)
@@ -134,6 +128,16 @@ def _plan_with_base(sources: list[Checkpoint], base: Checkpoint, options: Stream
         jobs.append(TensorJob(name, base.entry(name).shape, output_dtype(options.torch_dtype, *stored),
                               row, compute_dtype(*stored)))
     return jobs
+
+
+def _holding(name: str, sources: list[Checkpoint], options: StreamOptions,
+             reference: Checkpoint | None = None) -> list[Checkpoint]:
+    """The inputs that hold tensor ``name``; one lacking it is an error unless --missing-as-zero."""
+    present = [c for c in sources if name in c]
+    if len(present) < len(sources) and not options.missing_as_zero:
+        absent = next(c for c in sources if name not in c)
+        raise missing_error(name, absent, reference or present[0], hint=True)
+    return present
 
 
 def _check_weights(method: MergeMethod, weights: Sequence[float] | None, count: int) -> tuple[float, ...] | None:
