@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,9 +29,6 @@ def demo(
     settings = DemoSettings.quick() if quick else DemoSettings.full()
     log = (lambda message: None) if quiet else (lambda message: stderr.print(f"[bold]demo[/]: {message}", highlight=False))
     results = run_demo(workdir, settings, cache_dir or default_cache_dir(), log, quiet=quiet)
-    plot = workdir / "search" / "negmerge.png"
-    if plot.exists():
-        shutil.copyfile(plot, workdir / "tradeoff.png")
     if not quiet:
         stderr.print(results_table(results))
         stderr.print(f"results: {workdir / 'results.json'}   trade-off plot: {workdir / 'tradeoff.png'}", highlight=False)

@@ -107,6 +107,7 @@ def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, log: Log, q
     results["methods"]["best_single"] = _best_single(work, base, finetuned, commands, quiet)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     results["timings"] = timings
+    shutil.copyfile(work / "search" / "negmerge.png", work / "tradeoff.png")
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (work / "commands.sh").write_text("#!/bin/sh\nset -e\n" + "\n".join(commands) + "\n")
     return results
@@ -187,10 +188,9 @@ def _unlearn(work: Workdir, name: str, base: Path, vector: Path, commands: list[
 
 def _search(work: Workdir, name: str, base: Path, vector: Path, quiet: bool, plot: bool) -> dict:
     from negmerge_cli.clip.plot import draw_tradeoff
-    from negmerge_cli.stages.evaluate import EvalOptions, SearchOptions, search_coefficient, search_points
+    from negmerge_cli.stages.evaluate import SearchOptions, search_coefficient, search_points
 
-    options = EvalOptions(model=MODEL, checkpoint=str(base), device="cpu", workers=0, quiet=True)
-    result = search_coefficient(options, SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val"))
+    result = search_coefficient(_eval_options(base), SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val"))
     folder = work / "search"
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -222,14 +222,19 @@ def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: lis
     return _unlearn(work, "best_single", base, vector, commands, quiet) | {"vector": vector.name}
 
 
+def _eval_options(checkpoint: Path):
+    from negmerge_cli.stages.evaluate import EvalOptions
+
+    return EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0, quiet=True)
+
+
 def _points_glob(base: Path) -> str:
     """The sweep's checkpoints as the shell would list them (every point file starts with lr)."""
     return str(base.parent / "lr*.safetensors")
 
 
 def _test_accuracies(work: Workdir, checkpoint: Path, quiet: bool) -> dict:
-    from negmerge_cli.stages.evaluate import EvalOptions, evaluate
+    from negmerge_cli.stages.evaluate import evaluate
 
-    options = EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0, quiet=True)
-    forget, retain = evaluate([f"{work.digits}:test", f"{work.textures}:test"], options)
+    forget, retain = evaluate([f"{work.digits}:test", f"{work.textures}:test"], _eval_options(checkpoint))
     return {"forget": forget["metrics"]["acc1"], "retain": retain["metrics"]["acc1"]}
