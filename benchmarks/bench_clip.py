@@ -26,13 +26,14 @@ from negmerge_cli.checkpoint import load_state_dict  # noqa: E402
 from negmerge_cli.clip import datasets, models, train  # noqa: E402
 from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached  # noqa: E402
 from negmerge_cli.clip.zeroshot import build_head  # noqa: E402
-from negmerge_cli.stages.evaluate import EvalOptions, SearchOptions, search_coefficient  # noqa: E402
+from negmerge_cli.output import configure  # noqa: E402
+from negmerge_cli.stages import EvalOptions, SearchOptions, search_coefficient  # noqa: E402
 
 
 def eval_throughput(model_name: str, data: datasets.ImageSet, device, batch_size: int) -> dict:
     model = models.create_model(model_name, device=device)
     cache_started = time.perf_counter()
-    cache = ImageCache.build(data, models.transforms_for(model, train=False), 1 << 32, workers=0, quiet=True)
+    cache = ImageCache.build(data, models.transforms_for(model, train=False), 1 << 32, workers=0)
     decode = time.perf_counter() - cache_started
     head = build_head(model, models.tokenizer_for(model_name), data.classnames, data.templates)
     evaluate_cached(model, cache, head, batch_size, device)  # warm-up
@@ -51,7 +52,7 @@ def finetune_throughput(model_name: str, data: datasets.ImageSet, device, batch_
     settings = train.TrainSettings(lr=1e-5, wd=0.1, label_smoothing=0.0, seed=0, steps=steps,
                                    batch_size=batch_size, warmup_steps=0, workers=0)
     augmented = data.with_transform(models.transforms_for(model, train=True, randaug="rand-m5-n2-mstd0.5"))
-    rates = [train.train_image_encoder(model, head, augmented, settings, device, train.Distributed(), quiet=True)
+    rates = [train.train_image_encoder(model, head, augmented, settings, device, train.Distributed())
              ["images_per_s"] for _ in range(2)]
     return max(rates)
 
@@ -99,7 +100,7 @@ def search_comparison(model_name: str, work: Path, retain_folder: Path, device, 
     coefs = [round(i / 20, 10) for i in range(21)]
     specs = ["digits", str(retain_folder)]
     options = EvalOptions(model=model_name, checkpoint=str(base), device=str(device), batch_size=batch_size,
-                          workers=0, quiet=True)
+                          workers=0)
     figures = {}
     for kind in ("grid", "fast", "grid", "fast"):  # best of two: the CPU here is shared
         started = time.perf_counter()
@@ -108,13 +109,13 @@ def search_comparison(model_name: str, work: Path, retain_folder: Path, device, 
         seconds = time.perf_counter() - started
         if kind in figures and figures[kind]["seconds"] <= seconds:
             continue
-        figures[kind] = {"seconds": seconds, "evaluations": result["n_evaluations"],
-                         "search_seconds": result["runs"][kind]["seconds"],
-                         "chosen": (result["chosen"] or {}).get("coef"), "points": result["points"]}
+        figures[kind] = {"seconds": seconds, "evaluations": result.evaluations,
+                         "search_seconds": result.runs[kind].seconds,
+                         "chosen": result.chosen.coef if result.chosen else None, "points": result.points}
     started = time.perf_counter()
     baseline = baseline_search(model_name, base, vector, specs, coefs, device, batch_size)
     figures["baseline"] = {"seconds": time.perf_counter() - started, "evaluations": len(coefs)}
-    same = all(abs(p["forget_acc1"] - b[1]) < 1e-6 and abs(p["retain_acc1"] - b[2]) < 1e-6
+    same = all(abs(p.forget - b[1]) < 1e-6 and abs(p.retain - b[2]) < 1e-6
                for p, b in zip(figures["grid"]["points"], baseline))
     figures["baseline_matches_grid"] = same
     return figures

@@ -1,4 +1,4 @@
-from negmerge_cli.cli.app import main
+from negmerge_cli.cli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from negmerge_cli.checkpoint import (
     open_checkpoint,
     save_state_dict,
 )
+from negmerge_cli import files
 from negmerge_cli.errors import CheckpointError, OutputError
 
 
@@ -125,14 +126,17 @@ def test_writer_refuses_existing_output_and_inputs(tmp_path):
     existing = tmp_path / "x.safetensors"
     save_file({"a": torch.ones(1)}, str(existing))
     layout = [OutputTensor("a", torch.float32, (1,))]
-    with pytest.raises(OutputError, match="exists; pass --force"):
+    with pytest.raises(OutputError, match="exists; pass force=True"):
         StreamingWriter(existing, layout, {})
-    with pytest.raises(OutputError, match="also an input"):
-        StreamingWriter(existing, layout, {}, force=True, inputs=[existing])
-    link = tmp_path / "link.safetensors"
-    link.symlink_to(existing)
-    with pytest.raises(OutputError, match="also an input"):
-        StreamingWriter(link, layout, {}, force=True, inputs=[existing])
+    with files.operation():  # a file read in an operation is protected from its outputs
+        open_checkpoint(existing).close()
+        with pytest.raises(OutputError, match="also an input"):
+            StreamingWriter(existing, layout, {}, force=True)
+        link = tmp_path / "link.safetensors"
+        link.symlink_to(existing)
+        with pytest.raises(OutputError, match="also an input"):
+            StreamingWriter(link, layout, {}, force=True)
+    StreamingWriter(existing, layout, {}, force=True)  # outside that operation it is a plain output
 
 
 def test_empty_tensors_anywhere_in_the_layout(tmp_path):

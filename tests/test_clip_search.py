@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from negmerge_cli.clip.search import Point, fast_search, grid_search, parse_coefs, select
+from negmerge_cli.results import SearchPoint
+from negmerge_cli.clip.search import fast_search, grid_search, parse_coefs, select
 from negmerge_cli.errors import UsageError
 
 GRID = parse_coefs("0:1:21")
 
 
 def curve(forget, retain):
-    return [Point(c, f, r) for c, f, r in zip(GRID, forget, retain)]
+    return [SearchPoint(c, f, r) for c, f, r in zip(GRID, forget, retain)]
 
 
 def test_paper_grid_is_21_points_from_0_to_1():
@@ -33,17 +34,17 @@ def test_lowest_forget_among_points_keeping_retain():
 
 
 def test_retain_exactly_at_the_bar_passes():
-    points = [Point(0.0, 0.5, 0.8), Point(0.5, 0.3, 0.4), Point(1.0, 0.1, 0.39)]
+    points = [SearchPoint(0.0, 0.5, 0.8), SearchPoint(0.5, 0.3, 0.4), SearchPoint(1.0, 0.1, 0.39)]
     assert select(points, base_retain=0.8, threshold=0.5).coef == 0.5
 
 
 def test_ties_go_to_the_smallest_lambda_in_any_input_order():
-    points = [Point(0.9, 0.2, 0.7), Point(0.3, 0.2, 0.7), Point(0.6, 0.2, 0.7), Point(0.0, 0.5, 0.7)]
+    points = [SearchPoint(0.9, 0.2, 0.7), SearchPoint(0.3, 0.2, 0.7), SearchPoint(0.6, 0.2, 0.7), SearchPoint(0.0, 0.5, 0.7)]
     assert select(points, base_retain=0.7, threshold=0.95).coef == 0.3
 
 
 def test_no_feasible_point_gives_none():
-    points = [Point(0.5, 0.2, 0.1), Point(1.0, 0.1, 0.05)]  # the grid leaves out lambda = 0
+    points = [SearchPoint(0.5, 0.2, 0.1), SearchPoint(1.0, 0.1, 0.05)]  # the grid leaves out lambda = 0
     assert select(points, base_retain=0.8, threshold=0.95) is None
     assert fast_search(lambda c: {p.coef: p for p in points}[c], [0.5, 1.0], 0.8, 0.95)[0] is None
 

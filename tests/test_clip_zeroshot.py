@@ -10,7 +10,7 @@ from clip_helpers import TINY, make_image_folder
 from negmerge_cli.clip import datasets, models, train, zeroshot
 from negmerge_cli.clip.evaluate import ImageCache, classification_metrics, image_features
 from negmerge_cli.errors import CheckpointError, UsageError
-from negmerge_cli.stages.evaluate import NegatedModel
+from negmerge_cli.negation import NegatedModel
 
 torch.set_num_threads(2)
 
@@ -56,10 +56,10 @@ def test_metrics_on_hand_made_logits():
     logits = torch.tensor([[9.0, 1, 2, 3, 4, 5, 6], [0, 9, 1, 1, 1, 1, 1], [1, 2, 3, 4, 5, 6, 9], [9, 8, 7, 6, 5, 4, 0]])
     labels = torch.tensor([0, 1, 4, 6])
     metrics = classification_metrics(logits, labels)
-    assert metrics["acc1"] == pytest.approx(0.5)
-    assert metrics["acc5"] == pytest.approx(0.75)  # sample 2: label 4 ranks 2nd; sample 3: label 6 is last
+    assert metrics.acc1 == pytest.approx(0.5)
+    assert metrics.acc5 == pytest.approx(0.75)  # sample 2: label 4 ranks 2nd; sample 3: label 6 is last
     # per class: 0 -> 1/1, 1 -> 1/1, 4 -> 0/1, 6 -> 0/1
-    assert metrics["mean_per_class_recall"] == pytest.approx(0.5)
+    assert metrics.mean_per_class_recall == pytest.approx(0.5)
 
 
 def test_cache_gives_the_eval_transform_exactly_within_or_past_the_budget(tmp_path, tiny):
@@ -67,8 +67,8 @@ def test_cache_gives_the_eval_transform_exactly_within_or_past_the_budget(tmp_pa
     data = datasets.load_dataset(str(make_image_folder(tmp_path / "shapes", per_class=4)), "test")
     transform = models.transforms_for(model, train=False)
     direct = torch.stack([transform(data[i][0]) for i in range(len(data))])
-    full = ImageCache.build(data, transform, budget_bytes=1 << 30, quiet=True)
-    partial = ImageCache.build(data, transform, budget_bytes=5 * 3 * 32 * 32, quiet=True)
+    full = ImageCache.build(data, transform, budget_bytes=1 << 30)
+    partial = ImageCache.build(data, transform, budget_bytes=5 * 3 * 32 * 32)
     assert (full.num_cached, partial.num_cached) == (12, 5)
     for cache in (full, partial):
         torch.testing.assert_close(torch.cat(list(cache.batches(5))), direct, rtol=0, atol=1e-6)

@@ -171,7 +171,8 @@ def test_bad_finetune_inputs_fail_cleanly_and_write_nothing(tmp_path):
 
 def test_grid_expansion_names_and_selection():
     from negmerge_cli.errors import UsageError
-    from negmerge_cli.stages.finetune import FinetuneOptions, Grid, PAPER_RANDAUG, plan
+    from negmerge_cli.stages import FinetuneOptions, Grid, plan
+    from negmerge_cli.sweep import PAPER_RANDAUG
 
     options = FinetuneOptions(model=TINY, data="digits", output=Path("unused"),
                               grid=Grid(lr=[1e-5, 5e-6], epochs=[2], seed=[0, 1], randaug=["paper"]))
@@ -182,7 +183,7 @@ def test_grid_expansion_names_and_selection():
     options.point = [119]
     assert [p.index for p in plan(options)] == [119]
     options.point = [120]
-    with pytest.raises(UsageError, match="--point 120 is out of range"):
+    with pytest.raises(UsageError, match="point 120 is out of range"):
         plan(options)
     for bad in (Grid(randaug=["rand-zz"]), Grid(steps=[0]), Grid(epochs=[1], steps=[1]), Grid(seed=[])):
         with pytest.raises(UsageError):

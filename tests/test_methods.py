@@ -142,11 +142,11 @@ def test_low_and_high_precision_inputs(tmp_path, dtype):
 @pytest.mark.parametrize(
     "method, params, fragment",
     [
-        ("ties", {"density": 0.0}, "--density"),
-        ("ties", {"density": 1.5}, "--density"),
-        ("dare", {"drop_rate": 1.0}, "--drop-rate"),
-        ("dare", {"seed": -1}, "--seed"),
-        ("negmerge", {"density": 0.5}, "--density"),
+        ("ties", {"density": 0.0}, "density 0.0"),
+        ("ties", {"density": 1.5}, "density 1.5"),
+        ("dare", {"drop_rate": 1.0}, "drop_rate 1.0"),
+        ("dare", {"seed": -1}, "seed -1"),
+        ("negmerge", {"density": 0.5}, "no option density"),
         ("nope", {}, "unknown method"),
     ],
 )

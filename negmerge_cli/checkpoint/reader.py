@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from negmerge_cli import files
 from negmerge_cli.checkpoint.format import DTYPES, Header, TensorEntry, read_header
 from negmerge_cli.errors import CheckpointError
 
@@ -167,7 +168,13 @@ class Checkpoint:
 
 def open_checkpoint(path: str | os.PathLike, hash: bool = True) -> Checkpoint:
     """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder."""
-    path = Path(path)
+    checkpoint = _open(Path(path), hash)
+    for file in [checkpoint.path, *(f.path for f in checkpoint.files)]:
+        files.register_input(file)  # outputs of this operation may never replace it
+    return checkpoint
+
+
+def _open(path: Path, hash: bool) -> Checkpoint:
     if path.is_dir():
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):

@@ -10,21 +10,18 @@ only known at the end (content hashes of the inputs) can be filled in before the
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
 from negmerge_cli.checkpoint.format import DTYPE_CODES, METADATA_KEY, itemsize
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
-from negmerge_cli.errors import OutputError
+from negmerge_cli import files
 
 _HEADER_SLACK = 4096  # room for metadata that grows after the header is written
 _ALIGN = 8
@@ -46,8 +43,7 @@ class _Shard:
     path: Path  # final location
     tensors: list[OutputTensor]
     metadata: dict[str, str]
-    temp: Path | None = None
-    handle: object = None
+    file: "files.PendingFile | None" = None
     header_length: int = 0
 
     @property
@@ -82,13 +78,14 @@ class StreamingWriter:
         *,
         shard_size: int | None = None,
         force: bool = False,
-        inputs: Iterable[Path] = (),
     ):
         self.path = Path(path)
+        self._force = force
         self._shards = self._plan_shards(tensors, metadata, shard_size)
         self._index = index_path(self.path) if len(self._shards) > 1 else None
-        self._check_targets(force, list(inputs))
+        self._check_targets(force)
         self._queue: list[tuple[_Shard, OutputTensor]] = [(s, t) for s in self._shards for t in s.tensors]
+        self._pending_index: files.PendingFile | None = None
         self._cursor = 0
         self._written = 0  # bytes of the current tensor written so far
         self._advance()  # skip leading empty tensors: they take no bytes
@@ -112,23 +109,15 @@ class StreamingWriter:
     def final_paths(self) -> list[Path]:
         return [s.path for s in self._shards] + ([self._index] if self._index else [])
 
-    def _check_targets(self, force: bool, inputs: list[Path]) -> None:
-        if self.path.is_dir():
-            raise OutputError(f"{self.path}: output is a directory; give a file name")
-        input_ids = {_identity(p) for p in inputs} - {None}
+    def _check_targets(self, force: bool) -> None:
         for target in self.final_paths:
-            if _identity(target) in input_ids:
-                raise OutputError(f"{target}: output path is also an input; choose another output")
-            if target.exists() and not force:
-                raise OutputError(f"{target}: exists; pass --force to replace it")
+            files.check_target(target, force=force)
         folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        needed = sum(s.data_bytes for s in self._shards)
-        free = shutil.disk_usage(folder).free
-        if needed > free:
-            raise OutputError(
-                f"{self.path}: not enough disk space ({needed / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)"
-            )
+        while not folder.exists():  # the space check looks at the nearest existing folder
+            folder = folder.parent
+        needed = sum(s.data_bytes + _aligned(len(_header_bytes(s.tensors, s.metadata)) + _HEADER_SLACK) + 8
+                     for s in self._shards)
+        files.ensure_space(folder, needed, self.path)
 
     # -- writing ------------------------------------------------------------------------------
     def __enter__(self) -> "StreamingWriter":
@@ -141,12 +130,11 @@ class StreamingWriter:
         return self
 
     def _open_shard(self, shard: _Shard) -> None:
-        shard.temp = shard.path.with_name(f".{shard.path.name}.{os.getpid()}.tmp")
-        shard.handle = open(shard.temp, "wb")
+        shard.file = files.PendingFile(shard.path, force=self._force)
         header = _header_bytes(shard.tensors, shard.metadata)
         shard.header_length = _aligned(len(header) + _HEADER_SLACK)
-        self._guarded(shard.handle.write, struct.pack("<Q", shard.header_length))
-        self._guarded(shard.handle.write, header.ljust(shard.header_length, b" "))
+        shard.file.write(struct.pack("<Q", shard.header_length))
+        shard.file.write(header.ljust(shard.header_length, b" "))
 
     def write(self, name: str, data: torch.Tensor) -> None:
         """Append the next elements of tensor ``name`` (any shape; flattened, in C order)."""
@@ -158,7 +146,7 @@ class StreamingWriter:
         raw = data.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy()
         if self._written + len(raw) > tensor.nbytes:
             raise RuntimeError(f"writer got too many bytes for {name}")
-        self._guarded(shard.handle.write, memoryview(raw))
+        shard.file.write(memoryview(raw))
         self._written += len(raw)
         self._advance()
 
@@ -190,48 +178,31 @@ class StreamingWriter:
             header = _header_bytes(shard.tensors, shard.metadata)
             if len(header) > shard.header_length:
                 raise RuntimeError("final metadata outgrew the header slack")
-            self._guarded(shard.handle.seek, 8)
-            self._guarded(shard.handle.write, header.ljust(shard.header_length, b" "))
-            self._guarded(shard.handle.flush)
-            self._guarded(os.fsync, shard.handle.fileno())
-            shard.handle.close()
-        temp_index = self._write_index() if self._index else None
-        for shard in self._shards:
-            os.replace(shard.temp, shard.path)
-            shard.temp = None
-        if temp_index:  # last: a complete index means a complete sharded checkpoint
-            os.replace(temp_index, self._index)
-        _fsync_folder(self.path.parent)
+            shard.file.guarded(shard.file.handle.seek, 8)
+            shard.file.write(header.ljust(shard.header_length, b" "))
+        index = self._index_file() if self._index else None
+        # shards first, the index last: a complete index means a complete sharded checkpoint
+        with files.deferred_commits():
+            for shard in self._shards:
+                shard.file.commit()
+            if index:
+                index.commit()
 
-    def _write_index(self) -> Path:
+    def _index_file(self) -> files.PendingFile:
         weight_map = {t.name: s.path.name for s in self._shards for t in s.tensors}
         total = sum(s.data_bytes for s in self._shards)
         metadata = {**self._shards[0].metadata, "total_size": total}
-        temp = self._index.with_name(f".{self._index.name}.{os.getpid()}.tmp")
-        with open(temp, "w") as handle:
-            json.dump({"metadata": metadata, "weight_map": weight_map}, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return temp
+        index = files.PendingFile(self._index, force=self._force)
+        self._pending_index = index
+        index.write(json.dumps({"metadata": metadata, "weight_map": weight_map}, indent=2).encode())
+        return index
 
     def _discard(self) -> None:
         for shard in self._shards:
-            if shard.handle is not None and not shard.handle.closed:
-                shard.handle.close()
-            if shard.temp is not None:
-                shard.temp.unlink(missing_ok=True)
-        if self._index:
-            self._index.with_name(f".{self._index.name}.{os.getpid()}.tmp").unlink(missing_ok=True)
-
-    def _guarded(self, operation, *args):
-        """Run a write-side operation, turning disk errors into a one-line OutputError."""
-        try:
-            return operation(*args)
-        except OSError as exc:
-            reason = {errno.ENOSPC: "no space left on device", errno.EFBIG: "file too large"}.get(
-                exc.errno, exc.strerror or str(exc)
-            )
-            raise OutputError(f"{self.path}: {reason} while writing; no output was written") from None
+            if shard.file is not None:
+                shard.file.discard()
+        if self._pending_index is not None:
+            self._pending_index.discard()
 
 
 def save_state_dict(
@@ -266,24 +237,3 @@ def _header_bytes(tensors: list[OutputTensor], metadata: dict[str, str]) -> byte
 
 def _aligned(length: int) -> int:
     return (length + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = Path(path).stat()
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

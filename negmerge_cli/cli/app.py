@@ -1,17 +1,23 @@
-"""The Typer application: registers one module per command and maps known errors to exit codes."""
+"""The Typer application: one module per command, and the table that maps errors to exit codes.
+
+Nothing heavy is imported here: torch and open_clip load when a command runs, so ``--help`` and
+``--version`` answer at once. ``NEGMERGE_DEBUG=1`` adds the traceback behind a one-line error.
+"""
 
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
+import traceback
 
 import typer
 
-from negmerge_cli import __version__
+from negmerge_cli import __version__, files
 from negmerge_cli.cli import apply, demo, evaluate, finetune, inspect, merge, vector
-from negmerge_cli.cli.console import print_error
-from negmerge_cli.errors import NegmergeError
+from negmerge_cli.errors import NegmergeError, use_cli_option_names
+from negmerge_cli.output import output
 
 app = typer.Typer(
     name="negmerge",
@@ -44,32 +50,46 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit."""
     signal.signal(signal.SIGTERM, _terminate)  # clean up temporary files as Ctrl-C does
-    sys.exit(_run(argv))
+    sys.exit(run(argv))
 
 
-def _run(argv: list[str] | None) -> int:
+def run(argv: list[str] | None) -> int:
+    """Run one command; the exit code. Errors are reported by :func:`exit_code_for`."""
+    use_cli_option_names()
     args = sys.argv[1:] if argv is None else argv
     try:
-        code = app(args=args or ["--help"], prog_name="negmerge", standalone_mode=False)
+        with files.operation():
+            code = app(args=args or ["--help"], prog_name="negmerge", standalone_mode=False)
         if code == 130:  # Typer turns Ctrl-C into exit code 130 after our cleanup has run
-            print_error("interrupted; no output was written")
+            output().error("interrupted; no output was written")
         return code if isinstance(code, int) else 0
-    except typer.TyperException as exc:  # bad usage: Click's message, on one line
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line (or re-raises)
+        return exit_code_for(exc)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The error table: report ``exc`` as one line and return its exit code; bugs keep raising."""
+    if os.environ.get("NEGMERGE_DEBUG") and not isinstance(exc, SystemExit):
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    if isinstance(exc, typer.TyperException):  # bad usage: Click's message, on one line
         context = getattr(exc, "ctx", None)
         hint = f" (see '{context.command_path} --help')" if context else ""
-        print_error(exc.format_message() + hint)
+        output().error(exc.format_message() + hint)
         return getattr(exc, "exit_code", 2)
-    except (KeyboardInterrupt, typer.Abort):
-        print_error("interrupted; no output was written")
+    if isinstance(exc, (KeyboardInterrupt, typer.Abort)):
+        output().error("interrupted; no output was written")
         return 130
-    except NegmergeError as exc:
-        print_error(str(exc))
+    if isinstance(exc, NegmergeError):
+        output().error(str(exc))
         return exc.exit_code
-    except OSError as exc:  # permissions, vanished files...
+    if isinstance(exc, OSError):  # permissions, vanished files...
         where = f"{exc.filename}: " if exc.filename else ""
         reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-        print_error(f"{where}{reason}")
+        output().error(f"{where}{reason}")
         return 1
+    raise exc
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -9,15 +9,16 @@ import typer
 from rich.table import Table
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.cli.console import stderr
-from negmerge_cli.errors import UsageError
+from negmerge_cli.errors import UsageError, option
+from negmerge_cli.output import output
 
 
+@opt.with_options(opt.QUIET)
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", "-w", help="Working folder: every intermediate file, results.json, the plot.", file_okay=False)] = Path("negmerge-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Reduced setting (3 fine-tunes, fewer steps), for tests.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the pretrained tiny model is cached [default: ~/.cache/negmerge_cli].", file_okay=False)] = None,
-    quiet: opt.Quiet = False,
+    force: opt.Force = False,
 ) -> None:
     """Unlearn digits from a tiny CLIP that knows digits and textures: fine-tune k models, merge their
     task vectors (NegMerge and baselines), choose lambda on Val, report test accuracy."""
@@ -25,14 +26,12 @@ def demo(
     from negmerge_cli.demo.pretrain import default_cache_dir
 
     if workdir.exists() and not workdir.is_dir():
-        raise UsageError(f"--workdir {workdir}: exists and is not a folder")
+        raise UsageError(f"{option('workdir')} {workdir}: exists and is not a folder")
     settings = DemoSettings.quick() if quick else DemoSettings.full()
-    log = (lambda message: None) if quiet else (lambda message: stderr.print(f"[bold]demo[/]: {message}", highlight=False))
-    results = run_demo(workdir, settings, cache_dir or default_cache_dir(), log, quiet=quiet)
-    if not quiet:
-        stderr.print(results_table(results))
-        stderr.print(f"results: {workdir / 'results.json'}   trade-off plot: {workdir / 'tradeoff.png'}", highlight=False)
-        _print_commands(workdir / "commands.sh")
+    results = run_demo(workdir, settings, cache_dir or default_cache_dir(), force=force)
+    output().show(results_table(results))
+    output().log(f"results: {workdir / 'results.json'}   trade-off plot: {workdir / 'tradeoff.png'}")
+    _print_commands(workdir / "commands.sh")
 
 
 def _print_commands(script: Path) -> None:
@@ -40,9 +39,8 @@ def _print_commands(script: Path) -> None:
     lines = script.read_text().splitlines()[2:]
     shown = [line for line in lines
              if line.startswith("negmerge finetune") or "/negmerge.safetensors" in line or "/negmerge.json" in line]
-    stderr.print("\nThe same pipeline with the stage commands (all of it, baselines too, in "
-                 f"{script}):", style="bold", highlight=False)
-    stderr.print("\n".join(shown), highlight=False, soft_wrap=True)
+    output().log(f"\nThe same pipeline with the stage commands (all of it, baselines too, in {script}):")
+    output().log("\n".join(shown))
 
 
 def results_table(results: dict) -> Table:

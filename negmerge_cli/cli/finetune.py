@@ -18,8 +18,9 @@ def _grid_option(flag: str, help: str):
     return typer.Option(flag, help=help + " Repeat the option or separate values by commas.")
 
 
+@opt.with_options(opt.QUIET)
 def finetune(
-    model: Annotated[str, typer.Option("--model", "-m", help="OpenCLIP model name (e.g. ViT-B-32, or the shipped negmerge-tiny).")],
+    model: opt.Model,
     data: Annotated[str, typer.Option("--data", "-d", help="Training data spec: digits, an image folder, or NAME:ROOT (trains on :train, the part outside Val).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Sweep folder: base.safetensors, one checkpoint per point, manifest.json.", file_okay=False)],
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip pretrained tag (needs network) or a local checkpoint; omitted: seeded random init.")] = None,
@@ -33,23 +34,23 @@ def finetune(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).", min=1)] = 128,
     accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.", min=1)] = 1,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run).", min=0)] = 500,
-    workers: Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.", min=0)] = 2,
+    workers: opt.Workers = 2,
     point: Annotated[Optional[list[int]], typer.Option("--point", help="Run only grid point N (0-based; repeatable), e.g. one per Slurm array task.")] = None,
     list_points: Annotated[bool, typer.Option("--list-points", help="Print the grid (index, name) as JSON lines on stdout and exit.")] = False,
-    templates: Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)] = None,
-    classnames: Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one per line, in label order.", dir_okay=False)] = None,
-    cache_memory: Annotated[str, typer.Option("--cache-memory", help="Memory for the decoded Val images.")] = "4GiB",
+    templates: opt.Templates = None,
+    classnames: opt.Classnames = None,
+    cache_memory: opt.CacheMemory = "4GiB",
     crop_scale: Annotated[float, typer.Option("--crop-scale", help="With --randaug: smallest random-resized-crop area (timm's and the paper's 0.08).")] = 0.08,
     hflip: Annotated[float, typer.Option("--hflip", help="With --randaug: horizontal flip probability (timm's and the paper's 0.5).")] = 0.5,
     device: opt.Device = "auto",
-    quiet: opt.Quiet = False,
 ) -> None:
     """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
 
     The sweep is the product of the grid options. Re-running skips finished points; under torchrun
     it trains data-parallel (NCCL on GPUs, gloo on CPU).
     """
-    from negmerge_cli.stages.finetune import FinetuneOptions, Grid, finetune as run, plan
+    from negmerge_cli.stages import FinetuneOptions, Grid, plan
+    from negmerge_cli.stages import finetune as run
 
     grid = Grid(
         lr=_values(lr, float, "--lr", [1e-5]),
@@ -64,14 +65,13 @@ def finetune(
         model=model, data=data, output=output, pretrained=pretrained, grid=grid, batch_size=batch_size,
         accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
-        quiet=quiet,
     )
     if list_points:
         for p in plan(options):
             typer.echo(json.dumps({"index": p.index, "name": p.name, **p.hyperparameters()}))
         return
     manifest = run(options)
-    if manifest and not quiet:
+    if manifest:
         _print_table(manifest)
 
 
@@ -92,23 +92,21 @@ def _values(raw: GridValues, cast: Callable, flag: str, default: list) -> list:
     return values
 
 
-def _print_table(manifest: dict) -> None:
+def _print_table(manifest) -> None:
     from rich.table import Table
 
-    from negmerge_cli.cli.console import stderr
+    from negmerge_cli.output import output
 
     table = Table(title="finetune sweep")
     for column in ("point", "status", "Val acc1", "img/s"):
-        table.add_column(column)
-    base = (manifest.get("base") or {}).get("val")
-    if base:
-        table.add_row("base", "", f"{100 * base['acc1']:.2f}", "")
-    for record in manifest.get("points", []):
-        val = record.get("val") or {}
-        acc = f"{100 * val['acc1']:.2f}" if "acc1" in val else ""
-        rate = (record.get("train") or {}).get("images_per_s", "")
-        table.add_row(record.get("name", "?"), record.get("status", "?"), acc, str(rate))
-    stderr.print(table)
+        table.add_column(column, overflow="fold")
+    if manifest.base_val:
+        table.add_row("base", "", f"{100 * manifest.base_val.acc1:.2f}", "")
+    for record in manifest.points:
+        acc = f"{100 * record.val.acc1:.2f}" if record.val else ""
+        rate = (record.train or {}).get("images_per_s", "")
+        table.add_row(record.name, record.status, acc, str(rate))
+    output().show(table)
 
 
 def register(app: typer.Typer) -> None:

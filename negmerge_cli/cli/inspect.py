@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from negmerge_cli.stages.inspect import CheckpointSummary, inspect_checkpoint
+from negmerge_cli.cli import options as opt
 
 
+@opt.with_options(opt.QUIET)
 def inspect(
     path: Annotated[Path, typer.Argument(help="A .safetensors file, a sharded index, or a folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -22,34 +21,45 @@ def inspect(
     ] = None,
 ) -> None:
     """Show what a checkpoint holds; for task vectors also the non-zero fraction per tensor."""
+    from negmerge_cli.stages import inspect_checkpoint
+
     summary = inspect_checkpoint(path, nonzero)
     if as_json:
         typer.echo(json.dumps(summary.to_json(), indent=2))
     else:
-        _print_tables(summary, Console())
+        _print_tables(summary)
 
 
-def _print_tables(summary: CheckpointSummary, console: Console) -> None:
+def _print_tables(summary) -> None:
+    """The summary is this command's result: it goes to stdout (unlike logs, which go to stderr)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from negmerge_cli.output import printable
+
+    console = Console(highlight=False)
+
     counted = summary.nonzero_fraction is not None
-    table = Table(title=summary.path, title_justify="left")
+    table = Table(title=printable(summary.path), title_justify="left")
     for column in ("tensor", "dtype", "shape", "elements") + (("non-zero",) if counted else ()):
-        table.add_column(column, justify="right" if column in ("elements", "non-zero") else "left")
+        table.add_column(column, justify="right" if column in ("elements", "non-zero") else "left",
+                         overflow="fold")
     for tensor in summary.tensors:
         fraction = tensor.nonzero_fraction
-        row = [tensor.name, tensor.dtype, str(tuple(tensor.shape)), f"{tensor.numel:,}"]
+        row = [printable(tensor.name), tensor.dtype, str(tuple(tensor.shape)), f"{tensor.numel:,}"]
         table.add_row(*row, *((f"{fraction:.2%}" if fraction is not None else "-",) if counted else ()))
     console.print(table)
     if summary.metadata:
         meta = Table("key", "value", title="metadata", title_justify="left")
         for key, value in summary.metadata.items():
-            meta.add_row(key, value)
+            meta.add_row(printable(key), printable(value))
         console.print(meta)
     by_dtype = ", ".join(f"{dtype}: {count:,}" for dtype, count in summary.dtypes.items())
     kind = "task vector" if summary.is_task_vector else "checkpoint"
     line = f"{kind}: {len(summary.tensors)} tensors, {summary.numel:,} elements ({by_dtype}), {summary.total_bytes:,} bytes"
     if counted:
         line += f", non-zero {summary.nonzero_fraction:.2%} of float elements"
-    console.print(line, highlight=False, soft_wrap=True)
+    console.print(line, markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,8 @@
-"""negmerge merge: combine task vectors with NegMerge or a baseline method."""
+"""negmerge merge: combine task vectors with NegMerge or a baseline method.
+
+The method options (``--density``, ``--drop-rate``...) are generated from the method registry:
+a method's ``Param`` declarations are the only place they are written.
+"""
 
 from __future__ import annotations
 
@@ -8,40 +12,45 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.cli.common import report, stream_options
+from negmerge_cli.cli.common import report
 from negmerge_cli.methods import REGISTRY
 
-_METHODS_HELP = "Merge method: " + "; ".join(f"{name}: {cls.summary}" for name, cls in sorted(REGISTRY.items()))
+
+def _method_options() -> opt.OptionGroup:
+    """One option per distinct method parameter, named after it, with who takes it and the default."""
+    params: dict[str, list] = {}
+    for method in sorted(REGISTRY.values(), key=lambda m: m.name):
+        for param in method.params:
+            params.setdefault(param.name, []).append((method.name, param))
+    options = []
+    for name, users in params.items():
+        first = users[0][1]
+        takers = ", ".join(method for method, _ in users)
+        text = f"{takers}: {first.help} Must be {first.requirement} (default {first.default})."
+        flag = "--" + name.replace("_", "-")
+        options.append(opt.option(name, Annotated[Optional[first.type], typer.Option(flag, help=text)], None))
+    return opt.OptionGroup("method_params", options, lambda **values: {k: v for k, v in values.items() if v is not None})
 
 
+METHODS_HELP = "\n\n".join(f"{name}: {cls.summary}" for name, cls in sorted(REGISTRY.items()))
+
+
+@opt.with_options(_method_options(), opt.STREAMING, opt.QUIET)
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Task vectors, or fine-tuned checkpoints with --base.")],
     output: opt.Output,
-    method: Annotated[str, typer.Option("--method", "-m", help=_METHODS_HELP)] = "negmerge",
+    method: Annotated[str, typer.Option("--method", "-m", help="Merge method (listed below).")] = "negmerge",
     base: Annotated[Optional[Path], typer.Option("--base", "-b", help="Form vectors on the fly as INPUT - BASE.")] = None,
     weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Per-input weight, once per input in order (sum, mean, dare).")] = None,
-    density: Annotated[Optional[float], typer.Option(help="ties: fraction of each tensor kept per vector, in (0, 1] [default: 0.2].")] = None,
-    drop_rate: Annotated[Optional[float], typer.Option(help="dare: drop probability, in [0, 1) [default: 0.5].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="dare: seed of the drop masks [default: 0].")] = None,
-    device: opt.Device = "auto",
-    dtype: opt.Dtype = None,
-    max_memory: opt.MaxMemory = "1GB",
-    shard_size: opt.ShardSize = None,
-    missing_as_zero: opt.MissingAsZero = False,
-    allow_nonfinite: opt.AllowNonFinite = False,
-    no_hash: opt.NoHash = False,
-    force: opt.Force = False,
-    quiet: opt.Quiet = False,
+    method_params=None,
+    stream=None,
 ) -> None:
     """Merge task vectors into one (NegMerge by default), streaming tensor by tensor."""
-    from negmerge_cli.stages.merge import merge_vectors
+    from negmerge_cli.stages import merge_vectors
 
-    options = stream_options(device, dtype, max_memory, shard_size, force, quiet, missing_as_zero,
-                             allow_nonfinite, no_hash)
-    result = merge_vectors(inputs, output, method, base=base, weights=weight, options=options,
-                         density=density, drop_rate=drop_rate, seed=seed)
-    report(result, quiet, kept=True)
+    result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, **method_params)
+    report(result, kept=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("merge")(merge)
+    app.command("merge", epilog="Methods:\n\n" + METHODS_HELP)(merge)

@@ -1,39 +1,107 @@
-"""Option aliases shared by several commands, so every command spells them the same way."""
+"""Every option that more than one command takes, declared once.
+
+Single options are ``Annotated`` aliases. Groups of options (the streaming options of ``vector``,
+``merge`` and ``apply``) are added to a command's signature by :func:`with_options`, which calls
+the command with one options object instead of the loose values, so no command repeats them.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+# -- single options ----------------------------------------------------------------------------
+
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output safetensors file.", dir_okay=False)]
-Device = Annotated[
-    str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.", show_default=True)
-]
-Dtype = Annotated[
-    Optional[str],
-    typer.Option("--dtype", help="Output dtype: float32, float16, bfloat16 or float64 (default: the inputs')."),
-]
-MaxMemory = Annotated[
-    str, typer.Option("--max-memory", help="Memory budget for tensor buffers, e.g. 512MB or 2GiB.")
-]
-ShardSize = Annotated[
-    Optional[str],
-    typer.Option("--shard-size", help="Split the output into shards of at most this size, with an index."),
-]
-Force = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output file.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
-AllowNonFinite = Annotated[
-    bool, typer.Option("--allow-nonfinite", help="Accept NaN/Inf in inputs instead of failing.")
-]
-MissingAsZero = Annotated[
-    bool,
-    typer.Option(
-        "--missing-as-zero", help="Treat a tensor absent from some inputs as zero instead of failing."
-    ),
-]
-NoHash = Annotated[
-    bool,
-    typer.Option("--no-hash", help="Skip the SHA-256 of the inputs in the output's metadata (faster on huge merges)."),
-]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Replace existing output files.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or summaries on stderr.")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+Model = Annotated[str, typer.Option("--model", "-m", help="OpenCLIP model name (e.g. ViT-B-32, or the shipped negmerge-tiny).")]
+Templates = Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)]
+Classnames = Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one per line, in label order.", dir_okay=False)]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.", min=0)]
+CacheMemory = Annotated[str, typer.Option("--cache-memory", help="Memory for decoded, preprocessed images (uint8).")]
+
+
+# -- option groups -----------------------------------------------------------------------------
+
+
+class OptionGroup:
+    """Options that travel together: ``params`` become the command's options, ``build`` turns their
+    values into the one object the command receives as ``target`` (or, with no target, acts on
+    them before the command runs)."""
+
+    def __init__(self, target: Optional[str], params: list[inspect.Parameter], build: Callable[..., Any]):
+        self.target, self.params, self.build = target, params, build
+
+    def only(self, *names: str) -> "OptionGroup":
+        """The same group with only some of its options (the rest keep their defaults)."""
+        return OptionGroup(self.target, [p for p in self.params if p.name in names], self.build)
+
+
+def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def with_options(*groups: OptionGroup) -> Callable[[Callable], Callable]:
+    """Add each group's options to a command and pass it the built objects instead."""
+
+    def decorate(command: Callable) -> Callable:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.name not in {g.target for g in groups}]
+
+        @functools.wraps(command)
+        def wrapper(**values: Any) -> Any:
+            for group in groups:
+                built = group.build(**{p.name: values.pop(p.name) for p in group.params})
+                if group.target:
+                    values[group.target] = built
+            return command(**values)
+
+        params = own + [p for g in groups for p in g.params]
+        wrapper.__signature__ = inspect.Signature(params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # Typer must read the new signature, not the wrapped one
+        return wrapper
+
+    return decorate
+
+
+def _configure_output(quiet: bool) -> None:
+    from negmerge_cli.output import configure
+
+    configure(quiet=quiet)
+
+
+# Every command: --quiet sets up the one output object before the command runs.
+QUIET = OptionGroup(None, [option("quiet", Quiet, False)], _configure_output)
+
+
+def _stream_options(**values: Any):
+    from negmerge_cli.stages import StreamOptions
+
+    hash_inputs = not values.pop("no_hash", False)
+    return StreamOptions(**values, hash_inputs=hash_inputs)
+
+
+STREAMING = OptionGroup("stream", [
+    option("device", Device, "auto"),
+    option("dtype", Annotated[Optional[str], typer.Option(
+        "--dtype", help="Output dtype: float32, float16, bfloat16 or float64 (default: the inputs').")], None),
+    option("max_memory", Annotated[str, typer.Option(
+        "--max-memory", help="Memory budget for tensor buffers, e.g. 512MB or 2GiB.")], "1GB"),
+    option("shard_size", Annotated[Optional[str], typer.Option(
+        "--shard-size", help="Split the output into shards of at most this size, with an index.")], None),
+    option("missing_as_zero", Annotated[bool, typer.Option(
+        "--missing-as-zero", help="Treat a tensor absent from some inputs as zero instead of failing.")], False),
+    option("allow_nonfinite", Annotated[bool, typer.Option(
+        "--allow-nonfinite", help="Accept NaN/Inf in inputs and results instead of failing.")], False),
+    option("no_hash", Annotated[bool, typer.Option(
+        "--no-hash", help="Skip the SHA-256 of the inputs in the output's metadata (faster on huge merges).")],
+        False),
+    option("force", Force, False),
+], _stream_options)

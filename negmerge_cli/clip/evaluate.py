@@ -19,8 +19,9 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from negmerge_cli.clip import zeroshot
 from negmerge_cli.clip.datasets import ImageSet
-from negmerge_cli.clip.progress import progress_bar
 from negmerge_cli.errors import NegmergeError
+from negmerge_cli.output import output
+from negmerge_cli.results import Metrics
 
 
 @contextlib.contextmanager
@@ -64,12 +65,11 @@ class ImageCache:
 
     @classmethod
     def build(cls, dataset: ImageSet, eval_transform: Compose, budget_bytes: int, workers: int = 0,
-              quiet: bool = False, batch_size: int = 256) -> "ImageCache":
+              batch_size: int = 256) -> "ImageCache":
         geometry, normalize = split_eval_transform(eval_transform)
         data = dataset.with_transform(_AsUint8(geometry))
         images, labels, kept = [], [], 0
-        with progress_bar(quiet) as bar, worker_errors():
-            task = bar.add_task(f"decode {dataset.label}", total=len(data), info="")
+        with output().progress(f"decode {dataset.label}", len(data)) as advance, worker_errors():
             for batch, batch_labels in _loader(data, batch_size, workers):
                 labels.append(batch_labels)
                 per_image = batch[0].numel()
@@ -77,7 +77,7 @@ class ImageCache:
                 if room:
                     images.append(batch[:room])
                     kept += min(room, len(batch))
-                bar.advance(task, len(batch))
+                advance(len(batch))
         if not labels:
             raise NegmergeError(f"{dataset.label}: no images in this split")
         empty = torch.empty((0,), dtype=torch.uint8)
@@ -109,17 +109,16 @@ def _loader(dataset, batch_size: int, workers: int) -> DataLoader:
 
 
 @torch.no_grad()
-def image_features(model, cache: ImageCache, batch_size: int = 256, device=None, quiet: bool = True,
+def image_features(model, cache: ImageCache, batch_size: int = 256, device=None,
                    description: str = "eval") -> torch.Tensor:
     """One full pass of the image encoder over a cached dataset: [N, embed_dim] float32."""
     device = device or next(model.parameters()).device
     features = []
-    with progress_bar(quiet) as bar:
-        task = bar.add_task(description, total=len(cache), info="")
+    with output().progress(description, len(cache)) as advance:
         for batch in cache.batches(batch_size):
             with _autocast(device):
                 features.append(model.encode_image(batch.to(device, non_blocking=True)).float().cpu())
-            bar.advance(task, len(batch))
+            advance(len(batch))
     return torch.cat(features)
 
 
@@ -131,7 +130,7 @@ def _autocast(device):
     return contextlib.nullcontext()
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
     """top-1, top-5 (top-C when fewer than 5 classes) and mean per-class recall, as fractions."""
     num_classes = logits.shape[1]
     top = logits.topk(min(5, num_classes), dim=1).indices
@@ -139,14 +138,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     hit5 = (top == labels[:, None]).any(dim=1)
     present = labels.unique()
     recalls = torch.stack([hit1[labels == c].float().mean() for c in present])
-    return {
-        "acc1": hit1.float().mean().item(),
-        "acc5": hit5.float().mean().item(),
-        "mean_per_class_recall": recalls.mean().item(),
-    }
+    return Metrics(acc1=hit1.float().mean().item(), acc5=hit5.float().mean().item(),
+                   mean_per_class_recall=recalls.mean().item())
 
 
 def evaluate_cached(model, cache: ImageCache, head: torch.Tensor, batch_size: int = 256, device=None,
-                    quiet: bool = True, description: str = "eval") -> dict[str, float]:
-    features = image_features(model, cache, batch_size, device, quiet, description)
+                    description: str = "eval") -> Metrics:
+    features = image_features(model, cache, batch_size, device, description)
     return classification_metrics(zeroshot.logits(features, head.cpu()), cache.labels)

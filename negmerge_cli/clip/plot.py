@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 from PIL import Image, ImageDraw
 
-from negmerge_cli.clip.progress import make_readable
-from negmerge_cli.clip.search import Point
+from negmerge_cli import files
+from negmerge_cli.results import SearchPoint
 
 WIDTH, HEIGHT = 720, 460
 LEFT, RIGHT, TOP, BOTTOM = 70, 30, 40, 60
 FORGET, RETAIN, LIMIT, CHOSEN, AXIS = (214, 39, 40), (31, 119, 180), (120, 120, 120), (44, 160, 44), (0, 0, 0)
 
 
-def draw_tradeoff(points: Sequence[Point], base_retain: float, threshold: float, chosen: Optional[Point],
-                  path: Path, title: str = "") -> Path:
+def draw_tradeoff(points: Sequence[SearchPoint], base_retain: float, threshold: float, chosen: Optional[SearchPoint],
+                  path: Path, title: str = "", force: bool = False) -> Path:
     """Accuracy (%) against lambda: forget (red), retain (blue), retain bar (grey), choice (green)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
@@ -48,7 +46,9 @@ def draw_tradeoff(points: Sequence[Point], base_retain: float, threshold: float,
         draw.text((WIDTH - 232, top), text, fill=AXIS)
     if title:
         draw.text((LEFT, 12), title, fill=AXIS)
-    return _save_atomically(image, Path(path))
+    with files.PendingFile(path, force=force) as pending:
+        image.save(pending.handle, format="PNG")
+    return Path(path)
 
 
 def _axes(draw, low, high, x, y) -> None:
@@ -71,17 +71,3 @@ def _dashed(draw, start, end, color, dash: int = 6) -> None:
     for i in range(0, int(length), dash * 2):
         a, b = i / length, min(i + dash, length) / length
         draw.line((x0 + (x1 - x0) * a, y0 + (y1 - y0) * a, x0 + (x1 - x0) * b, y0 + (y1 - y0) * b), fill=color, width=1)
-
-
-def _save_atomically(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        make_readable(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path

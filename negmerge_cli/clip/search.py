@@ -12,17 +12,10 @@ each side and applies the same rule to every point it has evaluated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from negmerge_cli.errors import UsageError
-
-
-@dataclass(frozen=True)
-class Point:
-    coef: float
-    forget: float  # top-1 accuracy on the forget set, as a fraction
-    retain: float  # top-1 accuracy on the retain set
+from negmerge_cli.errors import UsageError, option
+from negmerge_cli.results import SearchPoint
 
 
 def parse_coefs(text: str) -> list[float]:
@@ -38,9 +31,9 @@ def parse_coefs(text: str) -> list[float]:
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"--coefs {text!r}: use START:STOP:NUM (e.g. 0:1:21) or a list like 0,0.5,1") from None
+        raise UsageError(f"{option('coefs')} {text!r}: use START:STOP:NUM (e.g. 0:1:21) or a list like 0,0.5,1") from None
     if not values:
-        raise UsageError(f"--coefs {text!r}: no coefficients")
+        raise UsageError(f"{option('coefs')} {text!r}: no coefficients")
     return sorted({round(v, 10) for v in values})
 
 
@@ -48,7 +41,7 @@ def retain_limit(base_retain: float, threshold: float) -> float:
     return threshold * base_retain
 
 
-def select(points: Sequence[Point], base_retain: float, threshold: float) -> Optional[Point]:
+def select(points: Sequence[SearchPoint], base_retain: float, threshold: float) -> Optional[SearchPoint]:
     """The paper's choice among ``points`` (any order), or None when none keeps retain accuracy."""
     limit = retain_limit(base_retain, threshold)
     best = None
@@ -58,19 +51,19 @@ def select(points: Sequence[Point], base_retain: float, threshold: float) -> Opt
     return best
 
 
-def grid_search(evaluate: Callable[[float], Point], coefs: Sequence[float], base_retain: float,
-                threshold: float) -> tuple[Optional[Point], list[Point]]:
+def grid_search(evaluate: Callable[[float], SearchPoint], coefs: Sequence[float], base_retain: float,
+                threshold: float) -> tuple[Optional[SearchPoint], list[SearchPoint]]:
     points = [evaluate(c) for c in coefs]
     return select(points, base_retain, threshold), points
 
 
-def fast_search(evaluate: Callable[[float], Point], coefs: Sequence[float], base_retain: float,
-                threshold: float, refine: int = 2) -> tuple[Optional[Point], list[Point]]:
+def fast_search(evaluate: Callable[[float], SearchPoint], coefs: Sequence[float], base_retain: float,
+                threshold: float, refine: int = 2) -> tuple[Optional[SearchPoint], list[SearchPoint]]:
     """Bisection on the retain bar over the sorted grid, then ``refine`` neighbours on each side."""
     coefs = sorted(coefs)
-    seen: dict[int, Point] = {}
+    seen: dict[int, SearchPoint] = {}
 
-    def at(i: int) -> Point:
+    def at(i: int) -> SearchPoint:
         if i not in seen:
             seen[i] = evaluate(coefs[i])
         return seen[i]

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from negmerge_cli.clip import zeroshot
 from negmerge_cli.clip.datasets import ImageSet
 from negmerge_cli.clip.evaluate import worker_errors
-from negmerge_cli.clip.progress import progress_bar
-from negmerge_cli.errors import UsageError
+from negmerge_cli.errors import NegmergeError, UsageError
+from negmerge_cli.output import output
 
 GRAD_CLIP_NORM = 1.0
 
@@ -107,7 +107,7 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
 
 
 def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: TrainSettings, device: torch.device,
-                        ranks: Distributed, quiet: bool = False, description: str = "finetune") -> dict:
+                        ranks: Distributed, description: str = "finetune") -> dict:
     """Train ``model.visual`` in place; returns run statistics (steps, images/s, last loss)."""
     _seed_everything(settings.seed + ranks.rank)
     _freeze_all_but_visual(model)
@@ -126,8 +126,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     head = head.to(device)
 
     step, epoch, images, loss_value, started = 0, 0, 0, float("nan"), time.perf_counter()
-    with progress_bar(quiet or not ranks.is_main) as bar, worker_errors():
-        task = bar.add_task(description, total=total, info="")
+    with output().progress(description, total) as advance, worker_errors():
         while step < total:
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
@@ -140,7 +139,10 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
                 step += 1
                 images += sum(len(labels) for _, labels in group) * ranks.world_size
                 rate = images / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, advance=1, info=f"loss {loss_value:.3f}  {rate:.0f} img/s")
+                advance(1, note=f"loss {loss_value:.3f}  {rate:.0f} img/s")
+                if not math.isfinite(loss_value):
+                    raise NegmergeError(f"{description}: training diverged (loss is {loss_value} at step {step}); "
+                                        "nothing was saved for this point")
                 if step >= total:
                     break
             epoch += 1

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from negmerge_cli import files
 from negmerge_cli.demo import tasks
 from negmerge_cli.demo.pretrain import MODEL, PretrainRecipe, pretrained_checkpoint
 
@@ -67,53 +66,65 @@ class Workdir:
         return self.root / "data" / "textures"
 
 
-Log = Callable[[str], None]
+def log(message: str) -> None:
+    from negmerge_cli.output import output
+
+    output().log(f"demo: {message}")
 
 
-def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, log: Log, quiet: bool = False) -> dict:
-    """Run every stage into ``workdir``; return results.json's content (also written there)."""
+def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, force: bool = False) -> dict:
+    """Run every stage into ``workdir``; return results.json's content (also written there).
+
+    An earlier demo's results in ``workdir`` are replaced only with ``force``."""
+    with files.operation():
+        for name in ("results.json", "commands.sh", "tradeoff.png"):
+            files.check_target(Path(workdir) / name, force=force)
+        return _run(Workdir(Path(workdir)), settings, cache_dir, force)
+
+
+def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) -> dict:
     from negmerge_cli.clip.templates import GENERIC
 
     started = time.perf_counter()
-    work = Workdir(Path(workdir))
     commands: list[str] = []
-    _write_tasks(work, log)
+    _write_tasks(work)
 
     log("pretrained tiny CLIP: " + ("training it (cached for later runs)" if not (cache_dir / settings.pretrain.cache_name()).exists() else "cached"))
     cached, trained = pretrained_checkpoint(settings.pretrain, cache_dir, GENERIC, None)
     pretrained = work / "pretrained.safetensors"
     if not pretrained.exists():
-        shutil.copyfile(cached, pretrained)
+        files.write_bytes(pretrained, cached.read_bytes(), owned=True)
     timings = {"pretrain_s": round(time.perf_counter() - started, 1), "pretrain_cached": not trained}
 
-    sweep = _finetune(work, pretrained, settings, commands, quiet, log)
-    base = sweep / "base.safetensors"
-    finetuned = [sweep / entry["file"] for entry in _manifest_points(sweep)]
+    manifest = _finetune(work, pretrained, settings, commands)
+    base = work / "finetune" / manifest.base_file
+    finetuned = [work / "finetune" / point.file for point in manifest.finished]
     timings["finetune_s"] = round(time.perf_counter() - started - timings["pretrain_s"], 1)
 
-    start = _test_accuracies(work, base, quiet)
+    start = _test_accuracies(work, base)
     results = {"start": start, "chance": dict(CHANCE), "methods": {}, "k": len(finetuned),
                "settings": {"randaug": list(settings.randaug), "steps": settings.steps, "lr": settings.lr}}
     nonzero = {}
     for method in METHODS:
         log(f"{method}: merge, choose lambda on Val, test")
         vector = work / "merged" / f"{method}.safetensors"
-        nonzero[method] = _merge(method, finetuned, base, vector, commands)
-        results["methods"][method] = _unlearn(work, method, base, vector, commands, quiet)
+        nonzero[method] = _merge(method, finetuned, base, vector, commands, force)
+        results["methods"][method] = _unlearn(work, method, base, vector, commands, force)
         results["methods"][method]["nonzero_fraction"] = nonzero[method].kept_fraction
     # what NegMerge kept, out of the elements the fine-tunes changed (non-zero in their mean)
     results["methods"]["negmerge"]["kept"] = nonzero["negmerge"].nonzero / max(1, nonzero["mean"].nonzero)
     log("best single task vector: search each of the k vectors")
-    results["methods"]["best_single"] = _best_single(work, base, finetuned, commands, quiet)
+    results["methods"]["best_single"] = _best_single(work, base, finetuned, commands, force)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     results["timings"] = timings
-    shutil.copyfile(work / "search" / "negmerge.png", work / "tradeoff.png")
-    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (work / "commands.sh").write_text("#!/bin/sh\nset -e\n" + "\n".join(commands) + "\n")
+    with files.deferred_commits():  # the three results together, or none of them
+        files.write_bytes(work / "tradeoff.png", (work / "search" / "negmerge.png").read_bytes(), force=force)
+        files.write_json(work / "results.json", results, force=force)
+        files.write_text(work / "commands.sh", "#!/bin/sh\nset -e\n" + "\n".join(commands) + "\n", force=force)
     return results
 
 
-def _write_tasks(work: Workdir, log: Log) -> None:
+def _write_tasks(work: Workdir) -> None:
     done = work / "data" / ".complete"
     if done.exists():
         return
@@ -121,11 +132,11 @@ def _write_tasks(work: Workdir, log: Log) -> None:
     shutil.rmtree(work / "data", ignore_errors=True)
     tasks.write_image_folder(work.digits, tasks.digits(), tasks.DIGIT_CLASSES)
     tasks.write_image_folder(work.textures, tasks.textures(), tasks.TEXTURE_CLASSES)
-    done.write_text("")
+    files.write_text(done, "", owned=True)
 
 
-def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands: list[str], quiet: bool, log: Log) -> Path:
-    from negmerge_cli.stages.finetune import FinetuneOptions, Grid, finetune
+def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands: list[str]):
+    from negmerge_cli.stages import FinetuneOptions, Grid, finetune
 
     sweep = work / "finetune"
     count = len(settings.randaug) * len(settings.seeds)
@@ -134,9 +145,9 @@ def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands:
         model=MODEL, data=str(work.digits), output=sweep, pretrained=str(pretrained),
         grid=Grid(lr=[settings.lr], steps=[settings.steps], seed=list(settings.seeds), randaug=list(settings.randaug)),
         batch_size=settings.batch_size, warmup_steps=settings.warmup_steps, workers=0,
-        crop_scale=settings.crop_scale, hflip=settings.hflip, quiet=quiet,
+        crop_scale=settings.crop_scale, hflip=settings.hflip,
     )
-    finetune(options)
+    manifest = finetune(options)
     grid = " ".join(f"--seed {s}" for s in settings.seeds)
     if settings.randaug != ("none",):
         grid += "".join(f" --randaug {r}" for r in settings.randaug)
@@ -146,86 +157,74 @@ def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands:
         f"{grid} --lr {settings.lr} --steps {settings.steps} --batch-size {settings.batch_size} "
         f"--warmup-steps {settings.warmup_steps}"
     )
-    return sweep
+    return manifest
 
 
-def _manifest_points(sweep: Path) -> list[dict]:
-    manifest = json.loads((sweep / "manifest.json").read_text())
-    return [p for p in manifest["points"] if p.get("status") == "done"]
-
-
-def _merge(method: str, finetuned: list[Path], base: Path, output: Path, commands: list[str]):
+def _merge(method: str, finetuned: list[Path], base: Path, output: Path, commands: list[str], force: bool):
     from negmerge_cli.stages import StreamOptions, merge_vectors
 
     params = {"density": 0.2} if method == "ties" else {}
-    result = merge_vectors(finetuned, output, method, base=base, options=StreamOptions(device="cpu", force=True), **params)
+    result = merge_vectors(finetuned, output, method, base=base, options=StreamOptions(device="cpu", force=force), **params)
     extra = " --density 0.2" if method == "ties" else ""
     commands.append(f"negmerge merge --method {method}{extra} --base {base} -o {output} {_points_glob(base)}")
     return result
 
 
-def _unlearn(work: Workdir, name: str, base: Path, vector: Path, commands: list[str], quiet: bool) -> dict:
+def _unlearn(work: Workdir, name: str, base: Path, vector: Path, commands: list[str], force: bool) -> dict:
     """Choose lambda on Val, apply it, and measure test accuracy."""
     from negmerge_cli.stages import StreamOptions, apply_vector
 
-    search = _search(work, name, base, vector, quiet, plot=True)
+    search = _search(work, name, base, vector, force, plot=True)
     commands.append(
         f"negmerge eval --model {MODEL} --checkpoint {base} --vector {vector} --forget {work.digits}:val "
         f"--retain {work.textures}:val --json {work / 'search' / (name + '.json')} --plot {work / 'search' / (name + '.png')}"
     )
-    chosen = search["chosen"]
-    coef = chosen["coef"] if chosen else 0.0
+    chosen = search.chosen
+    coef = chosen.coef if chosen else 0.0
     unlearned = work / "unlearned" / f"{name}.safetensors"
-    apply_vector(base, vector, -coef, unlearned, StreamOptions(device="cpu", force=True))
+    apply_vector(base, vector, -coef, unlearned, StreamOptions(device="cpu", force=force))
     commands.append(f"negmerge apply --base {base} --vector {vector} --scale -{coef:g} -o {unlearned}")
-    test = _test_accuracies(work, unlearned, quiet)
+    test = _test_accuracies(work, unlearned)
     commands.append(
         f"negmerge eval --model {MODEL} --checkpoint {unlearned} --data {work.digits}:test --data {work.textures}:test"
     )
     return {"lambda": coef, "forget": test["forget"], "retain": test["retain"],
-            "val_forget": chosen["forget_acc1"] if chosen else None, "feasible": chosen is not None}
+            "val_forget": chosen.forget if chosen else None, "feasible": chosen is not None}
 
 
-def _search(work: Workdir, name: str, base: Path, vector: Path, quiet: bool, plot: bool) -> dict:
-    from negmerge_cli.clip.plot import draw_tradeoff
-    from negmerge_cli.stages.evaluate import SearchOptions, search_coefficient, search_points
+def _search(work: Workdir, name: str, base: Path, vector: Path, force: bool, plot: bool):
+    from negmerge_cli.stages import SearchOptions, search_coefficient
 
-    result = search_coefficient(_eval_options(base), SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val"))
     folder = work / "search"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    if plot:
-        points, chosen = search_points(result)
-        draw_tradeoff(points, result["base"]["retain_acc1"], result["threshold"], chosen,
-                      folder / f"{name}.png", title=f"{name}: forget digits, retain textures")
-    return result
+    options = SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val")
+    return search_coefficient(_eval_options(base), options, json_out=folder / f"{name}.json",
+                              plot=folder / f"{name}.png" if plot else None, force=force)
 
 
-def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: list[str], quiet: bool) -> dict:
+def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: list[str], force: bool) -> dict:
     """The paper's 'best single task vector': of the k vectors, the one whose chosen lambda gives
     the lowest Val forget accuracy (under the same retain rule)."""
     from negmerge_cli.stages import StreamOptions, make_vectors
 
     folder = work / "vectors"
-    make_vectors(base, finetuned, folder, StreamOptions(device="cpu", force=True))
+    make_vectors(base, finetuned, folder, StreamOptions(device="cpu", force=force))
     commands.append(f"negmerge vector --base {base} --out-dir {folder} {_points_glob(base)}")
     best = None
     for path in finetuned:
         vector = folder / path.name
-        result = _search(work, f"single-{path.stem}", base, vector, quiet, plot=False)
-        chosen = result["chosen"]
-        if chosen and (best is None or chosen["forget_acc1"] < best[1]["forget_acc1"]):
+        chosen = _search(work, f"single-{path.stem}", base, vector, force, plot=False).chosen
+        if chosen and (best is None or chosen.forget < best[1].forget):
             best = (vector, chosen)
     if best is None:
         return {"lambda": 0.0, "forget": None, "retain": None, "feasible": False}
     vector, _ = best
-    return _unlearn(work, "best_single", base, vector, commands, quiet) | {"vector": vector.name}
+    return _unlearn(work, "best_single", base, vector, commands, force) | {"vector": vector.name}
 
 
 def _eval_options(checkpoint: Path):
-    from negmerge_cli.stages.evaluate import EvalOptions
+    from negmerge_cli.stages import EvalOptions
 
-    return EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0, quiet=True)
+    return EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0)
 
 
 def _points_glob(base: Path) -> str:
@@ -233,8 +232,8 @@ def _points_glob(base: Path) -> str:
     return str(base.parent / "lr*.safetensors")
 
 
-def _test_accuracies(work: Workdir, checkpoint: Path, quiet: bool) -> dict:
-    from negmerge_cli.stages.evaluate import evaluate
+def _test_accuracies(work: Workdir, checkpoint: Path) -> dict:
+    from negmerge_cli.stages import evaluate
 
     forget, retain = evaluate([f"{work.digits}:test", f"{work.textures}:test"], _eval_options(checkpoint))
-    return {"forget": forget["metrics"]["acc1"], "retain": retain["metrics"]["acc1"]}
+    return {"forget": forget.metrics.acc1, "retain": retain.metrics.acc1}

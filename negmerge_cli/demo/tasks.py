@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from negmerge_cli import files
+
 SIZE = 16
 DATA_VERSION = 2  # bump when the generated images change (invalidates cached pretrained models)
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -58,7 +60,8 @@ def write_image_folder(root: Path, splits: dict[str, Split], classes: tuple[str,
         for label, name in enumerate(classes):
             (root / split / name).mkdir(parents=True, exist_ok=True)
         for index, (image, label) in enumerate(zip(data.images, data.labels)):
-            Image.fromarray(image, "RGB").save(root / split / classes[label] / f"{index:05d}.png")
+            with files.PendingFile(root / split / classes[label] / f"{index:05d}.png", owned=True, sync=False) as png:
+                Image.fromarray(image, "RGB").save(png.handle, format="PNG")
     return root
 
 

@@ -12,16 +12,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
 
-import torch
+from negmerge_cli.lazy import torch
 
-from negmerge_cli.errors import UsageError
+from negmerge_cli.errors import UsageError, option
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One flat slice ``[start, stop)`` of tensor ``tensor``, merged over ``count`` inputs."""
+    """One flat slice ``[start, stop)`` of the tensor called ``name``, merged over ``count`` inputs."""
 
-    tensor: str
+    name: str
     start: int
     stop: int
     count: int
@@ -39,13 +39,9 @@ class Param:
     check: Callable[[object], bool] = lambda value: True
     requirement: str = ""
 
-    @property
-    def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
 
 # Tensors read lazily for one tensor of one input: yields its task-vector slices in order.
-TauReader = Callable[[int], Iterator[torch.Tensor]]
+TauReader = Callable[[int], Iterator["torch.Tensor"]]
 
 
 class MergeMethod(ABC):
@@ -61,12 +57,12 @@ class MergeMethod(ABC):
         known = {p.name: p for p in self.params}
         for key in values:
             if key not in known:
-                raise UsageError(f"method '{self.name}' takes no option --{key.replace('_', '-')}")
+                raise UsageError(f"method '{self.name}' takes no option {option(key)}")
         for param in self.params:
             value = values.get(param.name, param.default)
             value = param.type(value)
             if not param.check(value):
-                raise UsageError(f"{param.option} {value}: must be {param.requirement} (method '{self.name}')")
+                raise UsageError(f"{option(param.name)} {value}: must be {param.requirement} (method '{self.name}')")
             setattr(self, param.name, value)
 
     @property
@@ -95,7 +91,7 @@ def register(cls: type[MergeMethod]) -> type[MergeMethod]:
 def create_method(name: str, **values: object) -> MergeMethod:
     """Instantiate a registered method with validated parameters (unset ones take defaults)."""
     if name not in REGISTRY:
-        raise UsageError(f"--method {name}: unknown method; choose from {', '.join(sorted(REGISTRY))}")
+        raise UsageError(f"{option('method')} {name}: unknown method; choose from {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name](**{k: v for k, v in values.items() if v is not None})
 
 

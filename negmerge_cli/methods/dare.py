@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator
 
-import torch
+from negmerge_cli.lazy import torch
 
 from negmerge_cli.methods.base import Chunk, MergeMethod, Param, register, uniform_or
 
@@ -28,7 +28,7 @@ class Dare(MergeMethod):
         weights = uniform_or(chunk.weights, chunk.count)
         total = None
         for index, tau in enumerate(taus):
-            keep = keep_mask(self.seed, index, chunk.tensor, chunk.start, tau.numel(), self.drop_rate, tau.device)
+            keep = keep_mask(self.seed, index, chunk.name, chunk.start, tau.numel(), self.drop_rate, tau.device)
             tau.mul_(keep).mul_(weights[index] / (1.0 - self.drop_rate))
             total = tau if total is None else total.add_(tau)
         return total.div_(sum(weights))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import torch
+from negmerge_cli.lazy import torch
 
 from negmerge_cli.methods.base import Chunk, MergeMethod, register
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import torch
+from negmerge_cli.lazy import torch
 
 from negmerge_cli.methods.base import Chunk, MergeMethod, Param, TauReader, register
 

@@ -1,18 +1,36 @@
 """The library API: one function per stage; the CLI commands are thin wrappers around these.
 
+    from negmerge_cli.stages import finetune, FinetuneOptions, Grid
+    manifest = finetune(FinetuneOptions(model="ViT-B-32", data="cars:/data/cars", output=Path("runs/cars")))
+
 Names are imported lazily, so using one stage never pays for another's imports (open_clip is slow).
+Quiet mode for library callers: ``negmerge_cli.output.configure(quiet=True)``.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
+    # streaming arithmetic over safetensors checkpoints
     "StreamOptions": "common",
     "StreamResult": "common",
-    "apply_vector": "apply",
-    "inspect_checkpoint": "inspect",
     "make_vector": "vector",
     "make_vectors": "vector",
+    "write_vectors": "vector",
     "merge_vectors": "merge",
+    "apply_vector": "apply",
+    "inspect_checkpoint": "inspect",
+    "CheckpointSummary": "inspect",
+    # OpenCLIP fine-tuning and evaluation
+    "finetune": "finetuning",
+    "plan": "finetuning",
+    "FinetuneOptions": "finetuning",
+    "Grid": "finetuning",
+    "evaluate": "evaluation",
+    "search_coefficient": "evaluation",
+    "require_choice": "evaluation",
+    "check_eval_mode": "evaluation",
+    "EvalOptions": "evaluation",
+    "SearchOptions": "evaluation",
 }
 
 __all__ = sorted(_EXPORTS)

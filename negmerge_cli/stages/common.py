@@ -10,12 +10,11 @@ from typing import Callable
 
 import torch
 
-from negmerge_cli.checkpoint.format import is_float
 from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
-from negmerge_cli.errors import CheckpointError
-from negmerge_cli.progress import byte_progress
+from negmerge_cli.errors import OutputError, option, switch
+from negmerge_cli.output import output
 from negmerge_cli.streaming import Engine, Process, TensorJob
 from negmerge_cli.units import parse_dtype, parse_size, resolve_device
 
@@ -32,13 +31,12 @@ class StreamOptions:
     missing_as_zero: bool = False
     allow_nonfinite: bool = False
     hash_inputs: bool = True
-    progress: bool = False
 
     def __post_init__(self) -> None:  # validate early: before any file is opened
         self.torch_device = resolve_device(self.device)
         self.torch_dtype = parse_dtype(self.dtype)
-        self.budget = parse_size(self.max_memory, "--max-memory")
-        self.shard_bytes = parse_size(self.shard_size, "--shard-size") if self.shard_size else None
+        self.budget = parse_size(self.max_memory, option("max_memory"))
+        self.shard_bytes = parse_size(self.shard_size, option("shard_size")) if self.shard_size else None
 
 
 @dataclass
@@ -59,48 +57,8 @@ def open_inputs(stack: ExitStack, paths: list, options: StreamOptions) -> list[C
     return [stack.enter_context(open_checkpoint(p, options.hash_inputs)) for p in paths]
 
 
-def files_of(checkpoints: list[Checkpoint]) -> list[Path]:
-    """Every file behind the checkpoints (shards and index): outputs must not overwrite any."""
-    return [f.path for c in checkpoints for f in c.files] + [c.path for c in checkpoints]
-
-
-def output_dtype(requested: torch.dtype | None, *stored: torch.dtype) -> torch.dtype:
-    if requested is not None:
-        return requested
-    result = stored[0]
-    for dtype in stored[1:]:
-        result = torch.promote_types(result, dtype)
-    return result
-
-
-def compute_dtype(*stored: torch.dtype) -> torch.dtype:
-    """Arithmetic in float32, or float64 when an input is float64 (never lose its precision)."""
-    return torch.float64 if torch.float64 in stored else torch.float32
-
-
-def check_shapes(name: str, checkpoints: list[Checkpoint]) -> None:
-    first = checkpoints[0]
-    for other in checkpoints[1:]:
-        if other.entry(name).shape != first.entry(name).shape:
-            raise CheckpointError(
-                f"{other.path}: tensor '{name}' has shape {list(other.entry(name).shape)}, "
-                f"but {list(first.entry(name).shape)} in {first.path}"
-            )
-
-
-def require_float(name: str, checkpoint: Checkpoint, why: str) -> None:
-    entry = checkpoint.entry(name)
-    if not is_float(entry.dtype):
-        raise CheckpointError(f"{checkpoint.path}: tensor '{name}' is {entry.dtype_code}; {why}")
-
-
-def missing_error(name: str, missing_from: Checkpoint, present_in: Checkpoint, hint: bool) -> CheckpointError:
-    tip = " (pass --missing-as-zero to treat it as zero)" if hint else ""
-    return CheckpointError(f"{missing_from.path}: tensor '{name}' is missing (present in {present_in.path}){tip}")
-
-
 def stream_to_file(
-    output: Path,
+    target: Path,
     jobs: list[TensorJob],
     process: Process,
     metadata: dict[str, str],
@@ -111,26 +69,30 @@ def stream_to_file(
     before_job: Callable[[TensorJob, Engine], None] = lambda job, engine: None,
     description: str = "streaming",
 ) -> StreamResult:
-    """Compute ``jobs`` into ``output`` (atomically), recording input hashes in the metadata.
+    """Compute ``jobs`` into ``target`` (atomically), recording input hashes in the metadata.
+
+    Results are checked before they are written: a NaN or Inf (from the arithmetic, or from an
+    overflow when converting to the output dtype) fails the run unless ``allow_nonfinite``.
 
     ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the checkpoints it lists;
     their SHA-256 digests come for free from the reads and are written once streaming is done.
     """
     started = time.perf_counter()
-    protected = files_of([c for group in hashed_inputs.values() for c in group])
     layout = [OutputTensor(j.name, j.out_dtype, j.shape) for j in jobs]
     for key, group in hashed_inputs.items():
         metadata[PREFIX + key] = describe_inputs(_file_paths(group))
     total_bytes = sum(j.read_bytes for j in jobs)
     counts = {"nonzero": 0, "elements": 0}
 
-    with StreamingWriter(output, layout, metadata, shard_size=options.shard_bytes,
-                         force=options.force, inputs=protected) as writer, \
-            byte_progress(description, total_bytes, options.progress) as advance:
+    with StreamingWriter(target, layout, metadata, shard_size=options.shard_bytes,
+                         force=options.force) as writer, \
+            output().progress(description, total_bytes, unit="bytes") as advance:
         engine = Engine(options.torch_device, options.budget, not options.allow_nonfinite, advance)
 
         def write(name: str, result: torch.Tensor) -> None:
             if result.dtype.is_floating_point:
+                if not options.allow_nonfinite:
+                    _check_result(result, name, target)
                 counts["nonzero"] += int(torch.count_nonzero(result))
                 counts["elements"] += result.numel()
             writer.write(name, result)
@@ -151,3 +113,14 @@ def _file_paths(group: list[Checkpoint]) -> list[Path]:
 
 def _file_hashes(group: list[Checkpoint]) -> list[str]:
     return [h for c in group for h in c.file_hashes().values()]
+
+
+_CHECKED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp8 is copied as bytes
+
+
+def _check_result(result: torch.Tensor, name: str, target: Path) -> None:
+    if result.dtype in _CHECKED and result.numel() and not bool(torch.isfinite(result).all()):
+        raise OutputError(
+            f"{target}: tensor '{name}' would hold NaN or Inf (overflow of {str(result.dtype).removeprefix('torch.')}, "
+            f"or non-finite weights or scale); nothing was written (pass {switch('allow_nonfinite')} to write it anyway)"
+        )

@@ -8,11 +8,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+from negmerge_cli import files
 from negmerge_cli.checkpoint.provenance import provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
-from negmerge_cli.errors import UsageError
+from negmerge_cli.errors import UsageError, option
+from negmerge_cli.plans import plan_merge, task_vectors
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
-from negmerge_cli.stages.merge import plan_merge, task_vectors
 from negmerge_cli.streaming import TensorJob
 
 
@@ -20,9 +21,9 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
                 options: StreamOptions | None = None) -> StreamResult:
     """Write tau = finetuned - base. Integer and bool tensors are not part of a vector and are left out."""
     options = options or StreamOptions()
-    with ExitStack() as stack:
+    with files.operation(), ExitStack() as stack:
         finetuned_checkpoint, base_checkpoint = open_inputs(stack, [finetuned, base], options)
-        jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options)
+        jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options.torch_dtype, options.missing_as_zero)
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
             return next(task_vectors(slices, has_base=True))
@@ -35,12 +36,15 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
 
 def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str | Path,
                  options: StreamOptions | None = None) -> list[StreamResult]:
-    """One task vector per fine-tuned checkpoint, written to ``out_dir`` under the input's name."""
+    """One task vector per fine-tuned checkpoint, written to ``out_dir`` under the input's name.
+
+    All or nothing: the vectors are renamed into place together once every one is complete."""
     out_dir = Path(out_dir)
     targets = [out_dir / vector_file_name(Path(f)) for f in finetuned]
     if len(set(targets)) != len(targets):
-        raise UsageError("--out-dir: two inputs have the same name; their vectors would collide")
-    return [make_vector(base, f, t, options) for f, t in zip(finetuned, targets)]
+        raise UsageError(f"{option('out_dir')}: two inputs have the same name; their vectors would collide")
+    with files.operation(), files.deferred_commits():
+        return [make_vector(base, f, t, options) for f, t in zip(finetuned, targets)]
 
 
 def vector_file_name(finetuned: Path) -> str:
@@ -49,3 +53,15 @@ def vector_file_name(finetuned: Path) -> str:
     if name.endswith(INDEX_SUFFIX):
         name = name[: -len(INDEX_SUFFIX)]
     return name if name.endswith(".safetensors") else name + ".safetensors"
+
+
+def write_vectors(base: str | Path, finetuned: Sequence[str | Path], *, output: str | Path | None = None,
+                  out_dir: str | Path | None = None, options: StreamOptions | None = None) -> list[StreamResult]:
+    """``vector``'s two forms: one input to ``output``, or any number into ``out_dir``."""
+    if (output is None) == (out_dir is None):
+        raise UsageError(f"give exactly one of {option('output')} (one input) or {option('out_dir')} (any number of inputs)")
+    if output is not None:
+        if len(finetuned) != 1:
+            raise UsageError(f"{option('output')} takes one input, got {len(finetuned)}; use {option('out_dir')} for several")
+        return [make_vector(base, finetuned[0], output, options)]
+    return make_vectors(base, finetuned, out_dir, options)

@@ -1,0 +1,201 @@
+"""Typed results of the stages, each with ``to_json()`` (what the tool writes) and, where the tool
+reads its own files back, ``from_json()``. Callers read fields, never dictionary keys."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+ZEROSHOT_TASK = "zeroshot_classification"
+SEARCH_TASK = "coefficient_search"
+SEARCH_RULE = "lowest forget acc1 among coefs with retain acc1 >= threshold x base retain acc1; ties to the smallest coef"
+
+
+def _without_none(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Classification accuracy, as fractions (CLIP_benchmark's keys)."""
+
+    acc1: float
+    acc5: float
+    mean_per_class_recall: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Metrics":
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class DatasetEvaluation:
+    """One model on one dataset: CLIP_benchmark's result shape plus counts and speed."""
+
+    dataset: str
+    model: str
+    pretrained: Optional[str]
+    metrics: Metrics
+    n_images: int
+    n_classes: int
+    n_templates: int
+    seconds: float
+    images_per_s: float
+    task: str = ZEROSHOT_TASK
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "model": self.model, "pretrained": self.pretrained, "task": self.task,
+                "metrics": self.metrics.to_json(), "n_images": self.n_images, "n_classes": self.n_classes,
+                "n_templates": self.n_templates, "seconds": self.seconds, "images_per_s": self.images_per_s}
+
+
+@dataclass(frozen=True)
+class SearchPoint:
+    """Forget and retain top-1 accuracy of base - coef * tau."""
+
+    coef: float
+    forget: float
+    retain: float
+
+    def to_json(self) -> dict:
+        return {"coef": self.coef, "forget_acc1": self.forget, "retain_acc1": self.retain}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SearchPoint":
+        return cls(data["coef"], data["forget_acc1"], data["retain_acc1"])
+
+
+@dataclass
+class SearchRun:
+    """One way of searching (the grid, or the fast bisection): what it evaluated and chose."""
+
+    chosen: Optional[SearchPoint]
+    points: list[SearchPoint]
+    new_evaluations: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {"chosen": self.chosen.to_json() if self.chosen else None,
+                "points": [p.to_json() for p in self.points], "n_new_evaluations": self.new_evaluations,
+                "n_points": len(self.points), "seconds": self.seconds}
+
+
+@dataclass
+class SearchResult:
+    """The coefficient search: every point evaluated, the base accuracies, and the choice."""
+
+    model: str
+    checkpoint: Optional[str]
+    vector: str
+    forget: str
+    retain: str
+    threshold: float
+    retain_limit: float
+    search: str
+    coefs: list[float]
+    base: SearchPoint
+    n_forget_images: int
+    n_retain_images: int
+    runs: dict[str, SearchRun]
+    evaluations: int
+    heads_rebuilt: bool
+    seconds: float
+
+    @property
+    def primary(self) -> SearchRun:
+        return self.runs["grid"] if self.search == "grid" else self.runs["fast"]
+
+    @property
+    def chosen(self) -> Optional[SearchPoint]:
+        return self.primary.chosen
+
+    @property
+    def points(self) -> list[SearchPoint]:
+        return self.primary.points
+
+    def agreement(self) -> Optional[dict]:
+        """How the fast search's choice compares with the grid's (``compare`` mode only)."""
+        if set(self.runs) != {"fast", "grid"}:
+            return None
+        fast, grid = self.runs["fast"].chosen, self.runs["grid"].chosen
+        if fast is None or grid is None:
+            return {"same_choice": fast == grid}
+        return {"same_choice": fast.coef == grid.coef, "coef_difference": round(fast.coef - grid.coef, 10),
+                "forget_acc1_difference": fast.forget - grid.forget,
+                "retain_acc1_difference": fast.retain - grid.retain}
+
+    def to_json(self) -> dict:
+        heads = ("rebuilt per coefficient (the vector changes the text tower)" if self.heads_rebuilt
+                 else "built once (the vector leaves the text tower unchanged)")
+        result = {
+            "task": SEARCH_TASK, "model": self.model, "checkpoint": self.checkpoint, "vector": self.vector,
+            "forget": self.forget, "retain": self.retain, "rule": SEARCH_RULE, "threshold": self.threshold,
+            "retain_limit": self.retain_limit, "search": self.search, "coefs": list(self.coefs),
+            "base": {"forget_acc1": self.base.forget, "retain_acc1": self.base.retain,
+                     "n_forget_images": self.n_forget_images, "n_retain_images": self.n_retain_images},
+            "points": [p.to_json() for p in self.points],
+            "chosen": self.chosen.to_json() if self.chosen else None,
+            "feasible": self.chosen is not None, "n_evaluations": self.evaluations, "heads": heads,
+            "seconds": self.seconds, "runs": {kind: run.to_json() for kind, run in self.runs.items()},
+        }
+        agreement = self.agreement()
+        if agreement is not None:
+            result["agreement"] = agreement
+        return result
+
+
+@dataclass
+class PointRecord:
+    """One grid point of a sweep, as its record file says."""
+
+    index: int
+    name: str
+    status: str  # running | done | failed
+    hyperparameters: dict
+    file: Optional[str] = None
+    val: Optional[Metrics] = None
+    train: Optional[dict] = None  # loss, images/s, steps
+    error: Optional[str] = None
+    host: Optional[str] = None
+    pid: Optional[int] = None
+
+    def to_json(self) -> dict:
+        values = asdict(self)
+        values["val"] = self.val.to_json() if self.val else None
+        return _without_none(values)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PointRecord":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("val") is not None:
+            values["val"] = Metrics.from_json(values["val"])
+        return cls(**values)
+
+
+@dataclass
+class SweepManifest:
+    """What a sweep folder holds: its identity, the base's Val accuracy, and every point."""
+
+    identity: dict
+    base_file: str
+    base_val: Optional[Metrics] = None
+    points: list[PointRecord] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[PointRecord]:
+        return [p for p in self.points if p.status == "done"]
+
+    def to_json(self) -> dict:
+        base = _without_none({"file": self.base_file, "val": self.base_val.to_json() if self.base_val else None})
+        return {"identity": self.identity, "base": base, "points": [p.to_json() for p in self.points]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SweepManifest":
+        base = data.get("base", {})
+        val = Metrics.from_json(base["val"]) if base.get("val") else None
+        return cls(data.get("identity", {}), base.get("file", "base.safetensors"), val,
+                   [PointRecord.from_json(p) for p in data.get("points", [])])

@@ -1,0 +1,248 @@
+"""``eval``: zero-shot accuracy of a checkpoint, and the paper's search for the negation coefficient.
+
+:func:`evaluate` returns one CLIP_benchmark-shaped result per dataset. :func:`search_coefficient`
+evaluates theta = base - lambda * tau over a lambda grid without touching the disk again: the base
+and the vector stay in memory (:class:`~negmerge_cli.negation.NegatedModel`); images are decoded
+and preprocessed once (``ImageCache``); zero-shot heads are built once when the vector leaves the
+text tower untouched (the case for image-encoder fine-tunes), else rebuilt per lambda.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from negmerge_cli import files
+from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError, option
+from negmerge_cli.output import output
+from negmerge_cli.results import DatasetEvaluation, SearchPoint, SearchResult, SearchRun
+
+SEARCHES = ("grid", "fast", "compare")  # compare: fast, then the grid, and how they agree
+
+
+@dataclass
+class EvalOptions:
+    """The model to evaluate and how (shared by plain evaluation and the coefficient search)."""
+
+    model: str
+    checkpoint: Optional[str] = None  # a local file; or ``pretrained`` (a tag or file)
+    pretrained: Optional[str] = None
+    templates: Optional[Path] = None
+    classnames: Optional[Path] = None
+    device: str = "auto"
+    batch_size: int = 256
+    workers: int = 2
+    cache_memory: str = "4GiB"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint and self.pretrained:
+            raise UsageError(f"give {option('checkpoint')} or {option('pretrained')}, not both")
+        if not (self.checkpoint or self.pretrained):
+            raise UsageError(f"give {option('checkpoint')} PATH (or {option('pretrained')} TAG)")
+
+    @property
+    def weights(self) -> str:
+        return self.checkpoint or self.pretrained
+
+
+@dataclass
+class SearchOptions:
+    vector: str
+    forget: str
+    retain: str
+    coefs: Sequence[float] = field(default_factory=lambda: [round(i / 20, 10) for i in range(21)])
+    threshold: float = 0.95
+    search: str = "grid"
+    refine: int = 2
+
+    def __post_init__(self) -> None:
+        if self.search not in SEARCHES:
+            raise UsageError(f"{option('search')} {self.search!r}: choose grid, fast or compare")
+        if not 0 < self.threshold <= 1:
+            raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
+
+
+def check_eval_mode(vector: Optional[str], data: Sequence[str], forget: Optional[str], retain: Optional[str],
+               plot: Optional[Path]) -> None:
+    """Plain evaluation (``data``) and the search (``vector``, ``forget``, ``retain``, ``plot``)
+    take different options: refuse a mix before anything runs."""
+    if vector is None:
+        if forget or retain or plot:
+            raise UsageError(f"{option('forget')}, {option('retain')} and {option('plot')} belong to the "
+                             f"coefficient search: add {option('vector')}")
+        return
+    if data:
+        raise UsageError(f"{option('data')} does not go with {option('vector')}; give {option('forget')} and "
+                         f"{option('retain')}")
+    if not (forget and retain):
+        raise UsageError(f"the coefficient search needs {option('vector')}, {option('forget')} and {option('retain')}")
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise UsageError(f"{option('plot')} {plot}: the plot is a PNG file (name it *.png)")
+
+
+# -- plain evaluation ----------------------------------------------------------------------------
+
+
+def evaluate(specs: Sequence[str], options: EvalOptions, *, json_out: Optional[Path] = None,
+             force: bool = False) -> list[DatasetEvaluation]:
+    """Top-1/top-5/mean per-class recall of one model on each dataset (test split by default);
+    the results also go to ``json_out`` when given."""
+    with files.operation():
+        _check_outputs([json_out], force)
+        results = [_evaluate_one(data, model, options) for model, data in _each_dataset(specs, options, "test")]
+        if json_out:
+            files.write_json(json_out, [r.to_json() for r in results], force=force)
+        return results
+
+
+def _each_dataset(specs: Sequence[str], options: EvalOptions, default_split: str):
+    sets = _open_sets(specs, options, default_split)
+    model, _ = _load_model(options)
+    for data in sets:
+        yield model, data
+
+
+def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
+    from negmerge_cli.clip import models
+    from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached
+    from negmerge_cli.clip.zeroshot import build_head
+    from negmerge_cli.units import parse_size, resolve_device
+
+    started = time.perf_counter()
+    budget = parse_size(options.cache_memory, option("cache_memory"))
+    cache = ImageCache.build(data, models.transforms_for(model, train=False), budget, options.workers)
+    head = build_head(model, models.tokenizer_for(options.model), data.classnames, data.templates)
+    metrics = evaluate_cached(model, cache, head, options.batch_size, resolve_device(options.device),
+                              f"eval {data.label}")
+    seconds = time.perf_counter() - started
+    return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
+                             len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2))
+
+
+def _load_model(options: EvalOptions):
+    from negmerge_cli.clip import models
+    from negmerge_cli.units import resolve_device
+
+    if options.checkpoint and not Path(options.checkpoint).exists():
+        raise CheckpointError(f"{options.checkpoint}: checkpoint does not exist ({option('checkpoint')})")
+    device = resolve_device(options.device)
+    models.check_model_name(options.model)
+    return models.create_model(options.model, options.weights, device), device
+
+
+def _open_sets(specs: Sequence[str], options: EvalOptions, default_split: str):
+    from negmerge_cli.clip import datasets
+
+    if not specs:
+        raise UsageError(f"give at least one {option('data')}")
+    return [datasets.load_dataset(s, default_split, options.classnames, options.templates) for s in specs]
+
+
+def _check_outputs(paths: Sequence[Optional[Path]], force: bool) -> None:
+    """Fail on an output that cannot be written before minutes of evaluation, not after."""
+    for path in paths:
+        if path is not None:
+            files.check_target(Path(path), force=force)
+
+
+# -- coefficient search --------------------------------------------------------------------------
+
+
+def search_coefficient(model_options: EvalOptions, options: SearchOptions, *, json_out: Optional[Path] = None,
+                       plot: Optional[Path] = None, force: bool = False) -> SearchResult:
+    """Evaluate forget/retain accuracy over the lambda grid and pick lambda by the paper's rule.
+
+    The result (every point, the choice or its absence) goes to ``json_out`` and ``plot`` when
+    given; :meth:`SearchResult.chosen` is None when no lambda keeps the retain bar."""
+    with files.operation():
+        check_eval_mode(options.vector, (), options.forget, options.retain, plot)
+        _check_outputs([json_out, plot], force)
+        result = _Search(model_options, options).run()
+        if json_out:
+            files.write_json(json_out, result.to_json(), force=force)
+        if plot:
+            _draw(result, Path(plot), force)
+        if result.chosen is None:
+            output().log("no coefficient keeps retain accuracy at the threshold; nothing chosen")
+        return result
+
+
+def require_choice(result: SearchResult, where: Optional[Path] = None) -> SearchPoint:
+    """The chosen point, or the one-line error a caller reports when there is none."""
+    if result.chosen is None:
+        detail = f" (all points in {where})" if where else ""
+        raise NegmergeError(f"no lambda in {option('coefs')} keeps retain accuracy >= {result.threshold:g} x "
+                            f"the base's{detail}")
+    return result.chosen
+
+
+class _Search:
+    """One search: the model, the cached images, and a memo of every lambda evaluated."""
+
+    def __init__(self, model_options: EvalOptions, options: SearchOptions):
+        from negmerge_cli.clip import models
+        from negmerge_cli.clip.evaluate import ImageCache
+        from negmerge_cli.negation import NegatedModel, load_task_vector
+        from negmerge_cli.units import parse_size
+
+        self.model_options, self.options = model_options, options
+        budget = parse_size(model_options.cache_memory, option("cache_memory"))
+        self.sets = _open_sets([options.forget, options.retain], model_options, "val")
+        self.model, self.device = _load_model(model_options)
+        self.negated = NegatedModel(self.model, load_task_vector(options.vector), options.vector, model_options.model)
+        self.tokenizer = models.tokenizer_for(model_options.model)
+        transform = models.transforms_for(self.model, train=False)
+        # each half of the budget for one set
+        self.caches = [ImageCache.build(s, transform, budget // 2, model_options.workers) for s in self.sets]
+        self.heads = None
+        self.memo: dict[float, SearchPoint] = {}
+
+    def accuracies(self, coef: float) -> SearchPoint:
+        from negmerge_cli.clip.evaluate import evaluate_cached
+        from negmerge_cli.clip.zeroshot import build_head
+
+        if coef not in self.memo:
+            self.negated.set(coef)
+            if self.heads is None or self.negated.touches_text:
+                self.heads = [build_head(self.model, self.tokenizer, s.classnames, s.templates) for s in self.sets]
+            accs = [evaluate_cached(self.model, c, h, self.model_options.batch_size, self.device,
+                                    f"lambda {coef:g} {s.label}").acc1
+                    for c, h, s in zip(self.caches, self.heads, self.sets)]
+            self.memo[coef] = SearchPoint(coef, *accs)
+        return self.memo[coef]
+
+    def run(self) -> SearchResult:
+        from negmerge_cli.clip import search
+
+        options, started = self.options, time.perf_counter()
+        base = self.accuracies(0.0)
+        kinds = ["fast", "grid"] if options.search == "compare" else [options.search]
+        runs = {kind: self._run_one(kind, base) for kind in kinds}
+        forget, retain = self.sets
+        return SearchResult(
+            model=self.model_options.model, checkpoint=self.model_options.weights, vector=options.vector,
+            forget=forget.label, retain=retain.label, threshold=options.threshold,
+            retain_limit=search.retain_limit(base.retain, options.threshold), search=options.search,
+            coefs=list(options.coefs), base=base, n_forget_images=len(self.caches[0]),
+            n_retain_images=len(self.caches[1]), runs=runs, evaluations=len(self.memo),
+            heads_rebuilt=self.negated.touches_text, seconds=round(time.perf_counter() - started, 3))
+
+    def _run_one(self, kind: str, base: SearchPoint) -> SearchRun:
+        from negmerge_cli.clip import search
+
+        options, count_before, started = self.options, len(self.memo), time.perf_counter()
+        if kind == "fast":
+            chosen, points = search.fast_search(self.accuracies, options.coefs, base.retain, options.threshold,
+                                                options.refine)
+        else:
+            chosen, points = search.grid_search(self.accuracies, options.coefs, base.retain, options.threshold)
+        return SearchRun(chosen, points, len(self.memo) - count_before, round(time.perf_counter() - started, 3))
+
+
+def _draw(result: SearchResult, path: Path, force: bool) -> None:
+    from negmerge_cli.clip.plot import draw_tradeoff
+
+    title = f"{result.model}: forget {result.forget} / retain {result.retain}"
+    draw_tradeoff(result.points, result.base.retain, result.threshold, result.chosen, path, title=title, force=force)

@@ -1,0 +1,226 @@
+"""``finetune``: a hyperparameter sweep of image-encoder fine-tunes written into one folder.
+
+Orchestration only: the grid and the sweep folder are :mod:`negmerge_cli.sweep`, the model, data and
+training loop are the model family's (:mod:`negmerge_cli.clip`). Under torchrun, rank 0 does all
+file work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from negmerge_cli import files
+from negmerge_cli.errors import UsageError, option
+from negmerge_cli.output import output
+from negmerge_cli.results import Metrics, PointRecord, SweepManifest
+from negmerge_cli.sweep import (NO_AUGMENTATION, Grid, GridPoint, SweepFolder, expand_grid, identity_of,
+                                normalise_randaug)
+
+
+@dataclass
+class FinetuneOptions:
+    model: str
+    data: str
+    output: Path
+    pretrained: Optional[str] = None
+    grid: Grid = field(default_factory=Grid)
+    batch_size: int = 128
+    accum_steps: int = 1
+    warmup_steps: int = 500
+    workers: int = 2
+    point: Optional[Sequence[int]] = None  # run only these grid indices
+    templates: Optional[Path] = None
+    classnames: Optional[Path] = None
+    device: str = "auto"
+    eval_batch_size: int = 256
+    cache_memory: str = "4GiB"
+    crop_scale: float = 0.08  # RandAugment runs: smallest random-resized-crop area (timm's default)
+    hflip: float = 0.5  # RandAugment runs: horizontal flip probability (timm's default)
+
+
+def plan(options: FinetuneOptions) -> list[GridPoint]:
+    """The grid points this call would run (after the ``point`` selection); validates the options."""
+    from negmerge_cli.clip import datasets, models
+
+    if not 0 < options.crop_scale <= 1:
+        raise UsageError(f"{option('crop_scale')} {options.crop_scale}: must be in (0, 1]")
+    if not 0 <= options.hflip <= 1:
+        raise UsageError(f"{option('hflip')} {options.hflip}: must be in [0, 1]")
+    spec = datasets.parse_spec(options.data)
+    if spec.split not in (None, "train"):
+        raise UsageError(f"{option('data')} {options.data}: finetune trains on the train split (Val is held out for it)")
+    randaug = normalise_randaug(options.grid.randaug)
+    for value in randaug:
+        if value != NO_AUGMENTATION:
+            models.check_randaug(value)
+    grid = Grid(**{**asdict(options.grid), "randaug": randaug})
+    points = expand_grid(grid, lambda aug: datasets.paper_epochs(spec.kind, aug != NO_AUGMENTATION))
+    if options.point is not None:
+        bad = [i for i in options.point if not 0 <= i < len(points)]
+        if bad:
+            raise UsageError(f"{option('point')} {bad[0]} is out of range: the grid has {len(points)} points "
+                             f"(0..{len(points) - 1})")
+        points = [points[i] for i in options.point]
+    if not points:
+        raise UsageError("the grid has no points")
+    return points
+
+
+def finetune(options: FinetuneOptions) -> Optional[SweepManifest]:
+    """Run (or resume) the sweep into ``options.output``; returns the manifest (None off rank 0)."""
+    from negmerge_cli.clip import train
+
+    points = plan(options)
+    ranks = train.init_distributed()
+    try:
+        with files.operation(), (output().silenced() if not ranks.is_main else contextlib.nullcontext()):
+            sweep = _SweepRun(options, ranks)
+            todo = sweep.prepare(points)
+            for point in todo:
+                sweep.train_point(point)
+            return sweep.folder.rebuild_manifest() if ranks.is_main else None
+    finally:
+        train.shutdown_distributed(ranks)
+
+
+class _SweepRun:
+    """The state one ``finetune`` call shares between its grid points."""
+
+    def __init__(self, options: FinetuneOptions, ranks):
+        from negmerge_cli.clip import datasets, models
+        from negmerge_cli.units import parse_size, resolve_device
+
+        self.options, self.ranks = options, ranks
+        self.device = _rank_device(resolve_device(options.device), ranks)
+        self.budget = parse_size(options.cache_memory, option("cache_memory"))
+        models.check_model_name(options.model)
+        self.train_set = datasets.load_dataset(options.data, "train", options.classnames, options.templates)
+        self.val_set = datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
+        self.folder = SweepFolder(options.output, identity_of(
+            options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
+            options.templates, options.classnames, options.crop_scale, options.hflip))
+
+    def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
+        """Claim the folder, write the base, build the model and head; the points still to train."""
+        from negmerge_cli.clip import train
+
+        for point in points:  # fail on an indivisible batch before anything is written
+            train.micro_batch_size(_settings(self.options, point), self.ranks.world_size)
+        if self.ranks.is_main:
+            self._write_base()
+        self.ranks.barrier()
+        todo = [p for p in points if not self.folder.finished(p)]
+        for point in points:
+            if point not in todo:
+                output().log(f"skip {point.name} (finished)")
+        self.ranks.barrier()  # every rank has decided before rank 0 writes anything new
+        self._load_base()
+        return todo
+
+    def _write_base(self) -> None:
+        from negmerge_cli.checkpoint import provenance
+        from negmerge_cli.clip import models
+
+        options, folder = self.options, self.folder
+        # build the base before touching DIR: weights that do not fit fail with nothing written
+        base_model = None if folder.base.exists() else models.create_model(options.model, options.pretrained)
+        with folder.locked():
+            folder.check_identity()
+            if not folder.base.exists():
+                base_model = base_model or models.create_model(options.model, options.pretrained)
+                metadata = provenance("finetune", role="base", model=options.model,
+                                      pretrained=options.pretrained, data=options.data)
+                models.save_checkpoint(base_model, folder.base, metadata)
+                output().log(f"wrote {folder.base}")
+
+    def _load_base(self) -> None:
+        from negmerge_cli.clip import models
+        from negmerge_cli.clip.evaluate import ImageCache
+        from negmerge_cli.clip.zeroshot import build_head
+
+        self.model = models.create_model(self.options.model, str(self.folder.base), self.device)
+        self.base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        tokenizer = models.tokenizer_for(self.options.model)
+        self.head = build_head(self.model, tokenizer, self.train_set.classnames, self.train_set.templates)
+        self.val_cache = None
+        if self.ranks.is_main:
+            self.val_cache = ImageCache.build(self.val_set, models.transforms_for(self.model, train=False),
+                                              self.budget, self.options.workers)
+            if self.folder.base_metrics() is None:
+                metrics = self._validate()
+                self.folder.set_base_metrics(metrics)
+                output().log(f"base Val acc1 {100 * metrics.acc1:.2f}%")
+
+    def _validate(self) -> Metrics:
+        from negmerge_cli.clip.evaluate import evaluate_cached
+
+        return evaluate_cached(self.model, self.val_cache, self.head, self.options.eval_batch_size, self.device)
+
+    def train_point(self, point: GridPoint) -> None:
+        from negmerge_cli.clip import models, train
+
+        options, main = self.options, self.ranks.is_main
+        self.model.load_state_dict(self.base_state)
+        augment = None if point.randaug == NO_AUGMENTATION else point.randaug
+        data = self.train_set.with_transform(models.transforms_for(
+            self.model, train=True, randaug=augment, crop_scale=options.crop_scale, hflip=options.hflip))
+        record = PointRecord(point.index, point.name, "running", point.hyperparameters(),
+                             host=socket.gethostname(), pid=os.getpid())
+        if main:
+            self.folder.write_record(record)
+        try:
+            stats = train.train_image_encoder(self.model, self.head, data, _settings(options, point), self.device,
+                                              self.ranks, description=f"[{point.index}] {point.name}")
+        except Exception as exc:
+            if main:
+                first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.folder.write_record(PointRecord(point.index, point.name, "failed", point.hyperparameters(),
+                                                     error=first_line))
+            raise
+        if main:
+            self._save_point(point, stats)
+        self.ranks.barrier()
+
+    def _save_point(self, point: GridPoint, stats: dict) -> None:
+        from negmerge_cli.checkpoint import provenance
+        from negmerge_cli.clip import models
+
+        options = self.options
+        metrics = self._validate()
+        metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
+                              base=self.folder.base.name, hyperparameters=point.hyperparameters(),
+                              val_acc1=f"{metrics.acc1:.6f}")
+        models.save_checkpoint(self.model, self.folder.checkpoint(point), metadata, force=True)
+        self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(),
+                                             file=self.folder.checkpoint(point).name, val=metrics, train=stats))
+        output().log(f"{point.name}: Val acc1 {100 * metrics.acc1:.2f}%  ({stats['images_per_s']:.0f} img/s)")
+
+
+def _settings(options: FinetuneOptions, point: GridPoint):
+    from negmerge_cli.clip.train import TrainSettings
+
+    return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.seed,
+                         epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
+                         accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers)
+
+
+def _val_spec(data: str) -> str:
+    from negmerge_cli.clip.datasets import parse_spec
+
+    spec = parse_spec(data)
+    base = data.rsplit(":", 1)[0] if spec.split else data
+    return f"{base}:val"
+
+
+def _rank_device(device: torch.device, ranks) -> torch.device:
+    if device.type == "cuda" and ranks.enabled:
+        torch.cuda.set_device(ranks.local_rank)
+        return torch.device("cuda", ranks.local_rank)
+    return device

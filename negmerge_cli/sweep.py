@@ -1,0 +1,250 @@
+"""The sweep: a grid of hyperparameters and the folder its fine-tunes are written into.
+
+DIR/base.safetensors       the starting model (full state dict)
+DIR/<point>.safetensors    one checkpoint per grid point, hyperparameters in its metadata
+DIR/manifest.json          every finished (or running/failed) point: file, settings, Val accuracy
+DIR/sweep.json             what the folder is a sweep of (model, weights, data, batch); a run with
+                           other values is refused, so one folder never mixes two sweeps
+DIR/.records/<point>.json  one record per point, written atomically; the manifest is rebuilt from
+                           them under a file lock, so concurrent jobs (``--point N``) lose nothing
+
+A point is finished when its record says ``done`` and its checkpoint exists; re-running the same
+command skips finished points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from negmerge_cli import files
+from negmerge_cli.errors import OutputError, UsageError, option
+from negmerge_cli.results import Metrics, PointRecord, SweepManifest
+
+RECORDS = ".records"
+LOCK = ".lock"
+# The paper's k = 30 augmentations: RandAugment m in 1..10, n in 1..3.
+PAPER_RANDAUG = tuple(f"rand-m{m}-n{n}-mstd0.5" for m in range(1, 11) for n in range(1, 4))
+NO_AUGMENTATION = "none"
+
+
+@dataclass
+class Grid:
+    """Values per hyperparameter; the sweep is their product (in this field order)."""
+
+    lr: Sequence[float] = (1e-5,)
+    epochs: Sequence[int] = ()
+    steps: Sequence[int] = ()
+    wd: Sequence[float] = (0.1,)
+    label_smoothing: Sequence[float] = (0.0,)
+    seed: Sequence[int] = (0,)
+    randaug: Sequence[str] = (NO_AUGMENTATION,)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    index: int
+    lr: float
+    wd: float
+    label_smoothing: float
+    seed: int
+    randaug: str
+    epochs: Optional[int] = None
+    steps: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        """Stable file stem, e.g. ``lr1e-05_ep2_wd0.1_ls0_seed0_rand-m1-n1-mstd0.5``."""
+        length = f"ep{self.epochs}" if self.steps is None else f"st{self.steps}"
+        augment = "noaug" if self.randaug == NO_AUGMENTATION else self.randaug
+        return f"lr{self.lr:g}_{length}_wd{self.wd:g}_ls{self.label_smoothing:g}_seed{self.seed}_{augment}"
+
+    def hyperparameters(self) -> dict:
+        values = asdict(self)
+        values.pop("index")
+        return {k: v for k, v in values.items() if v is not None}
+
+
+# Every grid value is checked before anything is written: (field, test, what it must be).
+_VALUE_RULES = (
+    ("lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    ("wd", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("epochs", lambda v: v > 0, "positive"),
+    ("steps", lambda v: v > 0, "positive"),
+)
+
+
+def check_grid(grid: Grid) -> None:
+    """Every value finite and in range, every option with at least one value."""
+    if grid.epochs and grid.steps:
+        raise UsageError(f"give {option('epochs')} or {option('steps')}, not both")
+    for name in ("lr", "wd", "label_smoothing", "seed", "randaug"):
+        if not getattr(grid, name):
+            raise UsageError(f"the grid has no points: {option(name)} has no values")
+    for name, test, requirement in _VALUE_RULES:
+        bad = next((v for v in getattr(grid, name) if not test(v)), None)
+        if bad is not None:
+            raise UsageError(f"{option(name)} {bad}: must be {requirement}")
+
+
+def expand_grid(grid: Grid, default_epochs=None) -> list[GridPoint]:
+    """All grid points. ``default_epochs(randaug) -> int|None`` fills in epochs when neither is given."""
+    check_grid(grid)
+    lengths = [("steps", s) for s in grid.steps] or [("epochs", e) for e in grid.epochs] or [("epochs", None)]
+    points = []
+    for lr, (kind, length), wd, ls, seed, randaug in itertools.product(
+        grid.lr, lengths, grid.wd, grid.label_smoothing, grid.seed, grid.randaug
+    ):
+        if kind == "epochs" and length is None:
+            length = default_epochs(randaug) if default_epochs else None
+            if length is None:
+                raise UsageError(f"give {option('epochs')} or {option('steps')} (this dataset has no paper default)")
+        points.append(GridPoint(len(points), lr, wd, ls, seed, randaug, **{kind: length}))
+    return points
+
+
+def normalise_randaug(values: Sequence[str]) -> list[str]:
+    """``paper`` -> the 30 strings of the paper; ``none``/empty -> no RandAugment."""
+    out = []
+    for value in values:
+        value = value.strip()
+        if value == "paper":
+            out += PAPER_RANDAUG
+        elif value.lower() in ("", "none", "noaug"):
+            out.append(NO_AUGMENTATION)
+        else:
+            out.append(value)
+    return list(dict.fromkeys(out))
+
+
+# --- the sweep folder ---------------------------------------------------------------------------
+
+
+@dataclass
+class SweepFolder:
+    root: Path
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base.safetensors"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def checkpoint(self, point: GridPoint) -> Path:
+        return self.root / f"{point.name}.safetensors"
+
+    def record_path(self, point: GridPoint) -> Path:
+        return self.root / RECORDS / f"{point.name}.json"
+
+    @contextlib.contextmanager
+    def locked(self):
+        """An exclusive flock on DIR/.lock: serialises sweep.json, base and manifest updates."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def check_identity(self) -> None:
+        """Refuse a folder that holds another sweep; claim an empty one (call under the lock)."""
+        path = self.root / "sweep.json"
+        if path.exists():
+            stored = _read_json(path).get("identity", {})
+            for key, value in self.identity.items():
+                if stored.get(key) != value:
+                    raise OutputError(
+                        f"{self.root}: holds a different sweep ({key} is {stored.get(key)!r} there, "
+                        f"{value!r} here); use another output folder"
+                    )
+            return
+        if self.root.exists() and any(p.suffix == ".safetensors" for p in self.root.iterdir()):
+            raise OutputError(f"{self.root}: holds safetensors files but no sweep.json; use an empty output folder")
+        files.write_json(path, {"identity": self.identity}, owned=True)
+
+    def finished(self, point: GridPoint) -> bool:
+        path = self.record_path(point)
+        return path.exists() and _read_json(path).get("status") == "done" and self.checkpoint(point).exists()
+
+    def write_record(self, record: PointRecord) -> None:
+        files.write_json(self.root / RECORDS / f"{record.name}.json", record.to_json(), owned=True)
+        self.rebuild_manifest()
+
+    def set_base_metrics(self, metrics: Metrics) -> None:
+        with self.locked():
+            data = _read_json(self.root / "sweep.json")
+            data["base"] = {"file": self.base.name, "val": metrics.to_json()}
+            files.write_json(self.root / "sweep.json", data, owned=True)
+        self.rebuild_manifest()
+
+    def base_metrics(self) -> Optional[Metrics]:
+        val = _read_json(self.root / "sweep.json").get("base", {}).get("val")
+        return Metrics.from_json(val) if val else None
+
+    def rebuild_manifest(self) -> SweepManifest:
+        with self.locked():
+            sweep = _read_json(self.root / "sweep.json")
+            records = sorted((PointRecord.from_json(_read_json(p)) for p in (self.root / RECORDS).glob("*.json")),
+                             key=lambda r: (r.index, r.name))
+            base = sweep.get("base", {})
+            val = Metrics.from_json(base["val"]) if base.get("val") else None
+            manifest = SweepManifest(sweep.get("identity", {}), self.base.name, val, records)
+            files.write_json(self.manifest, manifest.to_json(), owned=True)
+        return manifest
+
+
+def read_manifest(folder: str | Path) -> SweepManifest:
+    """The manifest of a sweep folder (as ``finetune`` left it)."""
+    path = Path(folder) / "manifest.json"
+    if not path.exists():
+        raise OutputError(f"{path}: no such file (is {folder} a finetune sweep folder?)")
+    return SweepManifest.from_json(_read_json(path))
+
+
+def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: int, warmup_steps: int,
+                templates: Optional[Path], classnames: Optional[Path], crop_scale: float = 0.08,
+                hflip: float = 0.5) -> dict:
+    identity = {
+        "model": model,
+        "pretrained": _describe_weights(pretrained),
+        "data": data,
+        "batch_size": batch_size,
+        "warmup_steps": warmup_steps,
+        "templates": _file_digest(templates),
+        "classnames": _file_digest(classnames),
+    }
+    if (crop_scale, hflip) != (0.08, 0.5):  # recorded only when changed: older sweeps stay valid
+        identity.update(crop_scale=crop_scale, hflip=hflip)
+    return identity
+
+
+def _describe_weights(pretrained: Optional[str]) -> Optional[str]:
+    if pretrained and Path(pretrained).is_file():
+        path = Path(pretrained).resolve()
+        return f"{path} ({path.stat().st_size} bytes)"
+    return pretrained
+
+
+def _file_digest(path: Optional[Path]) -> Optional[str]:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OutputError(f"{path}: not valid JSON ({exc}); remove it or use another output folder") from None
