@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dense_reference as ref
-from conftest import assert_clean_failure, make_vectors, run_cli
+from helpers import assert_clean_failure, make_vectors, run_cli
 
 
 def sha256(path: Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import assert_clean_failure, run_cli
+from helpers import assert_clean_failure, run_cli
 
 
 def test_quick_demo_forgets_digits_and_keeps_textures(tmp_path):

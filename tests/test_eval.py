@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from clip_helpers import TINY, make_image_folder
-from conftest import assert_clean_failure, run_cli
+from helpers import assert_clean_failure, run_cli
 from negmerge_cli.clip import models
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from clip_helpers import TINY, free_port
-from conftest import assert_clean_failure, run_cli
+from helpers import assert_clean_failure, run_cli
 
 pytestmark = pytest.mark.slow
 LEAN = {"OMP_NUM_THREADS": "2"}

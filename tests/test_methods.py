@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import dense_reference as ref
-from conftest import make_vectors
+from helpers import make_vectors
 from negmerge_cli.errors import UsageError
 from negmerge_cli.methods import REGISTRY, create_method
 from negmerge_cli.methods.dare import keep_mask

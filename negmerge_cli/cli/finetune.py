@@ -49,6 +49,7 @@ def finetune(
     The sweep is the product of the grid options. Re-running skips finished points; under torchrun
     it trains data-parallel (NCCL on GPUs, gloo on CPU).
     """
+    # (Long only for its option declarations; the work is in negmerge_cli.stages.finetuning.)
     from negmerge_cli.stages import FinetuneOptions, Grid, plan
     from negmerge_cli.stages import finetune as run
 

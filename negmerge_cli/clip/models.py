@@ -21,6 +21,9 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
 # Random init is seeded so that every job of a sweep (and every torchrun rank) builds the same base.
 INIT_SEED = 0
+# Preprocessing of shipped configs that differs from open_clip's default (built-in config files
+# cannot carry it): the demo model takes images in [0, 1], unnormalised.
+PREPROCESS = {"negmerge-demo": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}}
 
 
 def _open_clip():
@@ -34,7 +37,7 @@ def _open_clip():
 
 
 def shipped_models() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json") if not p.name.endswith(".preprocess.json"))
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
 def check_model_name(name: str) -> None:
@@ -52,22 +55,10 @@ def create_model(name: str, pretrained: Optional[str] = None, device: str | torc
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
-            model = _quiet(lambda: open_clip.create_model(name))
+            model = _quiet(lambda: open_clip.create_model(name, force_preprocess_cfg=PREPROCESS.get(name)))
         if pretrained:
             load_weights(model, pretrained, name)
-    _apply_preprocess_override(open_clip, model, name)
     return model.to(device).eval()
-
-
-def _apply_preprocess_override(open_clip, model: torch.nn.Module, name: str) -> None:
-    """A shipped config may come with ``NAME.preprocess.json`` (open_clip's built-in config files
-    cannot carry preprocessing): e.g. the demo model takes images in [0, 1], unnormalised."""
-    override = CONFIG_DIR / f"{name}.preprocess.json"
-    if override.exists():
-        import json
-
-        cfg = {**open_clip.get_model_preprocess_cfg(model), **json.loads(override.read_text())}
-        open_clip.set_model_preprocess_cfg(model, cfg)
 
 
 def _looks_like_path(value: str) -> bool:

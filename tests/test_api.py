@@ -1,0 +1,70 @@
+"""The library API is what the README says, the CLI starts without torch, and errors stay one line."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers import assert_clean_failure, run_cli
+
+
+def test_stages_export_functions_with_docstrings():
+    from negmerge_cli import stages
+
+    for name in ("finetune", "evaluate", "search_coefficient", "make_vector", "make_vectors", "merge_vectors",
+                 "apply_vector", "inspect_checkpoint"):
+        function = getattr(stages, name)
+        assert inspect.isfunction(function), name
+        assert function.__doc__, name
+    from negmerge_cli.stages import finetune  # the function, not a module
+    assert callable(finetune) and not inspect.ismodule(finetune)
+
+
+def test_merge_and_apply_from_python(tmp_path):
+    from negmerge_cli.stages import StreamOptions, apply_vector, merge_vectors
+
+    base = {"w": torch.randn(8, 4), "steps": torch.arange(3)}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    paths = []
+    for i, delta in enumerate((0.5, 1.5)):
+        save_file({"w": base["w"] + delta, "steps": base["steps"]}, str(tmp_path / f"ft{i}.safetensors"))
+        paths.append(tmp_path / f"ft{i}.safetensors")
+    options = StreamOptions(device="cpu")
+    merged = merge_vectors(paths, tmp_path / "tau.safetensors", "negmerge", base=tmp_path / "base.safetensors",
+                           options=options)
+    assert merged.kept_fraction == 1.0
+    apply_vector(tmp_path / "base.safetensors", tmp_path / "tau.safetensors", -1.0, tmp_path / "out.safetensors",
+                 options)
+    out = load_file(str(tmp_path / "out.safetensors"))
+    torch.testing.assert_close(out["w"], base["w"] - 1.0, rtol=0, atol=1e-6)
+    assert torch.equal(out["steps"], base["steps"])
+
+
+def test_library_errors_name_python_keywords(tmp_path):
+    import pytest
+
+    from negmerge_cli.errors import UsageError
+    from negmerge_cli.stages import StreamOptions
+
+    with pytest.raises(UsageError, match="^max_memory "):
+        StreamOptions(max_memory="lots")
+
+
+def test_cli_starts_without_torch():
+    code = "import sys, negmerge_cli.cli.app; print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_debug_variable_shows_the_traceback(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    assert_clean_failure(run_cli("inspect", missing), str(missing))
+    env = {**os.environ, "NEGMERGE_DEBUG": "1"}
+    debug = subprocess.run([sys.executable, "-m", "negmerge_cli", "inspect", str(missing)], capture_output=True,
+                           text=True, env=env)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "error:" in debug.stderr
