@@ -21,7 +21,7 @@ def load_task_vector(path: str | Path) -> dict[str, torch.Tensor]:
     any NaN or Inf (a damaged vector would silently poison every lambda)."""
     from negmerge_cli.checkpoint import open_checkpoint
 
-    with open_checkpoint(path, hash=False) as checkpoint:
+    with open_checkpoint(path, digest=False) as checkpoint:
         kind = checkpoint.metadata.get(PREFIX + "kind")
         if kind is not None and kind != TASK_VECTOR:
             raise CheckpointError(f"{path}: is a {kind.replace('_', ' ')}, not a task vector "

@@ -68,3 +68,23 @@ def test_debug_variable_shows_the_traceback(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "negmerge_cli", "inspect", str(missing)], capture_output=True,
                            text=True, env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "error:" in debug.stderr
+
+
+def test_overflowing_result_is_refused_before_the_rename(tmp_path):
+    save_file({"w": torch.ones(4)}, str(tmp_path / "base.safetensors"))
+    save_file({"w": torch.ones(4)}, str(tmp_path / "tau.safetensors"))
+    out = tmp_path / "out.safetensors"
+    result = run_cli("apply", "--base", tmp_path / "base.safetensors", "--vector", tmp_path / "tau.safetensors",
+                     "--scale", "1e300", "-o", out, "--device", "cpu")
+    assert_clean_failure(result, str(out), "'w'", "--allow-nonfinite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.safetensors", "tau.safetensors"]  # no temp left
+
+
+def test_out_dir_is_all_or_nothing(tmp_path):
+    save_file({"w": torch.zeros(4)}, str(tmp_path / "base.safetensors"))
+    save_file({"w": torch.ones(4)}, str(tmp_path / "good.safetensors"))
+    save_file({"w": torch.full((4,), float("nan"))}, str(tmp_path / "bad.safetensors"))
+    result = run_cli("vector", "--base", tmp_path / "base.safetensors", "--out-dir", tmp_path / "vectors",
+                     tmp_path / "good.safetensors", tmp_path / "bad.safetensors", "--device", "cpu")
+    assert_clean_failure(result, "bad.safetensors")
+    assert not (tmp_path / "vectors").exists()  # the good vector and the folder went with the failure

@@ -65,9 +65,9 @@ class SequentialHasher:
 
 
 class SafetensorsFile:
-    """One open, validated safetensors file; ``hash=False`` skips the SHA-256 by-product."""
+    """One open, validated safetensors file; ``digest=False`` skips the SHA-256 by-product."""
 
-    def __init__(self, path: Path, hash: bool = True):
+    def __init__(self, path: Path, digest: bool = True):
         self.path = path
         try:
             self._fd = os.open(path, os.O_RDONLY)
@@ -82,7 +82,7 @@ class SafetensorsFile:
         except BaseException:
             os.close(self._fd)
             raise
-        self.hasher = SequentialHasher(self._fd, self.header.file_size) if hash else None
+        self.hasher = SequentialHasher(self._fd, self.header.file_size) if digest else None
 
     def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> Callable[[], None]:
         """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``.
@@ -166,28 +166,29 @@ class Checkpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, hash: bool = True) -> Checkpoint:
+def open_checkpoint(path: str | os.PathLike, digest: bool = True) -> Checkpoint:
     """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder."""
-    checkpoint = _open(Path(path), hash)
+    checkpoint = _open(Path(path), digest)
     for file in [checkpoint.path, *(f.path for f in checkpoint.files)]:
         files.register_input(file)  # outputs of this operation may never replace it
     return checkpoint
 
 
-def _open(path: Path, hash: bool) -> Checkpoint:
+def _open(path: Path, digest: bool) -> Checkpoint:
     if path.is_dir():
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):
-        return _open_sharded(path, hash)
+        return _open_sharded(path, digest)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
-    file = SafetensorsFile(path, hash)
+    file = SafetensorsFile(path, digest)
     return Checkpoint(path, [file], file.header.metadata)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint, validated, as a dict of CPU tensors."""
-    with open_checkpoint(path) as checkpoint:
+    """Every tensor of a checkpoint, validated, as a dict of CPU tensors (no SHA-256: nobody
+    records it)."""
+    with open_checkpoint(path, digest=False) as checkpoint:
         return {name: checkpoint.read_tensor(name) for name in checkpoint.names}
 
 
@@ -202,23 +203,23 @@ def _resolve_folder(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}")
 
 
-def _open_sharded(index_path: Path, hash: bool) -> Checkpoint:
+def _open_sharded(index_path: Path, digest: bool) -> Checkpoint:
     weight_map = _read_index(index_path)
-    files: list[SafetensorsFile] = []
+    shards: list[SafetensorsFile] = []
     try:
         for shard in dict.fromkeys(weight_map.values()):
             shard_path = index_path.parent / shard
             if Path(shard).name != shard:
                 raise CheckpointError(f"{index_path}: shard name {shard!r} must be a plain file name")
-            files.append(SafetensorsFile(shard_path, hash))
-        checkpoint = Checkpoint(index_path, files, files[0].header.metadata if files else {})
+            shards.append(SafetensorsFile(shard_path, digest))
+        checkpoint = Checkpoint(index_path, shards, shards[0].header.metadata if shards else {})
         for name, shard in weight_map.items():
             if name not in checkpoint or checkpoint._where[name][0].path.name != shard:
                 raise CheckpointError(f"{index_path}: tensor '{name}' is not in shard {shard}")
         return checkpoint
     except BaseException:
-        for file in files:
-            file.close()
+        for shard in shards:
+            shard.close()
         raise
 
 

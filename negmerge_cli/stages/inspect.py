@@ -66,7 +66,7 @@ class CheckpointSummary:
 def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None) -> CheckpointSummary:
     """Summarise a checkpoint. ``count_nonzero`` defaults to True for task vectors (files whose
     metadata says ``negmerge.kind: task_vector``); counting reads the data, the rest reads headers."""
-    with open_checkpoint(path) as checkpoint:
+    with open_checkpoint(path, digest=False) as checkpoint:
         is_vector = checkpoint.metadata.get(PREFIX + "kind") == "task_vector"
         count = is_vector if count_nonzero is None else count_nonzero
         tensors = [_summarise(checkpoint, name, count) for name in checkpoint.names]
