@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None) -> int:
     """Run one command; the exit code. Errors are reported by :func:`exit_code_for`."""
-    use_cli_option_names()
+    use_cli_option_names(True)
     args = sys.argv[1:] if argv is None else argv
     try:
         with files.operation():
@@ -65,6 +65,8 @@ def run(argv: list[str] | None) -> int:
         return code if isinstance(code, int) else 0
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line (or re-raises)
         return exit_code_for(exc)
+    finally:
+        use_cli_option_names(False)  # a Python caller of run() keeps library messages afterwards
 
 
 def exit_code_for(exc: BaseException) -> int:
