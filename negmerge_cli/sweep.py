@@ -144,8 +144,8 @@ class SweepFolder:
     def checkpoint(self, point: GridPoint) -> Path:
         return self.root / f"{point.name}.safetensors"
 
-    def record_path(self, point: GridPoint) -> Path:
-        return self.root / RECORDS / f"{point.name}.json"
+    def record_path(self, name: str) -> Path:
+        return self.root / RECORDS / f"{name}.json"
 
     @contextlib.contextmanager
     def locked(self):
@@ -175,11 +175,11 @@ class SweepFolder:
         files.write_json(path, {"identity": self.identity}, owned=True)
 
     def finished(self, point: GridPoint) -> bool:
-        path = self.record_path(point)
+        path = self.record_path(point.name)
         return path.exists() and _read_json(path).get("status") == "done" and self.checkpoint(point).exists()
 
     def write_record(self, record: PointRecord) -> None:
-        files.write_json(self.root / RECORDS / f"{record.name}.json", record.to_json(), owned=True)
+        files.write_json(self.record_path(record.name), record.to_json(), owned=True)
         self.rebuild_manifest()
 
     def set_base_metrics(self, metrics: Metrics) -> None:
