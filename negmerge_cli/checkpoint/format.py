@@ -47,6 +47,7 @@ DTYPE_CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.ite
 # Same cap as the reference implementation: a header is metadata, never gigabytes.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 METADATA_KEY = "__metadata__"
+FLOAT8 = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
 
 
 def itemsize(dtype: torch.dtype) -> int:
@@ -56,6 +57,25 @@ def itemsize(dtype: torch.dtype) -> int:
 def is_float(dtype: torch.dtype) -> bool:
     """Floating-point tensors take part in task vectors; integer and bool tensors never do."""
     return dtype.is_floating_point
+
+
+def promote_types(first: torch.dtype, second: torch.dtype) -> torch.dtype:
+    """``torch.promote_types``, extended to fp8, which torch refuses to promote: fp8 widens to the
+    other float type (each holds every fp8 value), and the two fp8 formats together to float16."""
+    if first == second:
+        return first
+    if first in FLOAT8 and second in FLOAT8:
+        return torch.float16
+    if first in FLOAT8 or second in FLOAT8:
+        return second if first in FLOAT8 else first
+    return torch.promote_types(first, second)
+
+
+def count_nonzero(tensor: torch.Tensor) -> int:
+    """``torch.count_nonzero``, extended to fp8 (no kernel): zero is all bits clear but the sign."""
+    if tensor.dtype in FLOAT8:
+        return int(torch.count_nonzero(tensor.view(torch.uint8) & 0x7F))
+    return int(torch.count_nonzero(tensor))
 
 
 @dataclass(frozen=True)

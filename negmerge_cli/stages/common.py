@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from negmerge_cli.checkpoint.format import is_float
+from negmerge_cli.checkpoint.format import count_nonzero, is_float, promote_types
 from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
@@ -69,7 +69,7 @@ def output_dtype(requested: torch.dtype | None, *stored: torch.dtype) -> torch.d
         return requested
     result = stored[0]
     for dtype in stored[1:]:
-        result = torch.promote_types(result, dtype)
+        result = promote_types(result, dtype)
     return result
 
 
@@ -131,7 +131,7 @@ def stream_to_file(
 
         def write(name: str, result: torch.Tensor) -> None:
             if result.dtype.is_floating_point:
-                counts["nonzero"] += int(torch.count_nonzero(result))
+                counts["nonzero"] += count_nonzero(result)
                 counts["elements"] += result.numel()
             writer.write(name, result)
 
