@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import threading
@@ -18,7 +17,14 @@ from typing import Callable
 
 import torch
 
-from negmerge_cli.checkpoint.format import DTYPES, MAX_HEADER_BYTES, Header, TensorEntry, read_header
+from negmerge_cli.checkpoint.format import (
+    DTYPES,
+    MAX_HEADER_BYTES,
+    Header,
+    TensorEntry,
+    parse_index,
+    read_header,
+)
 from negmerge_cli.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -232,36 +238,26 @@ def _resolve_folder(folder: Path) -> Path:
 
 
 def _open_sharded(index_path: Path, hash: bool) -> Checkpoint:
-    weight_map = _read_index(index_path)
+    """The index and its shards must agree exactly: every listed tensor in its shard, and no shard
+    tensor the index does not list (refused rather than silently dropped or added)."""
+    weight_map = parse_index(index_path, _read_index_file(index_path))
     files: list[SafetensorsFile] = []
     try:
         for shard in dict.fromkeys(weight_map.values()):
-            shard_path = index_path.parent / shard
-            if Path(shard).name != shard:
-                raise CheckpointError(f"{index_path}: shard name {shard!r} must be a plain file name")
-            files.append(SafetensorsFile(shard_path, hash))
-        checkpoint = Checkpoint(index_path, files, files[0].header.metadata if files else {})
+            files.append(SafetensorsFile(index_path.parent / shard, hash))
+        checkpoint = Checkpoint(index_path, files, files[0].header.metadata)
         for name, shard in weight_map.items():
             if name not in checkpoint or checkpoint._where[name][0].path.name != shard:
                 raise CheckpointError(f"{index_path}: tensor '{name}' is not in shard {shard}")
+        for file in files:
+            unlisted = next((n for n in file.header.tensors if n not in weight_map), None)
+            if unlisted is not None:
+                raise CheckpointError(f"{file.path}: tensor '{unlisted}' is not listed in the index {index_path}")
         return checkpoint
     except BaseException:
         for file in files:
             file.close()
         raise
-
-
-def _read_index(index_path: Path) -> dict[str, str]:
-    try:
-        index = json.loads(_read_index_file(index_path))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{index_path}: not a valid JSON index") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise CheckpointError(f"{index_path}: index has no valid 'weight_map'")
-    return weight_map
 
 
 __all__ = ["Checkpoint", "SafetensorsFile", "open_checkpoint", "open_regular", "load_state_dict", "DTYPES"]
