@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from negmerge_cli.checkpoint.format import is_float
+from negmerge_cli.checkpoint.format import is_float, promote_types
 from negmerge_cli.checkpoint.reader import Checkpoint
 from negmerge_cli.errors import CheckpointError, switch
 from negmerge_cli.streaming import Source, TensorJob
@@ -26,7 +26,7 @@ def output_dtype(requested: torch.dtype | None, *stored: torch.dtype) -> torch.d
         return requested
     result = stored[0]
     for dtype in stored[1:]:
-        result = torch.promote_types(result, dtype)
+        result = promote_types(result, dtype)
     return result
 
 

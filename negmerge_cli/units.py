@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 import torch
 
 from negmerge_cli.errors import UsageError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([KMGT]?)(i?)B?\s*", re.IGNORECASE | re.ASCII)
+MAX_SIZE = 1 << 60  # 1 EiB: beyond any machine, and keeps every size computed from it in int64
 _OUTPUT_DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -18,16 +20,22 @@ _OUTPUT_DTYPES = {
 
 
 def parse_size(text: str, option: str) -> int:
-    """'512MB', '2GiB', '1e6'... -> bytes. Decimal units for KB/MB/GB, binary for KiB/MiB/GiB."""
-    match = _SIZE.match(str(text))
+    """'512MB', '2GiB', '1e6'... -> bytes. Decimal units for KB/MB/GB, binary for KiB/MiB/GiB.
+
+    Exact decimal arithmetic: no float overflow or NaN (400 digits, 1e400) and no int-conversion
+    limit; a result outside 1 byte .. MAX_SIZE is refused before anything uses it."""
+    match = _SIZE.fullmatch(str(text))
     if not match:
         raise UsageError(f"{option} {text!r}: not a size (examples: 512MB, 2GiB, 1000000)")
     number, prefix, binary = match.groups()
-    base = 1024 if binary else 1000
-    value = int(float(number) * base ** " KMGT".index(prefix.upper() or " "))
-    if value <= 0:
-        raise UsageError(f"{option} {text!r}: must be positive")
-    return value
+    scale = (1024 if binary else 1000) ** " KMGT".index(prefix.upper() or " ")
+    try:
+        value = Decimal(number) * scale
+    except ArithmeticError:  # an exponent beyond what Decimal represents
+        value = None
+    if value is None or not 1 <= value <= MAX_SIZE:
+        raise UsageError(f"{option} {text!r}: must be between 1 byte and 1 EiB")
+    return int(value)
 
 
 def resolve_device(text: str) -> torch.device:

@@ -7,9 +7,10 @@ of its bytes as a by-product of reading it front to back (see :class:`Sequential
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Callable
@@ -17,15 +18,65 @@ from typing import Callable
 import torch
 
 from negmerge_cli import files
-from negmerge_cli.checkpoint.format import DTYPES, Header, TensorEntry, read_header
+from negmerge_cli.checkpoint.format import (
+    DTYPES,
+    MAX_HEADER_BYTES,
+    Header,
+    TensorEntry,
+    parse_index,
+    read_header,
+)
 from negmerge_cli.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _HASH_BLOCK = 16 * 1024 * 1024
+_SPECIAL_KINDS = {
+    stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+}
+_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
 def _nothing() -> None:
     pass
+
+
+def open_regular(path: str | os.PathLike) -> int:
+    """Open a regular file (or a symlink to one) for reading; CheckpointError for anything else.
+
+    Every read of a user's checkpoint file goes through here, because special files hang or never
+    end: opening a FIFO waits for a writer, reading one waits for data, a device may be endless.
+    The path is checked before opening (so no device is even opened), opened with O_NONBLOCK (in
+    case it became a FIFO meanwhile) and checked again on the descriptor that will be read."""
+    path = Path(path)
+    try:
+        _check_regular(path, os.stat(path))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        reason = _OPEN_ERRORS.get(error.errno, error.strerror or str(error))
+        raise CheckpointError(f"{path}: {reason}") from None
+    try:
+        _check_regular(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_regular(path: Path, status: os.stat_result) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = _SPECIAL_KINDS.get(stat.S_IFMT(status.st_mode), "special file")
+        raise CheckpointError(f"{path}: not a regular file ({kind})")
+
+
+def _read_index_file(path: Path) -> bytes:
+    """The bytes of an index file, which is metadata: capped like a safetensors header."""
+    with open(open_regular(path), "rb") as handle:
+        data = handle.read(MAX_HEADER_BYTES + 1)
+    if len(data) > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: larger than {MAX_HEADER_BYTES:,} bytes; not an index")
+    return data
 
 
 class SequentialHasher:
@@ -69,14 +120,7 @@ class SafetensorsFile:
 
     def __init__(self, path: Path, digest: bool = True):
         self.path = path
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise CheckpointError(f"{path}: is a directory with no single safetensors file") from None
-        except PermissionError:
-            raise CheckpointError(f"{path}: permission denied") from None
+        self._fd = open_regular(path)
         try:
             self.header: Header = read_header(path, self._fd)
         except BaseException:
@@ -179,8 +223,6 @@ def _open(path: Path, digest: bool) -> Checkpoint:
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):
         return _open_sharded(path, digest)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
     file = SafetensorsFile(path, digest)
     return Checkpoint(path, [file], file.header.metadata)
 
@@ -204,38 +246,26 @@ def _resolve_folder(folder: Path) -> Path:
 
 
 def _open_sharded(index_path: Path, digest: bool) -> Checkpoint:
-    weight_map = _read_index(index_path)
+    """The index and its shards must agree exactly: every listed tensor in its shard, and no shard
+    tensor the index does not list (refused rather than silently dropped or added)."""
+    weight_map = parse_index(index_path, _read_index_file(index_path))
     shards: list[SafetensorsFile] = []
     try:
         for shard in dict.fromkeys(weight_map.values()):
-            shard_path = index_path.parent / shard
-            if Path(shard).name != shard:
-                raise CheckpointError(f"{index_path}: shard name {shard!r} must be a plain file name")
-            shards.append(SafetensorsFile(shard_path, digest))
-        checkpoint = Checkpoint(index_path, shards, shards[0].header.metadata if shards else {})
+            shards.append(SafetensorsFile(index_path.parent / shard, digest))
+        checkpoint = Checkpoint(index_path, shards, shards[0].header.metadata)
         for name, shard in weight_map.items():
             if name not in checkpoint or checkpoint._where[name][0].path.name != shard:
                 raise CheckpointError(f"{index_path}: tensor '{name}' is not in shard {shard}")
+        for file in shards:
+            unlisted = next((n for n in file.header.tensors if n not in weight_map), None)
+            if unlisted is not None:
+                raise CheckpointError(f"{file.path}: tensor '{unlisted}' is not listed in the index {index_path}")
         return checkpoint
     except BaseException:
-        for shard in shards:
-            shard.close()
+        for file in shards:
+            file.close()
         raise
 
 
-def _read_index(index_path: Path) -> dict[str, str]:
-    try:
-        index = json.loads(index_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{index_path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{index_path}: not a valid JSON index") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-    ):
-        raise CheckpointError(f"{index_path}: index has no valid 'weight_map'")
-    return weight_map
-
-
-__all__ = ["Checkpoint", "SafetensorsFile", "open_checkpoint", "load_state_dict", "DTYPES"]
+__all__ = ["Checkpoint", "SafetensorsFile", "open_checkpoint", "open_regular", "load_state_dict", "DTYPES"]

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from negmerge_cli.checkpoint.format import count_nonzero
 from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
@@ -93,7 +94,7 @@ def stream_to_file(
             if result.dtype.is_floating_point:
                 if not options.allow_nonfinite:
                     _check_result(result, name, target)
-                counts["nonzero"] += int(torch.count_nonzero(result))
+                counts["nonzero"] += count_nonzero(result)
                 counts["elements"] += result.numel()
             writer.write(name, result)
 

@@ -7,9 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from negmerge_cli.checkpoint.format import is_float
+from negmerge_cli.checkpoint.format import count_nonzero, is_float
 from negmerge_cli.checkpoint.provenance import PREFIX
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 
@@ -84,7 +82,7 @@ def _summarise(checkpoint: Checkpoint, name: str, count: bool) -> TensorSummary:
     summary = TensorSummary(name, entry.dtype_code, list(entry.shape), entry.numel)
     if count and is_float(entry.dtype):
         summary.nonzero = sum(
-            int(torch.count_nonzero(checkpoint.read(name, start, min(start + _SLICE, entry.numel))))
+            count_nonzero(checkpoint.read(name, start, min(start + _SLICE, entry.numel)))
             for start in range(0, entry.numel, _SLICE)
         )
     return summary

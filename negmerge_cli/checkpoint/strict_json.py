@@ -1,0 +1,66 @@
+"""Strict JSON for the headers and indexes of checkpoint files.
+
+``json.loads`` accepts things no safetensors writer produces and that turn into silently wrong
+results or tracebacks downstream: duplicate keys (the last one silently wins), ``NaN`` and
+``Infinity``, integers thousands of digits long (ValueError past Python's conversion limit, slow
+arithmetic below it), and nesting deep enough to raise RecursionError. :func:`load_json` refuses all
+of them with one CheckpointError; the validators of each structure (format.py) then see only plain
+dicts, lists, strings, bools, floats and integers that fit in 64 bits.
+"""
+
+from __future__ import annotations
+
+import json
+import reprlib
+
+from negmerge_cli.errors import CheckpointError
+
+# 20 digits hold any unsigned 64-bit value, the largest count a safetensors file can express.
+MAX_INT_DIGITS = 20
+
+_shortened = reprlib.Repr()
+_shortened.maxstring = _shortened.maxother = 60
+
+
+class _Refused(ValueError):
+    """Raised from inside the decoder hooks; carries the complete reason."""
+
+
+def load_json(raw: bytes, what: str) -> object:
+    """Parse ``raw``; ``what`` names it in errors, e.g. ``"/x/model.safetensors: header"``."""
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
+                          parse_int=_bounded_int, parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{what} is not valid UTF-8") from None
+    except RecursionError:
+        raise CheckpointError(f"{what} is nested too deeply to be valid") from None
+    except _Refused as refused:
+        raise CheckpointError(f"{what} {refused}") from None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{what} is not valid JSON ({error.msg} at character {error.pos})") from None
+
+
+def show(value: object) -> str:
+    """A repr short enough for a one-line error, whatever the value (hostile lists can be huge)."""
+    return _shortened.repr(value)
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Refused(f"has duplicate key {show(key)}")
+        result[key] = value
+    return result
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _Refused(f"has an integer of {digits} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_constant(name: str) -> object:
+    raise _Refused(f"is not valid JSON ({name} is not a JSON value)")
