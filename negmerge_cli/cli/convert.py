@@ -1,0 +1,33 @@
+"""negmerge convert: research checkpoints (torch.save files, Hugging Face CLIP) to OpenCLIP safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from negmerge_cli.cli import options as opt
+
+
+@opt.with_options(opt.QUIET)
+def convert(
+    source: Annotated[Path, typer.Argument(help="A .pt/.pth file saved by the research code (whole ImageEncoder or state dict), or a Hugging Face CLIP safetensors file or folder.")],
+    output: opt.Output,
+    model: opt.Model,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip tag or local OpenCLIP safetensors file supplying the tensors SOURCE lacks (text tower, logit scale).")] = None,
+    force: opt.Force = False,
+) -> None:
+    """Write SOURCE as an OpenCLIP state dict; split Q/K/V/O attention is fused back. Nothing in SOURCE is executed."""
+    from negmerge_cli.convert import convert_file
+    from negmerge_cli.output import output as out
+
+    result = convert_file(source, output, model, pretrained, force)
+    conversion = result.conversion
+    taken = f", {len(conversion.filled)} from {pretrained}" if conversion.filled else ""
+    out().log(f"wrote {result.output}: {len(conversion.tensors) - len(conversion.filled)} tensors from {source} "
+              f"({conversion.layout} layout){taken}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert)

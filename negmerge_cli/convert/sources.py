@@ -1,0 +1,60 @@
+"""Reading SOURCE: a safetensors checkpoint (file, sharded index or folder) or a ``torch.save`` file,
+as a flat dict of named tensors plus the SHA-256 of every file read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from negmerge_cli import files
+from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_checkpoint, open_regular
+from negmerge_cli.convert import unpickle
+from negmerge_cli.errors import CheckpointError
+
+_BLOCK = 16 * 1024 * 1024
+
+
+@dataclass
+class Source:
+    path: Path
+    tensors: dict[str, object]  # a pickled dict may hold other values; the layouts check them
+    file_hashes: dict[Path, str]
+
+
+def read_source(path: str | Path) -> Source:
+    path = Path(path)
+    if path.is_dir() or path.name.endswith((".safetensors", INDEX_SUFFIX)):
+        with open_checkpoint(path) as checkpoint:
+            tensors = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
+            hashes = {Path(p): h for p, h in checkpoint.file_hashes().items()}
+        return Source(path, tensors, hashes)
+    with os.fdopen(open_regular(path), "rb") as handle:  # regular files only: a FIFO would hang
+        files.register_input(handle.fileno())
+        digest = _sha256(handle)
+        handle.seek(0)
+        return Source(path, _pickled_tensors(path, handle), {path: digest})
+
+
+def _pickled_tensors(path: Path, handle) -> dict[str, object]:
+    obj = unpickle.load_pickled(path, handle)
+    if unpickle.is_module(obj):
+        return unpickle.module_state_dict(obj, path)
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        return dict(obj)
+    kind = getattr(obj, "qualified_name", type(obj).__name__)
+    raise CheckpointError(f"{path}: holds a {kind} object, not a module or a state dict")
+
+
+def sha256_of(path: Path) -> str:
+    with os.fdopen(open_regular(path), "rb") as handle:
+        return _sha256(handle)
+
+
+def _sha256(handle) -> str:
+    sha = hashlib.sha256()
+    while block := handle.read(_BLOCK):
+        sha.update(block)
+    return sha.hexdigest()
+
