@@ -45,11 +45,14 @@ class DatasetEvaluation:
     seconds: float
     images_per_s: float
     task: str = ZEROSHOT_TASK
+    precision: str = "fp32"
+    quick_gelu: bool = False  # the activation the evaluated model used
 
     def to_json(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "pretrained": self.pretrained, "task": self.task,
                 "metrics": self.metrics.to_json(), "n_images": self.n_images, "n_classes": self.n_classes,
-                "n_templates": self.n_templates, "seconds": self.seconds, "images_per_s": self.images_per_s}
+                "n_templates": self.n_templates, "seconds": self.seconds, "images_per_s": self.images_per_s,
+                "precision": self.precision, "quick_gelu": self.quick_gelu}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,10 @@ class SearchResult:
     evaluations: int
     heads_rebuilt: bool
     seconds: float
+    base_retain: float  # the retain bar's base: base.retain, or a stored accuracy (--base-retain)
+    base_retain_source: str
+    precision: str = "fp32"
+    quick_gelu: bool = False
 
     @property
     def primary(self) -> SearchRun:
@@ -133,7 +140,9 @@ class SearchResult:
         result = {
             "task": SEARCH_TASK, "model": self.model, "checkpoint": self.checkpoint, "vector": self.vector,
             "forget": self.forget, "retain": self.retain, "rule": SEARCH_RULE, "threshold": self.threshold,
-            "retain_limit": self.retain_limit, "search": self.search, "coefs": list(self.coefs),
+            "base_retain_acc1": self.base_retain,
+            "base_retain_source": self.base_retain_source, "retain_limit": self.retain_limit,
+            "precision": self.precision, "quick_gelu": self.quick_gelu, "search": self.search, "coefs": list(self.coefs),
             "base": {"forget_acc1": self.base.forget, "retain_acc1": self.base.retain,
                      "n_forget_images": self.n_forget_images, "n_retain_images": self.n_retain_images},
             "points": [p.to_json() for p in self.points],

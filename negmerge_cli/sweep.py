@@ -215,10 +215,12 @@ def read_manifest(folder: str | Path) -> SweepManifest:
 
 def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: int, warmup_steps: int,
                 templates: Optional[Path], classnames: Optional[Path], crop_scale: float = 0.08,
-                hflip: float = 0.5) -> dict:
+                hflip: float = 0.5, *, quick_gelu: bool = False, precision: str = "fp32") -> dict:
     identity = {
         "model": model,
         "pretrained": _describe_weights(pretrained),
+        "quick_gelu": quick_gelu,
+        "precision": precision,
         "data": data,
         "batch_size": batch_size,
         "warmup_steps": warmup_steps,

@@ -16,13 +16,14 @@ def convert(
     output: opt.Output,
     model: opt.Model,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip tag or local OpenCLIP safetensors file supplying the tensors SOURCE lacks (text tower, logit scale).")] = None,
+    quick_gelu: opt.QuickGelu = None,
     force: opt.Force = False,
 ) -> None:
     """Write SOURCE as an OpenCLIP state dict; split Q/K/V/O attention is fused back. Nothing in SOURCE is executed."""
     from negmerge_cli.convert import convert_file
     from negmerge_cli.output import output as out
 
-    result = convert_file(source, output, model, pretrained, force)
+    result = convert_file(source, output, model, pretrained, force, quick_gelu)
     conversion = result.conversion
     taken = f", {len(conversion.filled)} from {pretrained}" if conversion.filled else ""
     out().log(f"wrote {result.output}: {len(conversion.tensors) - len(conversion.filled)} tensors from {source} "

@@ -24,6 +24,7 @@ def evaluate(
     threshold: Annotated[float, typer.Option("--threshold", help="Keep retain acc >= THRESHOLD x the base model's.")] = 0.95,
     search: Annotated[str, typer.Option("--search", help="grid (the paper's), fast (bisection + local refinement), or compare (both).")] = "grid",
     refine: Annotated[int, typer.Option("--refine", help="Fast search: neighbours evaluated on each side of the bisection result.", min=0)] = 2,
+    base_retain: Annotated[Optional[str], typer.Option("--base-retain", help="The retain bar's base accuracy: a fraction (0.6666) or stored accuracies FILE.json[:KEY] (the released zeroshot_accuracies.json, or eval --json); default: evaluated at lambda 0.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the forget/retain trade-off curve to this PNG.", dir_okay=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON results here instead of stdout.", dir_okay=False)] = None,
     templates: opt.Templates = None,
@@ -31,6 +32,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.", min=1)] = 256,
     workers: opt.Workers = 2,
     cache_memory: opt.CacheMemory = "4GiB",
+    quick_gelu: opt.QuickGelu = None,
+    precision: opt.Precision = "fp32",
     device: opt.Device = "auto",
     force: opt.Force = False,
 ) -> None:
@@ -42,10 +45,10 @@ def evaluate(
     from negmerge_cli.stages import EvalOptions, SearchOptions, check_eval_mode, require_choice, search_coefficient
     from negmerge_cli.stages import evaluate as run_eval
 
-    check_eval_mode(vector, data or [], forget, retain, plot)
+    check_eval_mode(vector, data or [], forget, retain, plot, base_retain)
     options = EvalOptions(model=model, checkpoint=checkpoint, pretrained=pretrained, templates=templates,
                           classnames=classnames, device=device, batch_size=batch_size, workers=workers,
-                          cache_memory=cache_memory)
+                          cache_memory=cache_memory, quick_gelu=quick_gelu, precision=precision)
     if vector is None:
         results = run_eval(data or [], options, json_out=json_out, force=force)
         if not json_out:
@@ -53,7 +56,7 @@ def evaluate(
         _print_eval_table(results)
         return
     search_options = SearchOptions(vector=vector, forget=forget, retain=retain, coefs=parse_coefs(coefs),
-                                   threshold=threshold, search=search, refine=refine)
+                                   threshold=threshold, search=search, refine=refine, base_retain=base_retain)
     result = search_coefficient(options, search_options, json_out=json_out, plot=plot, force=force)
     _print_search_table(result)
     typer.echo(f"{require_choice(result, json_out).coef:g}")

@@ -24,6 +24,12 @@ Model = Annotated[str, typer.Option("--model", "-m", help="OpenCLIP model name (
 Templates = Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)]
 Classnames = Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one per line, in label order.", dir_okay=False)]
 Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.", min=0)]
+QuickGelu = Annotated[Optional[bool], typer.Option(
+    "--quick-gelu/--no-quick-gelu",
+    help="Force the activation; default: what the weights need (open_clip's per-tag flag, the checkpoint's "
+         "metadata) or, for random init, the config's own.")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="fp32 (the paper's), or bf16 / fp16 autocast (faster on GPUs; numbers move).")]
 CacheMemory = Annotated[str, typer.Option("--cache-memory", help="Memory for decoded, preprocessed images (uint8).")]
 
 

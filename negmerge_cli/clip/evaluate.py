@@ -19,6 +19,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from negmerge_cli.clip import zeroshot
 from negmerge_cli.clip.datasets import ImageSet
+from negmerge_cli.clip.precision import autocast
 from negmerge_cli.errors import NegmergeError
 from negmerge_cli.output import output
 from negmerge_cli.results import Metrics
@@ -110,24 +111,16 @@ def _loader(dataset, batch_size: int, workers: int) -> DataLoader:
 
 @torch.no_grad()
 def image_features(model, cache: ImageCache, batch_size: int = 256, device=None,
-                   description: str = "eval") -> torch.Tensor:
+                   description: str = "eval", precision: str = "fp32") -> torch.Tensor:
     """One full pass of the image encoder over a cached dataset: [N, embed_dim] float32."""
     device = device or next(model.parameters()).device
     features = []
     with output().progress(description, len(cache)) as advance:
         for batch in cache.batches(batch_size):
-            with _autocast(device):
+            with autocast(precision, device):
                 features.append(model.encode_image(batch.to(device, non_blocking=True)).float().cpu())
             advance(len(batch))
     return torch.cat(features)
-
-
-def _autocast(device):
-    device = torch.device(device)
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
@@ -143,6 +136,6 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Metric
 
 
 def evaluate_cached(model, cache: ImageCache, head: torch.Tensor, batch_size: int = 256, device=None,
-                    description: str = "eval") -> Metrics:
-    features = image_features(model, cache, batch_size, device, description)
+                    description: str = "eval", precision: str = "fp32") -> Metrics:
+    features = image_features(model, cache, batch_size, device, description, precision)
     return classification_metrics(zeroshot.logits(features, head.cpu()), cache.labels)

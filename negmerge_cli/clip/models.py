@@ -23,6 +23,7 @@ _registered = False
 INIT_SEED = 0
 # Preprocessing of shipped configs that differs from open_clip's default (built-in config files
 # cannot carry it): the demo model takes images in [0, 1], unnormalised.
+QUICK_GELU_KEY = "quick_gelu"  # checkpoint metadata (under negmerge.): "true" or "false"
 PREPROCESS = {"negmerge-demo": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}}
 
 
@@ -46,33 +47,87 @@ def check_model_name(name: str) -> None:
         raise UsageError(f"unknown model '{name}' for --model (open_clip.list_models() has none; shipped tiny configs: {tiny})")
 
 
-def create_model(name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """An OpenCLIP model in eval mode: random (seeded), a pretrained tag, or a local checkpoint file."""
+def create_model(name: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
+                 quick_gelu: Optional[bool] = None) -> torch.nn.Module:
+    """An OpenCLIP model in eval mode: random (seeded), a pretrained tag, or a local checkpoint file.
+
+    ``quick_gelu`` None builds the activation the weights were trained with (:func:`needs_quick_gelu`);
+    True or False forces it."""
     open_clip = _open_clip()
     check_model_name(name)
-    if pretrained and not _looks_like_path(pretrained):
-        model = _from_tag(open_clip, name, pretrained)
+    is_tag = bool(pretrained) and not _looks_like_path(pretrained)
+    if is_tag:
+        _check_tag(open_clip, name, pretrained)
+    activation = needs_quick_gelu(name, pretrained) if quick_gelu is None else quick_gelu
+    if is_tag:
+        model = _from_tag(open_clip, name, pretrained, activation)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(INIT_SEED)
-            model = _quiet(lambda: open_clip.create_model(name, force_preprocess_cfg=PREPROCESS.get(name)))
+            model = _quiet(lambda: open_clip.create_model(name, force_preprocess_cfg=PREPROCESS.get(name),
+                                                          quick_gelu=activation))
         if pretrained:
             load_weights(model, pretrained, name)
     return model.to(device).eval()
+
+
+def needs_quick_gelu(name: str, pretrained: Optional[str] = None) -> bool:
+    """Whether the weights want QuickGELU: OpenAI's CLIP weights were trained with it, but since
+    open_clip 2.29 a bare model name (``ViT-B-32``) builds plain GELU even for ``pretrained="openai"``.
+
+    A tag: open_clip's per-tag ``quick_gelu`` flag. A file: the ``negmerge.quick_gelu`` this tool
+    records in every checkpoint it writes. Otherwise (random init, a file from elsewhere): the model
+    config's own activation."""
+    open_clip = _open_clip()
+    config = bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
+    if not pretrained:
+        return config
+    if not _looks_like_path(pretrained):
+        return bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", config))
+    recorded = _recorded_quick_gelu(pretrained)
+    return config if recorded is None else recorded
+
+
+def _recorded_quick_gelu(path: str) -> Optional[bool]:
+    from negmerge_cli.checkpoint import open_checkpoint
+    from negmerge_cli.checkpoint.provenance import PREFIX
+
+    with open_checkpoint(path, digest=False) as checkpoint:
+        value = checkpoint.metadata.get(PREFIX + QUICK_GELU_KEY)
+    if value not in (None, "true", "false"):
+        raise CheckpointError(f"{path}: metadata {PREFIX + QUICK_GELU_KEY} is {value!r}, expected true or false")
+    return None if value is None else value == "true"
+
+
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    """What the built model actually computes (read from its modules, not from a flag)."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(module, QuickGELU) for module in model.modules())
+
+
+def architecture_metadata(model: torch.nn.Module) -> dict[str, str]:
+    """What every later stage needs to rebuild the same architecture from a checkpoint."""
+    from negmerge_cli.checkpoint.provenance import PREFIX
+
+    return {PREFIX + QUICK_GELU_KEY: "true" if uses_quick_gelu(model) else "false"}
 
 
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")) or Path(value).exists()
 
 
-def _from_tag(open_clip, name: str, tag: str) -> torch.nn.Module:
+def _check_tag(open_clip, name: str, tag: str) -> None:
     tags = [t for model, t in open_clip.list_pretrained() if model == name]
     if tag not in tags:
         known = ", ".join(tags) or "none"
         raise UsageError(f"unknown --pretrained tag '{tag}' for model {name} (known tags: {known}; or give a local file)")
+
+
+def _from_tag(open_clip, name: str, tag: str, quick_gelu: bool) -> torch.nn.Module:
     logging.disable(logging.ERROR)  # huggingface_hub logs every retry; the one-line error says it all
     try:
-        return open_clip.create_model(name, pretrained=tag)
+        return open_clip.create_model(name, pretrained=tag, quick_gelu=quick_gelu)
     except (RuntimeError, OSError) as exc:
         reason = str(exc).splitlines()[0]
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
@@ -133,9 +188,11 @@ def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: torch.nn.Module, path: Path, metadata: dict[str, str], force: bool = False) -> Path:
+    """The model's state dict, with the metadata and what rebuilding its architecture needs."""
     from negmerge_cli.checkpoint import save_state_dict
 
-    return save_state_dict(state_dict_for_saving(model), path, metadata=metadata, force=force)
+    return save_state_dict(state_dict_for_saving(model), path, metadata={**metadata, **architecture_metadata(model)},
+                           force=force)
 
 
 def tokenizer_for(name: str):

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from negmerge_cli.clip import zeroshot
 from negmerge_cli.clip.datasets import ImageSet
 from negmerge_cli.clip.evaluate import worker_errors
+from negmerge_cli.clip.precision import autocast, gradient_scaler
 from negmerge_cli.errors import NegmergeError, UsageError
 from negmerge_cli.output import output
 
@@ -82,6 +83,7 @@ class TrainSettings:
     accum_steps: int = 1
     warmup_steps: int = 500
     workers: int = 2
+    precision: str = "fp32"  # the paper's; bf16/fp16 autocast on request
 
 
 def micro_batch_size(settings: TrainSettings, world_size: int) -> int:
@@ -122,7 +124,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     parameters = [p for p in model.visual.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.wd)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
-    amp = _Amp(device)
+    amp = _Amp(device, settings.precision)
     head = head.to(device)
 
     step, epoch, images, loss_value, started = 0, 0, 0, float("nan"), time.perf_counter()
@@ -208,16 +210,15 @@ def _accumulate(encoder, head, group, loss_fn, amp, device) -> float:
 
 
 class _Amp:
-    """Mixed precision on CUDA (bf16, or fp16 with a gradient scaler); plain fp32 elsewhere."""
+    """The settings' precision: float32 (the paper's), or autocast to bf16/fp16 (fp16 with a
+    gradient scaler)."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.enabled = device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.enabled and self.dtype == torch.float16 else None
+    def __init__(self, device: torch.device, precision: str):
+        self.device, self.precision = device, precision
+        self.scaler = gradient_scaler(precision, device)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=self.dtype) if self.enabled else contextlib.nullcontext()
+        return autocast(self.precision, self.device)
 
     def backward(self, loss) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()

@@ -26,6 +26,7 @@ class Conversion:
     layout: str  # open_clip, split-qkvo or hf-clip
     source_hashes: dict[Path, str]  # every file of SOURCE read, with its SHA-256
     filled: list[str]  # tensors taken from the pretrained model
+    architecture: dict[str, str]  # metadata a later stage needs to rebuild the model (QuickGELU)
 
 
 @dataclass
@@ -34,16 +35,22 @@ class ConvertResult:
     conversion: Conversion
 
 
-def convert_checkpoint(source: str | Path, model: str, pretrained: str | None = None) -> Conversion:
-    """SOURCE's tensors under OpenCLIP names for ``model``, completed from ``pretrained`` if given."""
+def convert_checkpoint(source: str | Path, model: str, pretrained: str | None = None,
+                       quick_gelu: bool | None = None) -> Conversion:
+    """SOURCE's tensors under OpenCLIP names for ``model``, completed from ``pretrained`` if given.
+
+    The architecture (QuickGELU or not) is the pretrained weights' unless ``quick_gelu`` forces it;
+    it is recorded so every later stage rebuilds the same model."""
     from negmerge_cli.clip import models
 
     models.check_model_name(model)
     read = read_source(source)
     tensors, layout = to_open_clip_names(read.tensors, read.path)
-    reference = models.create_model(model, pretrained).state_dict()
+    reference_model = models.create_model(model, pretrained, quick_gelu=quick_gelu)
+    reference = reference_model.state_dict()
     fitted = fit_to_model(tensors, reference, model, read.path, reference if pretrained else None)
-    return Conversion(fitted.tensors, layout, read.file_hashes, fitted.filled)
+    return Conversion(fitted.tensors, layout, read.file_hashes, fitted.filled,
+                      models.architecture_metadata(reference_model))
 
 
 def to_open_clip_names(state: dict[str, object], path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -55,7 +62,7 @@ def to_open_clip_names(state: dict[str, object], path: Path) -> tuple[dict[str, 
 
 
 def convert_file(source: str | Path, output: str | Path, model: str, pretrained: str | None = None,
-                 force: bool = False) -> ConvertResult:
+                 force: bool = False, quick_gelu: bool | None = None) -> ConvertResult:
     """Convert SOURCE and write OUTPUT atomically, with provenance (SOURCE's SHA-256, model, layout)."""
     source, output = Path(source), Path(output)
     pretrained_file = Path(pretrained) if pretrained and Path(pretrained).is_file() else None
@@ -64,11 +71,11 @@ def convert_file(source: str | Path, output: str | Path, model: str, pretrained:
             if path is not None:
                 files.register_input(path)
         files.check_target(output, force=force)  # before minutes of reading and model building
-        conversion = convert_checkpoint(source, model, pretrained)
+        conversion = convert_checkpoint(source, model, pretrained, quick_gelu)
         metadata = provenance(
             "convert", kind="checkpoint", model=model, layout=conversion.layout,
             source=describe_inputs(list(conversion.source_hashes), list(conversion.source_hashes.values())),
             pretrained=describe_inputs([pretrained_file], [sha256_of(pretrained_file)]) if pretrained_file else pretrained,
         )
-        save_state_dict(conversion.tensors, output, metadata, force=force)
+        save_state_dict(conversion.tensors, output, {**metadata, **conversion.architecture}, force=force)
     return ConvertResult(output, conversion)

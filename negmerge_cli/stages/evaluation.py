@@ -35,8 +35,13 @@ class EvalOptions:
     batch_size: int = 256
     workers: int = 2
     cache_memory: str = "4GiB"
+    quick_gelu: Optional[bool] = None  # None: what the weights need (models.needs_quick_gelu)
+    precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
 
     def __post_init__(self) -> None:
+        from negmerge_cli.clip.precision import check_precision
+
+        check_precision(self.precision)
         if self.checkpoint and self.pretrained:
             raise UsageError(f"give {option('checkpoint')} or {option('pretrained')}, not both")
         if not (self.checkpoint or self.pretrained):
@@ -56,22 +61,25 @@ class SearchOptions:
     threshold: float = 0.95
     search: str = "grid"
     refine: int = 2
+    base_retain: Optional[str] = None  # a fraction, or FILE.json[:KEY] of stored accuracies; None: evaluate
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
             raise UsageError(f"{option('search')} {self.search!r}: choose grid, fast or compare")
         if not 0 < self.threshold <= 1:
             raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
+        if self.base_retain is not None and _as_number(self.base_retain) is not None:
+            _check_fraction(_as_number(self.base_retain), self.base_retain)  # a file is read with the data
 
 
 def check_eval_mode(vector: Optional[str], data: Sequence[str], forget: Optional[str], retain: Optional[str],
-               plot: Optional[Path]) -> None:
-    """Plain evaluation (``data``) and the search (``vector``, ``forget``, ``retain``, ``plot``)
-    take different options: refuse a mix before anything runs."""
+                    plot: Optional[Path], base_retain: Optional[str] = None) -> None:
+    """Plain evaluation (``data``) and the search (``vector``, ``forget``, ``retain``, ``plot``,
+    ``base_retain``) take different options: refuse a mix before anything runs."""
     if vector is None:
-        if forget or retain or plot:
-            raise UsageError(f"{option('forget')}, {option('retain')} and {option('plot')} belong to the "
-                             f"coefficient search: add {option('vector')}")
+        if forget or retain or plot or base_retain:
+            raise UsageError(f"{option('forget')}, {option('retain')}, {option('plot')} and {option('base_retain')} "
+                             f"belong to the coefficient search: add {option('vector')}")
         return
     if data:
         raise UsageError(f"{option('data')} does not go with {option('vector')}; give {option('forget')} and "
@@ -115,10 +123,11 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
     cache = ImageCache.build(data, models.transforms_for(model, train=False), budget, options.workers)
     head = build_head(model, models.tokenizer_for(options.model), data.classnames, data.templates)
     metrics = evaluate_cached(model, cache, head, options.batch_size, resolve_device(options.device),
-                              f"eval {data.label}")
+                              f"eval {data.label}", options.precision)
     seconds = time.perf_counter() - started
     return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
-                             len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2))
+                             len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2),
+                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model))
 
 
 def _load_model(options: EvalOptions):
@@ -129,7 +138,7 @@ def _load_model(options: EvalOptions):
         raise CheckpointError(f"{options.checkpoint}: checkpoint does not exist ({option('checkpoint')})")
     device = resolve_device(options.device)
     models.check_model_name(options.model)
-    return models.create_model(options.model, options.weights, device), device
+    return models.create_model(options.model, options.weights, device, options.quick_gelu), device
 
 
 def _open_sets(specs: Sequence[str], options: EvalOptions, default_split: str):
@@ -157,7 +166,7 @@ def search_coefficient(model_options: EvalOptions, options: SearchOptions, *, js
     The result (every point, the choice or its absence) goes to ``json_out`` and ``plot`` when
     given; :meth:`SearchResult.chosen` is None when no lambda keeps the retain bar."""
     with files.operation():
-        check_eval_mode(options.vector, (), options.forget, options.retain, plot)
+        check_eval_mode(options.vector, (), options.forget, options.retain, plot, options.base_retain)
         _check_outputs([json_out, plot], force)
         result = _Search(model_options, options).run()
         if json_out:
@@ -190,6 +199,8 @@ class _Search:
         self.model_options, self.options = model_options, options
         budget = parse_size(model_options.cache_memory, option("cache_memory"))
         self.sets = _open_sets([options.forget, options.retain], model_options, "val")
+        self.stored_base = (None if options.base_retain is None
+                            else stored_base_retain(options.base_retain, self.sets[1].label))
         self.model, self.device = _load_model(model_options)
         self.negated = NegatedModel(self.model, load_task_vector(options.vector), options.vector, model_options.model)
         self.tokenizer = models.tokenizer_for(model_options.model)
@@ -208,41 +219,120 @@ class _Search:
             if self.heads is None or self.negated.touches_text:
                 self.heads = [build_head(self.model, self.tokenizer, s.classnames, s.templates) for s in self.sets]
             accs = [evaluate_cached(self.model, c, h, self.model_options.batch_size, self.device,
-                                    f"lambda {coef:g} {s.label}").acc1
+                                    f"lambda {coef:g} {s.label}", self.model_options.precision).acc1
                     for c, h, s in zip(self.caches, self.heads, self.sets)]
             self.memo[coef] = SearchPoint(coef, *accs)
         return self.memo[coef]
 
     def run(self) -> SearchResult:
-        from negmerge_cli.clip import search
+        from negmerge_cli.clip import models, search
 
         options, started = self.options, time.perf_counter()
         base = self.accuracies(0.0)
+        if self.stored_base is None:
+            base_retain, source = base.retain, "evaluated (lambda = 0)"
+        else:
+            base_retain, source = self.stored_base
         kinds = ["fast", "grid"] if options.search == "compare" else [options.search]
-        runs = {kind: self._run_one(kind, base) for kind in kinds}
+        runs = {kind: self._run_one(kind, base_retain) for kind in kinds}
         forget, retain = self.sets
         return SearchResult(
             model=self.model_options.model, checkpoint=self.model_options.weights, vector=options.vector,
             forget=forget.label, retain=retain.label, threshold=options.threshold,
-            retain_limit=search.retain_limit(base.retain, options.threshold), search=options.search,
+            retain_limit=search.retain_limit(base_retain, options.threshold), search=options.search,
+            base_retain=base_retain, base_retain_source=source, precision=self.model_options.precision,
+            quick_gelu=models.uses_quick_gelu(self.model),
             coefs=list(options.coefs), base=base, n_forget_images=len(self.caches[0]),
             n_retain_images=len(self.caches[1]), runs=runs, evaluations=len(self.memo),
             heads_rebuilt=self.negated.touches_text, seconds=round(time.perf_counter() - started, 3))
 
-    def _run_one(self, kind: str, base: SearchPoint) -> SearchRun:
+    def _run_one(self, kind: str, base_retain: float) -> SearchRun:
         from negmerge_cli.clip import search
 
         options, count_before, started = self.options, len(self.memo), time.perf_counter()
         if kind == "fast":
-            chosen, points = search.fast_search(self.accuracies, options.coefs, base.retain, options.threshold,
+            chosen, points = search.fast_search(self.accuracies, options.coefs, base_retain, options.threshold,
                                                 options.refine)
         else:
-            chosen, points = search.grid_search(self.accuracies, options.coefs, base.retain, options.threshold)
+            chosen, points = search.grid_search(self.accuracies, options.coefs, base_retain, options.threshold)
         return SearchRun(chosen, points, len(self.memo) - count_before, round(time.perf_counter() - started, 3))
+
+
+def stored_base_retain(value: str, retain_label: str) -> tuple[float, str]:
+    """The retain bar's base from ``--base-retain``: a fraction (``0.6666``), or a JSON file of stored
+    accuracies, ``FILE[:KEY]``: the released code's ``zeroshot_accuracies.json`` (``{"ImageNetVal":
+    0.6666, ...}``; KEY names the entry) or this tool's ``eval --json`` list (KEY, else the retain
+    set's label, names the dataset). Returns the fraction and where it came from."""
+    number = _as_number(value)
+    if number is not None:
+        return _check_fraction(number, value), value
+    path, key = _split_key(value)
+    stored = _read_accuracies(path)
+    fraction = _pick_accuracy(stored, key, retain_label, path)
+    where = f"{path}:{key}" if key else str(path)
+    return _check_fraction(fraction, where), where
+
+
+def _as_number(value) -> Optional[float]:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _split_key(value: str) -> tuple[Path, Optional[str]]:
+    if Path(value).is_file() or ":" not in value:
+        return Path(value), None
+    path, key = value.rsplit(":", 1)
+    return Path(path), key
+
+
+def _read_accuracies(path: Path):
+    import json
+    import os
+
+    from negmerge_cli.checkpoint.reader import open_regular
+
+    try:
+        with os.fdopen(open_regular(path), "rb") as handle:
+            return json.loads(handle.read(1 << 20).decode("utf-8"))
+    except CheckpointError as error:
+        raise UsageError(f"{option('base_retain')} {error}") from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"{option('base_retain')} {path}: not a JSON file of accuracies ({error})") from None
+
+
+def _pick_accuracy(stored, key: Optional[str], retain_label: str, path: Path) -> float:
+    if isinstance(stored, list):  # eval --json: [{"dataset": ..., "metrics": {"acc1": ...}}, ...]
+        table = {entry.get("dataset"): entry.get("metrics", {}).get("acc1") for entry in stored
+                 if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict)}
+        key = key or (retain_label if retain_label in table else None) or (next(iter(table)) if len(table) == 1 else None)
+    elif isinstance(stored, dict):  # the released code's {"ImageNetVal": 0.6666, ...}
+        table = stored
+        key = key or (next(iter(table)) if len(table) == 1 else None)
+    else:
+        table = {}
+    if key is None or key not in table:
+        names = ", ".join(str(k) for k in list(table)[:12]) or "none"
+        wanted = f"no entry '{key}'" if key else "name the entry as FILE:KEY"
+        raise UsageError(f"{option('base_retain')} {path}: {wanted} (entries: {names})")
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{option('base_retain')} {path}: entry '{key}' is {value!r}, not an accuracy")
+    return float(value)
+
+
+def _check_fraction(value: float, where: str) -> float:
+    import math
+
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise UsageError(f"{option('base_retain')} {where}: {value!r} is not an accuracy fraction in (0, 1] "
+                         "(e.g. 0.6666, not 66.66)")
+    return value
 
 
 def _draw(result: SearchResult, path: Path, force: bool) -> None:
     from negmerge_cli.clip.plot import draw_tradeoff
 
     title = f"{result.model}: forget {result.forget} / retain {result.retain}"
-    draw_tradeoff(result.points, result.base.retain, result.threshold, result.chosen, path, title=title, force=force)
+    draw_tradeoff(result.points, result.base_retain, result.threshold, result.chosen, path, title=title, force=force)

@@ -43,12 +43,16 @@ class FinetuneOptions:
     cache_memory: str = "4GiB"
     crop_scale: float = 0.08  # RandAugment runs: smallest random-resized-crop area (timm's default)
     hflip: float = 0.5  # RandAugment runs: horizontal flip probability (timm's default)
+    quick_gelu: Optional[bool] = None  # None: what the pretrained weights need (models.needs_quick_gelu)
+    precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
 
 
 def plan(options: FinetuneOptions) -> list[GridPoint]:
     """The grid points this call would run (after the ``point`` selection); validates the options."""
     from negmerge_cli.clip import datasets, models
+    from negmerge_cli.clip.precision import check_precision
 
+    check_precision(options.precision)
     if not 0 < options.crop_scale <= 1:
         raise UsageError(f"{option('crop_scale')} {options.crop_scale}: must be in (0, 1]")
     if not 0 <= options.hflip <= 1:
@@ -103,9 +107,12 @@ class _SweepRun:
         models.check_model_name(options.model)
         self.train_set = datasets.load_dataset(options.data, "train", options.classnames, options.templates)
         self.val_set = datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
+        self.quick_gelu = (models.needs_quick_gelu(options.model, options.pretrained)
+                           if options.quick_gelu is None else options.quick_gelu)
         self.folder = SweepFolder(options.output, identity_of(
             options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
-            options.templates, options.classnames, options.crop_scale, options.hflip))
+            options.templates, options.classnames, options.crop_scale, options.hflip,
+            quick_gelu=self.quick_gelu, precision=options.precision))
 
     def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
         """Claim the folder, write the base, build the model and head; the points still to train."""
@@ -130,11 +137,14 @@ class _SweepRun:
 
         options, folder = self.options, self.folder
         # build the base before touching DIR: weights that do not fit fail with nothing written
-        base_model = None if folder.base.exists() else models.create_model(options.model, options.pretrained)
+        def build():
+            return models.create_model(options.model, options.pretrained, quick_gelu=self.quick_gelu)
+
+        base_model = None if folder.base.exists() else build()
         with folder.locked():
             folder.check_identity()
             if not folder.base.exists():
-                base_model = base_model or models.create_model(options.model, options.pretrained)
+                base_model = base_model or build()
                 metadata = provenance("finetune", role="base", model=options.model,
                                       pretrained=options.pretrained, data=options.data)
                 models.save_checkpoint(base_model, folder.base, metadata)
@@ -161,7 +171,8 @@ class _SweepRun:
     def _validate(self) -> Metrics:
         from negmerge_cli.clip.evaluate import evaluate_cached
 
-        return evaluate_cached(self.model, self.val_cache, self.head, self.options.eval_batch_size, self.device)
+        return evaluate_cached(self.model, self.val_cache, self.head, self.options.eval_batch_size, self.device,
+                               precision=self.options.precision)
 
     def train_point(self, point: GridPoint) -> None:
         from negmerge_cli.clip import models, train
@@ -196,6 +207,7 @@ class _SweepRun:
         metrics = self._validate()
         metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
                               base=self.folder.base.name, hyperparameters=point.hyperparameters(),
+                              precision=options.precision,
                               val_acc1=f"{metrics.acc1:.6f}")
         models.save_checkpoint(self.model, self.folder.checkpoint(point), metadata, force=True)
         self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(),
@@ -208,7 +220,8 @@ def _settings(options: FinetuneOptions, point: GridPoint):
 
     return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.seed,
                          epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
-                         accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers)
+                         accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers,
+                         precision=options.precision)
 
 
 def _val_spec(data: str) -> str:
