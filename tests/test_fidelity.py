@@ -208,3 +208,24 @@ def test_base_retain_needs_a_key_when_the_file_holds_several(search_files, tmp_p
 def test_base_retain_belongs_to_the_search(search_files, cli):
     result = cli("eval", "-m", TINY, "-c", search_files / "base.safetensors", "-d", "digits", "--base-retain", "0.5")
     assert_clean_failure(result, "--base-retain", "--vector")
+
+
+def test_apply_carries_the_bases_activation_to_the_unlearned_checkpoint(quick_gelu_sweep, tmp_path):
+    out, point = quick_gelu_sweep
+    vector, unlearned = tmp_path / "tau.safetensors", tmp_path / "unlearned.safetensors"
+    assert run_cli("vector", "-b", out / "base.safetensors", "-o", vector, point, "-q").returncode == 0
+    result = run_cli("apply", "-b", out / "base.safetensors", "-v", vector, "-s", "-0.5", "-o", unlearned, "-q")
+    assert result.returncode == 0, result.stderr
+    assert metadata(unlearned)["negmerge.quick_gelu"] == "true"
+    assert eval_json("-c", unlearned)["quick_gelu"] is True
+
+
+def test_convert_records_the_activation_of_its_pretrained_model(quick_gelu_sweep, tmp_path, cli):
+    out, point = quick_gelu_sweep
+    cases = {"from_base": ["-p", out / "base.safetensors"], "config": [], "forced": ["--quick-gelu"]}
+    for name, flags in cases.items():
+        target = tmp_path / f"{name}.safetensors"
+        result = cli("convert", point, "-o", target, "-m", TINY, "-q", *flags)
+        assert result.returncode == 0, result.stderr
+        cases[name] = metadata(target)["negmerge.quick_gelu"]
+    assert cases == {"from_base": "true", "config": "false", "forced": "true"}

@@ -100,7 +100,7 @@ def test_every_negmerge_command_parses_against_the_cli(tmp_path, cli_commands):
 
 
 def test_the_pipeline_has_every_stage_per_dataset(tmp_path):
-    dry_run = _make(tmp_path, "-n", "all")
+    dry_run = _make(tmp_path, "-n", "all", MODEL="ViT-B-32", PRETRAINED="openai")  # the paper's setting
     commands = _negmerge_commands(dry_run)
     by_name = lambda n: [c for c in commands if c[0] == n]
     assert len(by_name("finetune")) == 4  # GRID_M=1 2 x GRID_N=1 3
@@ -114,12 +114,19 @@ def test_the_pipeline_has_every_stage_per_dataset(tmp_path):
     assert len(searches) == 4 + 4  # 4 merged vectors + 4 single vectors
     assert all(c[c.index("--retain") + 1].startswith("imagenet:") for c in searches)
     assert all(c[c.index("--forget") + 1].endswith(":val") for c in searches)
+    assert all(c[c.index("--base-retain") + 1] == "0.6666" for c in searches)  # ViT-B-32 + openai: the release's
+    assert all("--precision" not in c for c in commands)  # float32, the release's, is the default
     applies = by_name("apply")
     assert len(applies) == 5  # best single + 4 merges
     assert all(c[c.index("--scale") + 1].startswith("-") for c in applies)
     tests = [c for c in by_name("eval") if "--vector" not in c]
     assert len(tests) == 6  # pretrained, best single, 4 merges
     assert "best_single.py" in dry_run and "table.py" in dry_run
+
+
+def test_the_stored_retain_base_is_only_for_the_papers_model(tmp_path):
+    searches = [c for c in _negmerge_commands(_make(tmp_path, "-n", "search")) if c[0] == "eval"]  # tiny model
+    assert searches and all("--base-retain" not in c for c in searches)
 
 
 def test_targets_exist_and_reruns_are_file_based(tmp_path):

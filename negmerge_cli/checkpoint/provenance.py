@@ -9,6 +9,15 @@ from negmerge_cli import __version__
 
 PREFIX = "negmerge."
 HASH_PLACEHOLDER = "0" * 64  # same length as a SHA-256 hex digest, filled in after streaming
+# What rebuilding a checkpoint's model needs beyond its model name: written by every stage that
+# builds a model, and carried from the base to any checkpoint derived from it (``apply``).
+QUICK_GELU = PREFIX + "quick_gelu"  # "true" or "false"
+ARCHITECTURE_KEYS = (QUICK_GELU,)
+
+
+def architecture_of(metadata: dict[str, str]) -> dict[str, str]:
+    """The architecture entries of a checkpoint's metadata, to carry into a checkpoint derived from it."""
+    return {key: metadata[key] for key in ARCHITECTURE_KEYS if key in metadata}
 
 
 def provenance(command: str, **params: object) -> dict[str, str]:

@@ -23,7 +23,6 @@ _registered = False
 INIT_SEED = 0
 # Preprocessing of shipped configs that differs from open_clip's default (built-in config files
 # cannot carry it): the demo model takes images in [0, 1], unnormalised.
-QUICK_GELU_KEY = "quick_gelu"  # checkpoint metadata (under negmerge.): "true" or "false"
 PREPROCESS = {"negmerge-demo": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}}
 
 
@@ -90,12 +89,12 @@ def needs_quick_gelu(name: str, pretrained: Optional[str] = None) -> bool:
 
 def _recorded_quick_gelu(path: str) -> Optional[bool]:
     from negmerge_cli.checkpoint import open_checkpoint
-    from negmerge_cli.checkpoint.provenance import PREFIX
+    from negmerge_cli.checkpoint.provenance import QUICK_GELU
 
     with open_checkpoint(path, digest=False) as checkpoint:
-        value = checkpoint.metadata.get(PREFIX + QUICK_GELU_KEY)
+        value = checkpoint.metadata.get(QUICK_GELU)
     if value not in (None, "true", "false"):
-        raise CheckpointError(f"{path}: metadata {PREFIX + QUICK_GELU_KEY} is {value!r}, expected true or false")
+        raise CheckpointError(f"{path}: metadata {QUICK_GELU} is {value!r}, expected true or false")
     return None if value is None else value == "true"
 
 
@@ -108,9 +107,9 @@ def uses_quick_gelu(model: torch.nn.Module) -> bool:
 
 def architecture_metadata(model: torch.nn.Module) -> dict[str, str]:
     """What every later stage needs to rebuild the same architecture from a checkpoint."""
-    from negmerge_cli.checkpoint.provenance import PREFIX
+    from negmerge_cli.checkpoint.provenance import QUICK_GELU
 
-    return {PREFIX + QUICK_GELU_KEY: "true" if uses_quick_gelu(model) else "false"}
+    return {QUICK_GELU: "true" if uses_quick_gelu(model) else "false"}
 
 
 def _looks_like_path(value: str) -> bool:

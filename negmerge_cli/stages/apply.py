@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 
 from negmerge_cli import files
-from negmerge_cli.checkpoint.provenance import provenance
+from negmerge_cli.checkpoint.provenance import architecture_of, provenance
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.plans import plan_apply
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
@@ -35,7 +35,8 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
                 theta.add_(next(slices).mul_(scale))
             return theta
 
-        metadata = provenance("apply", kind="checkpoint", scale=scale)
+        # the result is the base's model: whoever rebuilds it needs the base's architecture entries
+        metadata = {**provenance("apply", kind="checkpoint", scale=scale), **architecture_of(base_checkpoint.metadata)}
         hashed = {"base": [base_checkpoint], "vector": [vector_checkpoint]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description="apply")
