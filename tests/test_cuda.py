@@ -39,3 +39,20 @@ def test_apply_on_cuda_matches_cpu(model_files, tmp_path):
         apply_vector(base, vector, -0.8, outputs[device], StreamOptions(device=device))
     cpu, cuda = load_file(str(outputs["cpu"])), load_file(str(outputs["cuda"]))
     assert all(torch.equal(cpu[n], cuda[n]) for n in cpu)
+
+
+def test_clip_features_on_cuda_are_float32_by_default():
+    """The released code evaluates in float32; bf16 autocast only on request (--precision bf16)."""
+    from negmerge_cli.clip import models
+    from negmerge_cli.clip.precision import autocast
+
+    model = models.create_model("negmerge-tiny", device="cuda")
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cpu = models.create_model("negmerge-tiny").encode_image(images)
+        with autocast("fp32", "cuda"):
+            fp32 = model.encode_image(images.cuda()).cpu()
+        with autocast("bf16", "cuda"):
+            bf16 = model.encode_image(images.cuda()).float().cpu()
+    torch.testing.assert_close(fp32, cpu, rtol=2e-3, atol=2e-3)  # cuDNN may use TF32 for the patch conv
+    assert (bf16 - cpu).abs().max() > (fp32 - cpu).abs().max()
