@@ -87,3 +87,19 @@ def test_bad_eval_inputs_fail_cleanly(files, tmp_path):
                          str(other), "does not fit model negmerge-tiny")
     assert_clean_failure(run_cli("eval", "-m", "ViT-Q-99", "-c", base, "-d", "digits"), "unknown model 'ViT-Q-99'")
     assert not out.exists()
+
+
+def test_json_and_plot_outputs_are_replaced_only_with_force(files, tmp_path, cli):
+    out, plot = tmp_path / "result.json", tmp_path / "curve.png"
+    plain = ["eval", "-m", TINY, "-c", files / "base.safetensors", "-d", files / "shapes", "-j", "0", "-q",
+             "--json", out]
+    search = ["eval", "-m", TINY, "-c", files / "base.safetensors", "--vector", files / "tau.safetensors",
+              "--forget", files / "shapes", "--retain", files / "shapes", "--coefs", "0,1", "-j", "0", "-q",
+              "--json", out, "--plot", plot]
+    for args in (plain, search):
+        out.write_text("keep")
+        assert_clean_failure(cli(*args), str(out), "--force")
+        assert out.read_text() == "keep"
+        assert cli(*args, "--force").returncode in (0, 1)  # 1: no lambda chosen, results still written
+        assert out.read_text() != "keep" and json.loads(out.read_text())
+    assert plot.read_bytes().startswith(b"\x89PNG")
