@@ -45,11 +45,14 @@ class DatasetEvaluation:
     seconds: float
     images_per_s: float
     task: str = ZEROSHOT_TASK
+    split_source: Optional[str] = None  # where the split's images come from
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "model": self.model, "pretrained": self.pretrained, "task": self.task,
-                "metrics": self.metrics.to_json(), "n_images": self.n_images, "n_classes": self.n_classes,
-                "n_templates": self.n_templates, "seconds": self.seconds, "images_per_s": self.images_per_s}
+        source = {"split_source": self.split_source} if self.split_source else {}
+        return {"dataset": self.dataset, **source, "model": self.model, "pretrained": self.pretrained,
+                "task": self.task, "metrics": self.metrics.to_json(), "n_images": self.n_images,
+                "n_classes": self.n_classes, "n_templates": self.n_templates, "seconds": self.seconds,
+                "images_per_s": self.images_per_s}
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class SearchResult:
     evaluations: int
     heads_rebuilt: bool
     seconds: float
+    split_sources: Optional[dict] = None  # {"forget": ..., "retain": ...}: where each split's images come from
 
     @property
     def primary(self) -> SearchRun:
@@ -141,6 +145,8 @@ class SearchResult:
             "feasible": self.chosen is not None, "n_evaluations": self.evaluations, "heads": heads,
             "seconds": self.seconds, "runs": {kind: run.to_json() for kind, run in self.runs.items()},
         }
+        if self.split_sources:
+            result["split_sources"] = self.split_sources
         agreement = self.agreement()
         if agreement is not None:
             result["agreement"] = agreement

@@ -42,6 +42,7 @@ def finetune(
     cache_memory: opt.CacheMemory = "4GiB",
     crop_scale: Annotated[float, typer.Option("--crop-scale", help="With --randaug: smallest random-resized-crop area (timm's and the paper's 0.08).")] = 0.08,
     hflip: Annotated[float, typer.Option("--hflip", help="With --randaug: horizontal flip probability (timm's and the paper's 0.5).")] = 0.5,
+    randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = "random",
     device: opt.Device = "auto",
 ) -> None:
     """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
@@ -66,6 +67,7 @@ def finetune(
         model=model, data=data, output=output, pretrained=pretrained, grid=grid, batch_size=batch_size,
         accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
+        randaug_interpolation=randaug_interpolation,
     )
     if list_points:
         for p in plan(options):
