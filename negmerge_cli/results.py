@@ -47,12 +47,14 @@ class DatasetEvaluation:
     task: str = ZEROSHOT_TASK
     precision: str = "fp32"
     quick_gelu: bool = False  # the activation the evaluated model used
+    split_source: Optional[str] = None  # where the split's images come from
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "model": self.model, "pretrained": self.pretrained, "task": self.task,
-                "metrics": self.metrics.to_json(), "n_images": self.n_images, "n_classes": self.n_classes,
-                "n_templates": self.n_templates, "seconds": self.seconds, "images_per_s": self.images_per_s,
-                "precision": self.precision, "quick_gelu": self.quick_gelu}
+        source = {"split_source": self.split_source} if self.split_source else {}
+        return {"dataset": self.dataset, **source, "model": self.model, "pretrained": self.pretrained,
+                "task": self.task, "metrics": self.metrics.to_json(), "n_images": self.n_images,
+                "n_classes": self.n_classes, "n_templates": self.n_templates, "seconds": self.seconds,
+                "images_per_s": self.images_per_s, "precision": self.precision, "quick_gelu": self.quick_gelu}
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class SearchResult:
     base_retain_source: str
     precision: str = "fp32"
     quick_gelu: bool = False
+    split_sources: Optional[dict] = None  # {"forget": ..., "retain": ...}: where each split's images come from
 
     @property
     def primary(self) -> SearchRun:
@@ -150,6 +153,8 @@ class SearchResult:
             "feasible": self.chosen is not None, "n_evaluations": self.evaluations, "heads": heads,
             "seconds": self.seconds, "runs": {kind: run.to_json() for kind, run in self.runs.items()},
         }
+        if self.split_sources:
+            result["split_sources"] = self.split_sources
         agreement = self.agreement()
         if agreement is not None:
             result["agreement"] = agreement

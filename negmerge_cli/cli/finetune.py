@@ -44,6 +44,7 @@ def finetune(
     hflip: Annotated[float, typer.Option("--hflip", help="With --randaug: horizontal flip probability (timm's and the paper's 0.5).")] = 0.5,
     quick_gelu: opt.QuickGelu = None,
     precision: opt.Precision = "fp32",
+    randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = "random",
     device: opt.Device = "auto",
 ) -> None:
     """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
@@ -69,6 +70,7 @@ def finetune(
         accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
         quick_gelu=quick_gelu, precision=precision,
+        randaug_interpolation=randaug_interpolation,
     )
     if list_points:
         for p in plan(options):

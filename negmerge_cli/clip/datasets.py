@@ -7,7 +7,9 @@
 
 The paper's Val split (task_vectors ``split_train_into_train_val``): a random 10% of the training
 set, at most 5,000 images, drawn with ``torch.randperm`` seeded 0 exactly as ``random_split`` draws
-it; ``train`` is the rest, so fine-tuning never sees a Val image.
+it; ``train`` is the rest, so fine-tuning never sees a Val image. Where the release reads a separate
+Val folder instead (``EuroSAT_splits/val``), Val is that folder and ``train`` is all of the train
+folder. Every :class:`ImageSet` says where its images come from (``split_source``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ VAL_MAX = 5000
 VAL_SEED = 0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
+# The release upsamples these to the model's size and makes them 3-channel gray before RandAugment.
+GRAYSCALE_BEFORE_RANDAUG = ("mnist",)
 
 # Epochs of the paper (with RandAugment) and of the older task-arithmetic runs (without).
 PAPER_EPOCHS_AUG = {"cars": 70, "dtd": 100, "eurosat": 40, "gtsrb": 40, "mnist": 30, "resisc45": 40,
@@ -148,6 +152,7 @@ class ImageSet(torch.utils.data.Dataset):
     classnames: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
     transform: Optional[Callable] = field(default=None, repr=False)
+    split_source: str = ""  # where this split's images come from, e.g. "EuroSAT_splits/val folder"
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.source)
@@ -167,6 +172,19 @@ class ImageSet(torch.utils.data.Dataset):
         return base if self.split == "all" else f"{base}:{self.split}"
 
 
+@dataclass
+class Sources:
+    """What an opener found: a source per split, the class names, and where each split comes from."""
+
+    train: object
+    test: Optional[object]
+    classnames: Sequence[str]
+    train_from: str
+    test_from: Optional[str] = None
+    val: Optional[object] = None  # a separate Val folder; None: the seeded hold-out of train
+    val_from: Optional[str] = None
+
+
 def load_dataset(
     spec: str | DatasetSpec,
     default_split: str,
@@ -175,22 +193,32 @@ def load_dataset(
 ) -> ImageSet:
     """Open a dataset spec at its split (or ``default_split``); nothing is downloaded."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    split = spec.split or default_split
-    train, test, classnames = _open_source(spec)
-    if split == "test" and test is None:
-        if spec.split is None and spec.kind == "folder":
-            source, indices, split = train, None, "all"  # a flat folder evaluates on all its images
-        else:
-            raise UsageError(f"{spec.text}: this dataset has no test split here; use :val (the paper's hold-out)")
-    elif split == "test":
-        source, indices = test, None
-    else:
-        train_idx, val_idx = val_split_indices(len(train))
-        source, indices = train, (train_idx if split == "train" else val_idx)
+    found = _open_source(spec)
+    source, indices, split, origin = _select_split(spec, found, spec.split or default_split)
+    classnames = found.classnames
     if classnames_file is not None:
         classnames = _checked_classnames(prompts.read_classnames(classnames_file), classnames, classnames_file)
     templates = prompts.read_templates(templates_file) if templates_file else prompts.templates_for(spec.kind)
-    return ImageSet(spec, split, source, indices, tuple(classnames), tuple(templates))
+    return ImageSet(spec, split, source, indices, tuple(classnames), tuple(templates), split_source=origin)
+
+
+def _select_split(spec: DatasetSpec, found: Sources, split: str):
+    """(source, indices or None, the split actually used, where its images come from)."""
+    if split == "test":
+        if found.test is not None:
+            return found.test, None, "test", found.test_from
+        if spec.split is None and spec.kind == "folder":
+            return found.train, None, "all", found.train_from  # a flat folder evaluates on all its images
+        raise UsageError(f"{spec.text}: this dataset has no test split here; use :val (the paper's hold-out)")
+    if found.val is not None:  # the release's own Val folder: fine-tuning uses all of train
+        if split == "val":
+            return found.val, None, "val", found.val_from
+        return found.train, None, "train", f"all of {found.train_from}"
+    train_idx, val_idx = val_split_indices(len(found.train))
+    if split == "val":
+        held_out = f"seeded {VAL_FRACTION:.0%} hold-out (seed {VAL_SEED}, at most {VAL_MAX:,} images)"
+        return found.train, val_idx, "val", f"{held_out} of {found.train_from}"
+    return found.train, train_idx, "train", f"{found.train_from} minus the Val hold-out"
 
 
 def _checked_classnames(given: Sequence[str], found: Sequence[str], path: Path) -> Sequence[str]:
@@ -199,8 +227,7 @@ def _checked_classnames(given: Sequence[str], found: Sequence[str], path: Path) 
     return given
 
 
-def _open_source(spec: DatasetSpec):
-    """(train source, test source or None, class names)."""
+def _open_source(spec: DatasetSpec) -> Sources:
     if spec.kind == "digits":
         return _open_digits()
     if spec.kind == "folder":
@@ -210,25 +237,29 @@ def _open_source(spec: DatasetSpec):
     return _PAPER_OPENERS[spec.kind](spec)
 
 
-def _open_digits():
+def _open_digits() -> Sources:
     with np.load(_DIGITS_FILE) as data:
         train = _DigitsSource(data["train_images"], data["train_labels"])
         test = _DigitsSource(data["test_images"], data["test_labels"])
-    return train, test, names.DIGITS
+    return Sources(train, test, names.DIGITS, "digits train (1,438)", "digits test (359)")
 
 
-def _open_folder_dataset(root: Path, to_classname: Callable[[str], str]):
-    """PATH/train (+ PATH/test or PATH/val as the test split), or PATH itself with class folders."""
+def _open_folder_dataset(root: Path, to_classname: Callable[[str], str], test_names: Sequence[str] = ("test", "val"),
+                         val_name: Optional[str] = None) -> Sources:
+    """ROOT/train (+ the first of ``test_names`` present as the test split, + ``val_name`` as a
+    separate Val folder), or ROOT itself with class folders."""
     if not root.is_dir():
         raise NegmergeError(f"{root}: dataset folder does not exist")
-    if (root / "train").is_dir():
-        train, classes = _scan_class_folders(root / "train")
-        test_dir = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
-        test = _scan_class_folders(test_dir, classes)[0] if test_dir else None
-    else:
+    if not (root / "train").is_dir():
         train, classes = _scan_class_folders(root)
-        test = None
-    return train, test, tuple(to_classname(c) for c in classes)
+        return Sources(train, None, tuple(to_classname(c) for c in classes), f"{root.name} folder")
+    train, classes = _scan_class_folders(root / "train")
+    test_dir = next((root / s for s in test_names if (root / s).is_dir()), None)
+    val_dir = root / val_name if val_name and (root / val_name).is_dir() else None
+    scan = lambda folder: _scan_class_folders(folder, classes)[0] if folder else None
+    describe = lambda folder: f"{root.name}/{folder.name} folder" if folder else None
+    return Sources(train, scan(test_dir), tuple(to_classname(c) for c in classes), describe(root / "train"),
+                   describe(test_dir), scan(val_dir), describe(val_dir))
 
 
 def _scan_class_folders(root: Path, classes: Optional[Sequence[str]] = None):
@@ -259,62 +290,105 @@ def _torchvision(spec: DatasetSpec, factory: Callable, layout: str):
         raise NegmergeError(f"{spec.text}: reading {spec.kind} needs {exc.name} (pip install {exc.name})") from None
 
 
-def _open_mnist(spec):
+def _open_mnist(spec) -> Sources:
     from torchvision.datasets import MNIST
 
     load = lambda train: _torchvision(spec, lambda: MNIST(str(spec.root), train=train), "ROOT/MNIST/raw/*-ubyte")
-    return load(True), load(False), names.DIGITS
+    return Sources(load(True), load(False), names.DIGITS, "MNIST train (torchvision)", "MNIST t10k (torchvision)")
 
 
-def _open_svhn(spec):
+def _open_svhn(spec) -> Sources:
     from torchvision.datasets import SVHN
 
     load = lambda split: _torchvision(spec, lambda: SVHN(str(spec.root), split=split), "ROOT/{train,test}_32x32.mat")
-    return load("train"), load("test"), names.DIGITS
+    return Sources(load("train"), load("test"), names.DIGITS, "SVHN train_32x32.mat", "SVHN test_32x32.mat")
 
 
-def _open_gtsrb(spec):
+def _open_gtsrb(spec) -> Sources:
     from torchvision.datasets import GTSRB
 
     layout = "ROOT/gtsrb/GTSRB/Training, ROOT/gtsrb/GT-final_test.csv"
     load = lambda split: _torchvision(spec, lambda: GTSRB(str(spec.root), split=split), layout)
-    return load("train"), load("test"), names.GTSRB
+    return Sources(load("train"), load("test"), names.GTSRB, "GTSRB train (torchvision)", "GTSRB test (torchvision)")
 
 
-def _open_cars(spec):
+def _open_cars(spec) -> Sources:
     from torchvision.datasets import StanfordCars
 
     layout = "ROOT/stanford_cars/{devkit,cars_train,cars_test,cars_test_annos_withlabels.mat}"
     train = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="train"), layout)
     test = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="test"), layout)
-    return train, test, tuple(train.dataset.classes)
+    return Sources(train, test, tuple(train.dataset.classes), "stanford_cars cars_train", "stanford_cars cars_test")
 
 
-def _open_dtd(spec):
-    if (spec.root / "dtd" / "train").is_dir():  # task_vectors layout: ROOT/dtd/{train,val}
-        return _open_folder_dataset(spec.root / "dtd", names.folder_name)
-    from torchvision.datasets import DTD
-
-    # torchvision's train+val of partition 1 as the training set, its test as test
-    layout = "ROOT/dtd/{images,labels}"
-    train = _torchvision(spec, lambda: DTD(str(spec.root), split="train"), layout)
-    val = _torchvision(spec, lambda: DTD(str(spec.root), split="val"), layout)
-    test = _torchvision(spec, lambda: DTD(str(spec.root), split="test"), layout)
-    classes = tuple(names.folder_name(c) for c in train.dataset.classes)
-    joined = _TorchvisionSource(torch.utils.data.ConcatDataset([train.dataset, val.dataset]), spec.text)
-    return joined, test, classes
+def _open_dtd(spec) -> Sources:
+    """task_vectors' ROOT/dtd/{train,val} (the release tests on val), else the DTD release's lists."""
+    if (spec.root / "dtd" / "train").is_dir():
+        return _open_folder_dataset(spec.root / "dtd", names.folder_name, test_names=("val", "test"))
+    return _open_dtd_lists(spec)
 
 
-def _open_eurosat(spec):
-    if (spec.root / "EuroSAT_splits" / "train").is_dir():  # task_vectors layout
-        return _open_folder_dataset(spec.root / "EuroSAT_splits", names.eurosat_name)
+def _open_dtd_lists(spec) -> Sources:
+    """The DTD release (torchvision's ROOT/dtd/dtd/{images,labels}, or ROOT/dtd/{images,labels}).
+
+    task_vectors' ``dtd/train`` folder holds partition 1's train and val images and its ``dtd/val``
+    the test images; both are read the way ImageFolder reads them (classes sorted, files sorted
+    within a class), so the seeded Val hold-out draws the same images as from the folders."""
+    base = next((b for b in (spec.root / "dtd" / "dtd", spec.root / "dtd") if (b / "labels").is_dir()), None)
+    if base is None:
+        raise NegmergeError(f"{spec.root}: no dtd data in the expected layout ROOT/dtd/{{train,val}}/<class>/ "
+                            f"(task_vectors) or ROOT/dtd/dtd/{{images,labels}} (torchvision)")
+    train = sorted(_dtd_list(base, "train1") + _dtd_list(base, "val1"))
+    test = sorted(_dtd_list(base, "test1"))
+    classes = sorted({cls for cls, _ in train})
+    label = {c: i for i, c in enumerate(classes)}
+    stray = next((c for c, _ in test if c not in label), None)
+    if stray is not None:
+        raise NegmergeError(f"{base / 'labels' / 'test1.txt'}: class {stray!r} has no training images")
+    source = lambda listed: _FileSource([(str(base / "images" / c / f), label[c]) for c, f in listed])
+    return Sources(source(train), source(test), tuple(names.folder_name(c) for c in classes),
+                   "dtd labels/train1.txt + val1.txt", "dtd labels/test1.txt")
+
+
+def _dtd_list(base: Path, name: str) -> list[tuple[str, str]]:
+    """(class, file name) of each line ``class/file.jpg`` of labels/NAME.txt."""
+    listing = base / "labels" / f"{name}.txt"
+    if not listing.is_file():
+        raise NegmergeError(f"{listing}: missing split list for dtd")
+    pairs = [line.strip().split("/") for line in listing.read_text().splitlines() if line.strip()]
+    bad = next((p for p in pairs if len(p) != 2), None)
+    if bad is not None:
+        raise NegmergeError(f"{listing}: line {'/'.join(bad)!r} is not CLASS/FILE")
+    return [(c, f) for c, f in pairs]
+
+
+def _open_eurosat(spec) -> Sources:
+    """task_vectors' EuroSAT_splits/{train,val,test}: Val is the val folder, as in the release."""
+    if (spec.root / "EuroSAT_splits" / "train").is_dir():
+        found = _open_folder_dataset(spec.root / "EuroSAT_splits", names.eurosat_name, ("test",), val_name="val")
+        if found.val is None:
+            _warn_once(f"{spec.root}/EuroSAT_splits has no val folder: Val is the seeded hold-out of train "
+                       f"(the paper's EuroSAT Val is the 2,700-image val folder)")
+        return found
     from torchvision.datasets import EuroSAT
 
     train = _torchvision(spec, lambda: EuroSAT(str(spec.root)), "ROOT/eurosat/2750/<class>/*.jpg")
-    return train, None, tuple(names.eurosat_name(c) for c in train.dataset.classes)
+    return Sources(train, None, tuple(names.eurosat_name(c) for c in train.dataset.classes), "eurosat/2750")
 
 
-def _open_resisc45(spec):
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A warning shown once per process (train and Val open the same dataset)."""
+    from negmerge_cli.output import output
+
+    if message not in _warned:
+        _warned.add(message)
+        output().warn(message)
+
+
+def _open_resisc45(spec) -> Sources:
     """task_vectors layout: ROOT/resisc45/NWPU-RESISC45/<class>/*.jpg + resisc45-{train,test}.txt."""
     base = spec.root / "resisc45"
     images = base / "NWPU-RESISC45"
@@ -329,23 +403,26 @@ def _open_resisc45(spec):
         keep = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
         return _FileSource([s for s in every.samples if Path(s[0]).name in keep])
 
-    return split("train"), split("test"), tuple(names.folder_name(c) for c in classes)
+    return Sources(split("train"), split("test"), tuple(names.folder_name(c) for c in classes),
+                   "resisc45-train.txt", "resisc45-test.txt")
 
 
-def _open_sun397(spec):
-    if (spec.root / "sun397" / "train").is_dir():  # task_vectors layout: class folders 'a_abbey'...
-        return _open_folder_dataset(spec.root / "sun397", lambda c: names.folder_name(c[2:]))
+def _open_sun397(spec) -> Sources:
+    """task_vectors' ROOT/sun397/{train,val} (class folders 'a_abbey'...); the release tests on val."""
+    if (spec.root / "sun397" / "train").is_dir():
+        return _open_folder_dataset(spec.root / "sun397", lambda c: names.folder_name(c[2:]), ("val", "test"))
     from torchvision.datasets import SUN397
 
     train = _torchvision(spec, lambda: SUN397(str(spec.root)), "ROOT/SUN397/ClassName.txt")
-    return train, None, tuple(names.folder_name(c) for c in train.dataset.classes)
+    return Sources(train, None, tuple(names.folder_name(c) for c in train.dataset.classes), "SUN397 (torchvision)")
 
 
-def _open_imagenet(spec):
+def _open_imagenet(spec) -> Sources:
     """ROOT/train and ROOT/val with one WordNet-id folder per class (the usual ImageNet layout)."""
-    train, test, wnids = _open_folder_dataset(spec.root, lambda c: c)
-    classnames = names.imagenet() if len(wnids) == 1000 else wnids
-    return train, test, classnames
+    found = _open_folder_dataset(spec.root, lambda c: c)
+    if len(found.classnames) == 1000:
+        found.classnames = names.imagenet()
+    return found
 
 
 _PAPER_OPENERS = {

@@ -198,14 +198,21 @@ def tokenizer_for(name: str):
     return _open_clip().get_tokenizer(name)
 
 
+RANDAUG_INTERPOLATIONS = ("random", "bicubic", "bilinear")
+
+
 def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] = None,
-                   crop_scale: float = 0.08, hflip: float = 0.5):
+                   crop_scale: float = 0.08, hflip: float = 0.5, interpolation: str = "random",
+                   grayscale: bool = False):
     """The model's eval preprocessing; for training, open_clip's train transform or timm RandAugment.
 
     RandAugment uses timm's ``transforms_imagenet_train`` as the paper did (random resized crop,
     horizontal flip, then ``rand-m{m}-n{n}-mstd0.5``), with the model's size, mean and std.
     ``crop_scale`` (smallest crop area) and ``hflip`` (probability) keep timm's defaults, the
     paper's; tiny images and orientation-bound classes (digits) want gentler values.
+    ``interpolation`` is timm's default ``random`` (bilinear or bicubic per call), as the release
+    left it. ``grayscale`` first resizes to the model's size and makes the image 3-channel gray,
+    the release's recipe for MNIST.
     """
     open_clip = _open_clip()
     from open_clip.transform import PreprocessCfg, image_transform_v2
@@ -217,10 +224,16 @@ def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] =
 
     _patch_timm_posterize()
     size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
-    return transforms_imagenet_train(
+    augment = transforms_imagenet_train(
         img_size=size, scale=(crop_scale, 1.0), hflip=hflip, auto_augment=randaug,
-        interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std,
+        interpolation=interpolation, mean=cfg.mean, std=cfg.std,
     )
+    if not grayscale:
+        return augment
+    from torchvision import transforms
+
+    shorter_side = size if isinstance(size, int) else min(size)  # the release's Resize(224)
+    return transforms.Compose([transforms.Resize(shorter_side), transforms.Grayscale(num_output_channels=3), augment])
 
 
 def _patch_timm_posterize() -> None:

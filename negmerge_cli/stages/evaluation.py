@@ -127,7 +127,7 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
     seconds = time.perf_counter() - started
     return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
                              len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2),
-                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model))
+                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model), split_source=data.split_source)
 
 
 def _load_model(options: EvalOptions):
@@ -244,7 +244,8 @@ class _Search:
             quick_gelu=models.uses_quick_gelu(self.model),
             coefs=list(options.coefs), base=base, n_forget_images=len(self.caches[0]),
             n_retain_images=len(self.caches[1]), runs=runs, evaluations=len(self.memo),
-            heads_rebuilt=self.negated.touches_text, seconds=round(time.perf_counter() - started, 3))
+            heads_rebuilt=self.negated.touches_text, seconds=round(time.perf_counter() - started, 3),
+            split_sources={"forget": forget.split_source, "retain": retain.split_source})
 
     def _run_one(self, kind: str, base_retain: float) -> SearchRun:
         from negmerge_cli.clip import search

@@ -45,6 +45,7 @@ class FinetuneOptions:
     hflip: float = 0.5  # RandAugment runs: horizontal flip probability (timm's default)
     quick_gelu: Optional[bool] = None  # None: what the pretrained weights need (models.needs_quick_gelu)
     precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
+    randaug_interpolation: str = "random"  # RandAugment runs: timm's default, as the release left it
 
 
 def plan(options: FinetuneOptions) -> list[GridPoint]:
@@ -57,6 +58,9 @@ def plan(options: FinetuneOptions) -> list[GridPoint]:
         raise UsageError(f"{option('crop_scale')} {options.crop_scale}: must be in (0, 1]")
     if not 0 <= options.hflip <= 1:
         raise UsageError(f"{option('hflip')} {options.hflip}: must be in [0, 1]")
+    if options.randaug_interpolation not in models.RANDAUG_INTERPOLATIONS:
+        raise UsageError(f"{option('randaug_interpolation')} {options.randaug_interpolation!r}: must be one of "
+                         f"{', '.join(models.RANDAUG_INTERPOLATIONS)}")
     spec = datasets.parse_spec(options.data)
     if spec.split not in (None, "train"):
         raise UsageError(f"{option('data')} {options.data}: finetune trains on the train split (Val is held out for it)")
@@ -109,10 +113,15 @@ class _SweepRun:
         self.val_set = datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
         self.quick_gelu = (models.needs_quick_gelu(options.model, options.pretrained)
                            if options.quick_gelu is None else options.quick_gelu)
-        self.folder = SweepFolder(options.output, identity_of(
+        self.folder = SweepFolder(options.output, {**identity_of(
             options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
             options.templates, options.classnames, options.crop_scale, options.hflip,
-            quick_gelu=self.quick_gelu, precision=options.precision))
+            quick_gelu=self.quick_gelu, precision=options.precision), **self._data_protocol()})
+
+    def _data_protocol(self) -> dict:
+        """Where train and Val come from and how RandAugment resamples: part of what a sweep is."""
+        return {"train_split": self.train_set.split_source, "val_split": self.val_set.split_source,
+                "randaug_interpolation": self.options.randaug_interpolation}
 
     def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
         """Claim the folder, write the base, build the model and head; the points still to train."""
@@ -175,13 +184,12 @@ class _SweepRun:
                                precision=self.options.precision)
 
     def train_point(self, point: GridPoint) -> None:
-        from negmerge_cli.clip import models, train
+        from negmerge_cli.clip import train
 
         options, main = self.options, self.ranks.is_main
         self.model.load_state_dict(self.base_state)
-        augment = None if point.randaug == NO_AUGMENTATION else point.randaug
-        data = self.train_set.with_transform(models.transforms_for(
-            self.model, train=True, randaug=augment, crop_scale=options.crop_scale, hflip=options.hflip))
+        data = self.train_set.with_transform(train_transform(self.model, options, point.randaug,
+                                                             self.train_set.spec.kind))
         record = PointRecord(point.index, point.name, "running", point.hyperparameters(),
                              host=socket.gethostname(), pid=os.getpid())
         if main:
@@ -205,14 +213,38 @@ class _SweepRun:
 
         options = self.options
         metrics = self._validate()
+        transform = describe_train_transform(options, point.randaug, self.train_set.spec.kind)
         metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
                               base=self.folder.base.name, hyperparameters=point.hyperparameters(),
                               precision=options.precision,
-                              val_acc1=f"{metrics.acc1:.6f}")
+                              val_acc1=f"{metrics.acc1:.6f}", train_split=self.train_set.split_source,
+                              val_split=self.val_set.split_source, transform=transform)
         models.save_checkpoint(self.model, self.folder.checkpoint(point), metadata, force=True)
         self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(),
-                                             file=self.folder.checkpoint(point).name, val=metrics, train=stats))
+                                             file=self.folder.checkpoint(point).name, val=metrics,
+                                             train={**stats, "transform": transform}))
         output().log(f"{point.name}: Val acc1 {100 * metrics.acc1:.2f}%  ({stats['images_per_s']:.0f} img/s)")
+
+
+def train_transform(model, options: FinetuneOptions, randaug: str, kind: str):
+    """A point's training transform: open_clip's, or timm RandAugment built as the release builds it."""
+    from negmerge_cli.clip import datasets, models
+
+    augment = None if randaug == NO_AUGMENTATION else randaug
+    return models.transforms_for(model, train=True, randaug=augment, crop_scale=options.crop_scale,
+                                 hflip=options.hflip, interpolation=options.randaug_interpolation,
+                                 grayscale=kind in datasets.GRAYSCALE_BEFORE_RANDAUG)
+
+
+def describe_train_transform(options: FinetuneOptions, randaug: str, kind: str) -> str:
+    """One line for the point record and checkpoint metadata: what produced the training images."""
+    from negmerge_cli.clip import datasets
+
+    if randaug == NO_AUGMENTATION:
+        return "open_clip train transform"
+    gray = "resize to the model's size, 3-channel grayscale, then " if kind in datasets.GRAYSCALE_BEFORE_RANDAUG else ""
+    return (f"{gray}timm transforms_imagenet_train {randaug}, interpolation {options.randaug_interpolation}, "
+            f"crop scale {options.crop_scale:g}, hflip {options.hflip:g}")
 
 
 def _settings(options: FinetuneOptions, point: GridPoint):
