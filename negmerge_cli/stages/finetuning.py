@@ -20,8 +20,8 @@ from negmerge_cli import files
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.output import output
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
-from negmerge_cli.sweep import (NO_AUGMENTATION, Grid, GridPoint, SweepFolder, expand_grid, identity_of,
-                                normalise_randaug)
+from negmerge_cli.sweep import (NO_AUGMENTATION, PER_POINT, Grid, GridPoint, SweepFolder, check_seed_mode,
+                                expand_grid, identity_of, normalise_randaug)
 
 
 @dataclass
@@ -43,16 +43,19 @@ class FinetuneOptions:
     cache_memory: str = "4GiB"
     crop_scale: float = 0.08  # RandAugment runs: smallest random-resized-crop area (timm's default)
     hflip: float = 0.5  # RandAugment runs: horizontal flip probability (timm's default)
+    seed_mode: str = PER_POINT  # per-point: each point's own seed from its --seed; shared: --seed as is
+    freeze: Sequence[str] = ()  # globs of image-encoder parameters kept at their base values
 
 
 def plan(options: FinetuneOptions) -> list[GridPoint]:
     """The grid points this call would run (after the ``point`` selection); validates the options."""
-    from negmerge_cli.clip import datasets, models
+    from negmerge_cli.clip import datasets, freeze, models
 
     if not 0 < options.crop_scale <= 1:
         raise UsageError(f"{option('crop_scale')} {options.crop_scale}: must be in (0, 1]")
     if not 0 <= options.hflip <= 1:
         raise UsageError(f"{option('hflip')} {options.hflip}: must be in [0, 1]")
+    check_seed_mode(options.seed_mode)
     spec = datasets.parse_spec(options.data)
     if spec.split not in (None, "train"):
         raise UsageError(f"{option('data')} {options.data}: finetune trains on the train split (Val is held out for it)")
@@ -61,7 +64,10 @@ def plan(options: FinetuneOptions) -> list[GridPoint]:
         if value != NO_AUGMENTATION:
             models.check_randaug(value)
     grid = Grid(**{**asdict(options.grid), "randaug": randaug})
-    points = expand_grid(grid, lambda aug: datasets.paper_epochs(spec.kind, aug != NO_AUGMENTATION))
+    points = expand_grid(grid, lambda aug: datasets.paper_epochs(spec.kind, aug != NO_AUGMENTATION),
+                         options.seed_mode)
+    if options.freeze:
+        freeze.select(freeze.encoder_sizes(options.model), options.freeze)
     if options.point is not None:
         bad = [i for i in options.point if not 0 <= i < len(points)]
         if bad:
@@ -105,7 +111,8 @@ class _SweepRun:
         self.val_set = datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
         self.folder = SweepFolder(options.output, identity_of(
             options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
-            options.templates, options.classnames, options.crop_scale, options.hflip))
+            options.templates, options.classnames, options.crop_scale, options.hflip, options.seed_mode,
+            options.freeze))
 
     def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
         """Claim the folder, write the base, build the model and head; the points still to train."""
@@ -196,7 +203,8 @@ class _SweepRun:
         metrics = self._validate()
         metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
                               base=self.folder.base.name, hyperparameters=point.hyperparameters(),
-                              val_acc1=f"{metrics.acc1:.6f}")
+                              seed_mode=options.seed_mode, freeze=self.folder.identity["freeze"],
+                              frozen_parameters=stats["frozen_parameters"], val_acc1=f"{metrics.acc1:.6f}")
         models.save_checkpoint(self.model, self.folder.checkpoint(point), metadata, force=True)
         self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(),
                                              file=self.folder.checkpoint(point).name, val=metrics, train=stats))
@@ -206,9 +214,10 @@ class _SweepRun:
 def _settings(options: FinetuneOptions, point: GridPoint):
     from negmerge_cli.clip.train import TrainSettings
 
-    return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.seed,
+    return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
                          epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
-                         accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers)
+                         accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers,
+                         freeze=tuple(options.freeze))
 
 
 def _val_spec(data: str) -> str:
