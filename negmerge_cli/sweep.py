@@ -3,8 +3,9 @@
 DIR/base.safetensors       the starting model (full state dict)
 DIR/<point>.safetensors    one checkpoint per grid point, hyperparameters in its metadata
 DIR/manifest.json          every finished (or running/failed) point: file, settings, Val accuracy
-DIR/sweep.json             what the folder is a sweep of (model, weights, data, batch); a run with
-                           other values is refused, so one folder never mixes two sweeps
+DIR/sweep.json             what the folder is a sweep of (model, weights, data, batch, seed mode,
+                           frozen parameters); a run with other values is refused, so one folder
+                           never mixes two sweeps
 DIR/.records/<point>.json  one record per point, written atomically; the manifest is rebuilt from
                            them under a file lock, so concurrent jobs (``--point N``) lose nothing
 
@@ -20,7 +21,7 @@ import hashlib
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,6 +34,11 @@ LOCK = ".lock"
 # The paper's k = 30 augmentations: RandAugment m in 1..10, n in 1..3.
 PAPER_RANDAUG = tuple(f"rand-m{m}-n{n}-mstd0.5" for m in range(1, 11) for n in range(1, 4))
 NO_AUGMENTATION = "none"
+# How a point's training seed follows from its --seed value: its own (derived from the seed and the
+# point, as the released runs each had their own) or the value itself for every point.
+PER_POINT, SHARED = "per-point", "shared"
+SEED_MODES = (PER_POINT, SHARED)
+SEED_LIMIT = 2**31  # seeds (and seed + torchrun rank) stay valid for torch, NumPy and random
 
 
 @dataclass
@@ -58,6 +64,7 @@ class GridPoint:
     randaug: str
     epochs: Optional[int] = None
     steps: Optional[int] = None
+    train_seed: Optional[int] = None  # the seed training uses (set by expand_grid, see point_seed)
 
     @property
     def name(self) -> str:
@@ -79,6 +86,7 @@ _VALUE_RULES = (
     ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("epochs", lambda v: v > 0, "positive"),
     ("steps", lambda v: v > 0, "positive"),
+    ("seed", lambda v: 0 <= v < SEED_LIMIT, f"in [0, {SEED_LIMIT})"),
 )
 
 
@@ -95,9 +103,11 @@ def check_grid(grid: Grid) -> None:
             raise UsageError(f"{option(name)} {bad}: must be {requirement}")
 
 
-def expand_grid(grid: Grid, default_epochs=None) -> list[GridPoint]:
-    """All grid points. ``default_epochs(randaug) -> int|None`` fills in epochs when neither is given."""
+def expand_grid(grid: Grid, default_epochs=None, seed_mode: str = PER_POINT) -> list[GridPoint]:
+    """All grid points. ``default_epochs(randaug) -> int|None`` fills in epochs when neither is given;
+    ``seed_mode`` says how each point's ``train_seed`` follows from its ``seed``."""
     check_grid(grid)
+    check_seed_mode(seed_mode)
     lengths = [("steps", s) for s in grid.steps] or [("epochs", e) for e in grid.epochs] or [("epochs", None)]
     points = []
     for lr, (kind, length), wd, ls, seed, randaug in itertools.product(
@@ -107,8 +117,21 @@ def expand_grid(grid: Grid, default_epochs=None) -> list[GridPoint]:
             length = default_epochs(randaug) if default_epochs else None
             if length is None:
                 raise UsageError(f"give {option('epochs')} or {option('steps')} (this dataset has no paper default)")
-        points.append(GridPoint(len(points), lr, wd, ls, seed, randaug, **{kind: length}))
+        point = GridPoint(len(points), lr, wd, ls, seed, randaug, **{kind: length})
+        points.append(replace(point, train_seed=point_seed(point.name) if seed_mode == PER_POINT else seed))
     return points
+
+
+def check_seed_mode(seed_mode: str) -> None:
+    if seed_mode not in SEED_MODES:
+        raise UsageError(f"{option('seed_mode')} {seed_mode!r}: must be one of {', '.join(SEED_MODES)}")
+
+
+def point_seed(name: str) -> int:
+    """A point's own seed: the first 4 bytes of SHA-256 of its name (which holds its ``--seed`` value
+    and every other hyperparameter), big-endian, top bit cleared. It depends on the point alone, not
+    on its index or the rest of the grid, so a ``--point N`` job trains exactly as the whole sweep."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % SEED_LIMIT
 
 
 def normalise_randaug(values: Sequence[str]) -> list[str]:
@@ -163,11 +186,12 @@ class SweepFolder:
         path = self.root / "sweep.json"
         if path.exists():
             stored = _read_json(path).get("identity", {})
-            for key, value in self.identity.items():
-                if stored.get(key) != value:
+            for key in {**stored, **self.identity}:
+                there, here = (i.get(key, IDENTITY_DEFAULTS.get(key)) for i in (stored, self.identity))
+                if there != here:
                     raise OutputError(
-                        f"{self.root}: holds a different sweep ({key} is {stored.get(key)!r} there, "
-                        f"{value!r} here); use another output folder"
+                        f"{self.root}: holds a different sweep ({key} is {there!r} there, "
+                        f"{here!r} here); use another output folder"
                     )
             return
         if self.root.exists() and any(p.suffix == ".safetensors" for p in self.root.iterdir()):
@@ -213,9 +237,15 @@ def read_manifest(folder: str | Path) -> SweepManifest:
     return SweepManifest.from_json(_read_json(path))
 
 
+# What an identity key means when a sweep.json lacks it: sweeps written before the key existed
+# trained with one seed for all points and froze nothing.
+IDENTITY_DEFAULTS = {"crop_scale": 0.08, "hflip": 0.5, "seed_mode": SHARED, "freeze": []}
+
+
 def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: int, warmup_steps: int,
                 templates: Optional[Path], classnames: Optional[Path], crop_scale: float = 0.08,
-                hflip: float = 0.5, *, quick_gelu: bool = False, precision: str = "fp32") -> dict:
+                hflip: float = 0.5, seed_mode: str = PER_POINT, freeze: Sequence[str] = (), *,
+                quick_gelu: bool = False, precision: str = "fp32") -> dict:
     identity = {
         "model": model,
         "pretrained": _describe_weights(pretrained),
@@ -226,6 +256,8 @@ def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: in
         "warmup_steps": warmup_steps,
         "templates": _file_digest(templates),
         "classnames": _file_digest(classnames),
+        "seed_mode": seed_mode,
+        "freeze": sorted(set(freeze)),  # the same parameters however the globs are ordered
     }
     if (crop_scale, hflip) != (0.08, 0.5):  # recorded only when changed: older sweeps stay valid
         identity.update(crop_scale=crop_scale, hflip=hflip)
