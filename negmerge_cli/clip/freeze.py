@@ -27,11 +27,7 @@ def encoder_sizes(model_name: str) -> dict[str, int]:
     no memory), so globs are checked before anything is built or written."""
     from negmerge_cli.clip import models
 
-    models.check_model_name(model_name)  # also registers the shipped configs with open_clip
-    import open_clip
-
-    skeleton = models._quiet(lambda: open_clip.create_model(model_name, device="meta"))
-    return {name: p.numel() for name, p in skeleton.named_parameters() if name.startswith(ENCODER)}
+    return {name: p.numel() for name, p in models.skeleton(model_name).named_parameters() if name.startswith(ENCODER)}
 
 
 def select(sizes: dict[str, int], globs: Sequence[str]) -> list[str]:

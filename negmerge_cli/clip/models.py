@@ -70,6 +70,13 @@ def create_model(name: str, pretrained: Optional[str] = None, device: str | torc
     return model.to(device).eval()
 
 
+def skeleton(name: str) -> torch.nn.Module:
+    """The model's structure on the meta device: names and shapes, no weights, no memory."""
+    open_clip = _open_clip()
+    check_model_name(name)
+    return _quiet(lambda: open_clip.create_model(name, device="meta"))
+
+
 def needs_quick_gelu(name: str, pretrained: Optional[str] = None) -> bool:
     """Whether the weights want QuickGELU: OpenAI's CLIP weights were trained with it, but since
     open_clip 2.29 a bare model name (``ViT-B-32``) builds plain GELU even for ``pretrained="openai"``.
