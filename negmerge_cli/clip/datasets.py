@@ -12,6 +12,9 @@ it; ``train`` is the rest, so fine-tuning never sees a Val image.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from negmerge_cli import files
 from negmerge_cli.clip import classnames as names
 from negmerge_cli.clip import templates as prompts
 from negmerge_cli.errors import NegmergeError, UsageError
@@ -125,13 +129,40 @@ class _TorchvisionSource:
 
 
 def open_image(path: str) -> Image.Image:
+    with _read_image(path) as image:
+        image.load()
+        return image
+
+
+@contextlib.contextmanager
+def _read_image(path: str):
+    """A PIL image of a regular file (a FIFO would hang a loader worker); anything unreadable is
+    one line naming the file. Not registered as an input one by one: the images' folder is
+    (``register_input_tree``), rather than possibly a million files."""
+    fd = files.open_regular(path, register=False)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
+        with os.fdopen(fd, "rb") as handle, Image.open(handle) as image:
+            yield image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise NegmergeError(f"{path}: cannot read image ({reason})") from None
+
+
+def check_images(data: "ImageSet", threads: int = 8) -> None:
+    """Open every image file of ``data`` and read its header (not its pixels): a file that is not
+    an image, or not a regular file, fails here in one line, before a command writes anything.
+    Sources in torchvision's layouts are left out: torchvision opens their files itself."""
+    if not isinstance(data.source, _FileSource):
+        return
+    order = data.indices if data.indices is not None else range(len(data.source))
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(_check_image_header, (data.source.samples[i][0] for i in order)):
+            pass  # map raises the first failure in order
+
+
+def _check_image_header(path: str) -> None:
+    with _read_image(path):
+        pass
 
 
 # --- the dataset object the rest of the package uses --------------------------------------------
@@ -177,6 +208,8 @@ def load_dataset(
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     split = spec.split or default_split
     train, test, classnames = _open_source(spec)
+    if spec.root is not None:
+        files.register_input_tree(spec.root)  # no output may replace a file of the dataset
     if split == "test" and test is None:
         if spec.split is None and spec.kind == "folder":
             source, indices, split = train, None, "all"  # a flat folder evaluates on all its images
@@ -326,7 +359,8 @@ def _open_resisc45(spec):
         listing = base / f"resisc45-{name}.txt"
         if not listing.is_file():
             raise NegmergeError(f"{listing}: missing split list for resisc45")
-        keep = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+        text = files.read_text(listing, limit=64 * 2**20, what="a split list")
+        keep = {line.strip() for line in text.splitlines() if line.strip()}
         return _FileSource([s for s in every.samples if Path(s[0]).name in keep])
 
     return split("train"), split("test"), tuple(names.folder_name(c) for c in classes)

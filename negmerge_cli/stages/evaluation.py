@@ -9,6 +9,7 @@ text tower untouched (the case for image-encoder fine-tunes), else rebuilt per l
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class SearchOptions:
             raise UsageError(f"{option('search')} {self.search!r}: choose grid, fast or compare")
         if not 0 < self.threshold <= 1:
             raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
+        if not self.coefs or not all(math.isfinite(c) for c in self.coefs):
+            raise UsageError(f"{option('coefs')}: give one or more finite coefficients")
 
 
 def check_eval_mode(vector: Optional[str], data: Sequence[str], forget: Optional[str], retain: Optional[str],
@@ -90,7 +93,7 @@ def evaluate(specs: Sequence[str], options: EvalOptions, *, json_out: Optional[P
     """Top-1/top-5/mean per-class recall of one model on each dataset (test split by default);
     the results also go to ``json_out`` when given."""
     with files.operation():
-        _check_outputs([json_out], force)
+        _check_outputs([json_out], force, options, specs)
         results = [_evaluate_one(data, model, options) for model, data in _each_dataset(specs, options, "test")]
         if json_out:
             files.write_json(json_out, [r.to_json() for r in results], force=force)
@@ -140,8 +143,19 @@ def _open_sets(specs: Sequence[str], options: EvalOptions, default_split: str):
     return [datasets.load_dataset(s, default_split, options.classnames, options.templates) for s in specs]
 
 
-def _check_outputs(paths: Sequence[Optional[Path]], force: bool) -> None:
-    """Fail on an output that cannot be written before minutes of evaluation, not after."""
+def _check_outputs(paths: Sequence[Optional[Path]], force: bool, options: EvalOptions, specs: Sequence[str],
+                   vector: Optional[str] = None) -> None:
+    """Fail on an output that cannot be written (it exists, or it is one of the inputs) before
+    minutes of evaluation, not after: the inputs are registered before they are read."""
+    from negmerge_cli.clip.datasets import parse_spec
+
+    for path in (options.checkpoint, options.pretrained, options.templates, options.classnames, vector):
+        if path:
+            files.register_input(path)
+    for spec in specs:
+        root = parse_spec(spec).root
+        if root is not None:
+            files.register_input_tree(root)
     for path in paths:
         if path is not None:
             files.check_target(Path(path), force=force)
@@ -158,7 +172,7 @@ def search_coefficient(model_options: EvalOptions, options: SearchOptions, *, js
     given; :meth:`SearchResult.chosen` is None when no lambda keeps the retain bar."""
     with files.operation():
         check_eval_mode(options.vector, (), options.forget, options.retain, plot)
-        _check_outputs([json_out, plot], force)
+        _check_outputs([json_out, plot], force, model_options, [options.forget, options.retain], options.vector)
         result = _Search(model_options, options).run()
         if json_out:
             files.write_json(json_out, result.to_json(), force=force)

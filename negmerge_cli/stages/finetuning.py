@@ -106,6 +106,9 @@ class _SweepRun:
         self.folder = SweepFolder(options.output, identity_of(
             options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
             options.templates, options.classnames, options.crop_scale, options.hflip))
+        if ranks.is_main and not self.folder.base.exists():  # a new sweep: no folder for unreadable data
+            for data in (self.train_set, self.val_set):
+                datasets.check_images(data)
 
     def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
         """Claim the folder, write the base, build the model and head; the points still to train."""
@@ -135,7 +138,7 @@ class _SweepRun:
             folder.check_identity()
             if not folder.base.exists():
                 base_model = base_model or models.create_model(options.model, options.pretrained)
-                metadata = provenance("finetune", role="base", model=options.model,
+                metadata = provenance("finetune", kind="checkpoint", role="base", model=options.model,
                                       pretrained=options.pretrained, data=options.data)
                 models.save_checkpoint(base_model, folder.base, metadata)
                 output().log(f"wrote {folder.base}")
@@ -194,8 +197,8 @@ class _SweepRun:
 
         options = self.options
         metrics = self._validate()
-        metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
-                              base=self.folder.base.name, hyperparameters=point.hyperparameters(),
+        metadata = provenance("finetune", kind="checkpoint", model=options.model, pretrained=options.pretrained,
+                              data=options.data, base=self.folder.base.name, hyperparameters=point.hyperparameters(),
                               val_acc1=f"{metrics.acc1:.6f}")
         models.save_checkpoint(self.model, self.folder.checkpoint(point), metadata, force=True)
         self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(),
