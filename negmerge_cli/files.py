@@ -35,7 +35,7 @@ from typing import Iterator
 from negmerge_cli.errors import NegmergeError, OutputError, switch
 
 _operation_inputs: list[set[tuple[int, int]]] = []  # one set per active operation (outermost first)
-_input_trees: list[set[tuple[int, int]]] = []  # folders whose existing files are all inputs
+_input_trees: list[dict[tuple[int, int], tuple[str, ...]]] = []  # folder -> suffixes of its input files
 _deferred: list[list["PendingFile"]] = []
 
 
@@ -51,7 +51,7 @@ def operation() -> Iterator[None]:
         yield
         return
     _operation_inputs.append(set())
-    _input_trees.append(set())
+    _input_trees.append({})
     try:
         yield
     finally:
@@ -68,14 +68,15 @@ def register_input(source: str | os.PathLike | int) -> None:
         _operation_inputs[0].add(identity)
 
 
-def register_input_tree(folder: str | os.PathLike) -> None:
-    """Record a folder read file by file (a dataset's images): no existing file below it may be
-    replaced. Cheaper than registering each of a million images, and it holds for files read in
-    worker processes too."""
+def register_input_tree(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
+    """Record a folder read file by file (a dataset): no existing file below it whose name ends in
+    one of ``suffixes`` (its images, split lists) may be replaced. Cheaper than registering each
+    of a million images, and it holds for files read in worker processes too; an output folder
+    inside the dataset (a sweep beside ``train/``) stays writable."""
     if _input_trees:
         identity = _identity(folder)
         if identity is not None:
-            _input_trees[0].add(identity)
+            _input_trees[0][identity] = _input_trees[0].get(identity, ()) + tuple(s.lower() for s in suffixes)
 
 
 def is_input(path: str | os.PathLike) -> bool:
@@ -84,8 +85,8 @@ def is_input(path: str | os.PathLike) -> bool:
         return False
     if identity in _operation_inputs[0]:
         return True
-    trees = _input_trees[0]
-    return bool(trees) and any(_identity(folder) in trees for folder in Path(path).resolve().parents)
+    real, trees = Path(path).resolve(), _input_trees[0]
+    return bool(trees) and any(real.name.lower().endswith(trees.get(_identity(folder), ())) for folder in real.parents)
 
 
 def check_target(path: Path, *, force: bool = False, owned: bool = False) -> None:
@@ -278,7 +279,7 @@ def deferred_commits() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for pending in _deferred.pop():
+        for pending in reversed(_deferred.pop()):  # newest first: folders an earlier file made are empty by then
             pending.discard()
         raise
     ready = _deferred.pop()
@@ -289,7 +290,7 @@ def deferred_commits() -> Iterator[None]:
             else:
                 pending._rename()
     except BaseException:
-        for pending in ready:
+        for pending in reversed(ready):
             pending.discard()
         raise
 

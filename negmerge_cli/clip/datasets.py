@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from negmerge_cli import files
 from negmerge_cli.clip import classnames as names
@@ -34,6 +34,7 @@ VAL_FRACTION = 0.1
 VAL_MAX = 5000
 VAL_SEED = 0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DATA_SUFFIXES = IMAGE_EXTENSIONS + (".txt", ".csv", ".mat")  # what a dataset folder is read for
 _DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
 
 # Epochs of the paper (with RandAugment) and of the older task-arithmetic runs (without).
@@ -54,6 +55,13 @@ class DatasetSpec:
     def name(self) -> str:
         """Readable dataset name for tables and JSON (kind, or the folder's name)."""
         return self.root.name if self.kind == "folder" and self.root else self.kind
+
+
+def protect(spec: DatasetSpec) -> None:
+    """Make the dataset's files (images, split lists, annotations) inputs of the current operation:
+    no output may replace one of them."""
+    if spec.root is not None:
+        files.register_input_tree(spec.root, DATA_SUFFIXES)
 
 
 def parse_spec(text: str) -> DatasetSpec:
@@ -143,6 +151,8 @@ def _read_image(path: str):
     try:
         with os.fdopen(fd, "rb") as handle, Image.open(handle) as image:
             yield image
+    except UnidentifiedImageError:
+        raise NegmergeError(f"{path}: cannot read image (not an image, or a format PIL does not know)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise NegmergeError(f"{path}: cannot read image ({reason})") from None
@@ -208,8 +218,7 @@ def load_dataset(
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     split = spec.split or default_split
     train, test, classnames = _open_source(spec)
-    if spec.root is not None:
-        files.register_input_tree(spec.root)  # no output may replace a file of the dataset
+    protect(spec)
     if split == "test" and test is None:
         if spec.split is None and spec.kind == "folder":
             source, indices, split = train, None, "all"  # a flat folder evaluates on all its images

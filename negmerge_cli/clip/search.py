@@ -28,8 +28,10 @@ def parse_coefs(text: str) -> list[float]:
         if ":" in text:
             start, stop, num = text.split(":")
             start, stop, count = float(start), float(stop), int(num)
-            if not 1 <= count <= MAX_COEFS:
+            if count < 1:
                 raise ValueError
+            if count > MAX_COEFS:
+                raise UsageError(f"{option('coefs')} {text!r}: at most {MAX_COEFS:,} coefficients")
             step = (stop - start) / (count - 1) if count > 1 else 0.0
             values = [start + i * step for i in range(count)]
         else:
@@ -38,8 +40,10 @@ def parse_coefs(text: str) -> list[float]:
         raise UsageError(f"{option('coefs')} {text!r}: use START:STOP:NUM (e.g. 0:1:21) or a list like 0,0.5,1") from None
     if not values:
         raise UsageError(f"{option('coefs')} {text!r}: no coefficients")
-    if len(values) > MAX_COEFS or not all(math.isfinite(v) for v in values):
-        raise UsageError(f"{option('coefs')} {text!r}: at most {MAX_COEFS:,} coefficients, each a finite number")
+    if len(values) > MAX_COEFS:
+        raise UsageError(f"{option('coefs')} {text!r}: at most {MAX_COEFS:,} coefficients")
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option('coefs')} {text!r}: every coefficient must be a finite number")
     return sorted({round(v, 10) for v in values})
 
 

@@ -147,15 +147,13 @@ def _check_outputs(paths: Sequence[Optional[Path]], force: bool, options: EvalOp
                    vector: Optional[str] = None) -> None:
     """Fail on an output that cannot be written (it exists, or it is one of the inputs) before
     minutes of evaluation, not after: the inputs are registered before they are read."""
-    from negmerge_cli.clip.datasets import parse_spec
+    from negmerge_cli.clip import datasets
 
     for path in (options.checkpoint, options.pretrained, options.templates, options.classnames, vector):
         if path:
             files.register_input(path)
     for spec in specs:
-        root = parse_spec(spec).root
-        if root is not None:
-            files.register_input_tree(root)
+        datasets.protect(datasets.parse_spec(spec))
     for path in paths:
         if path is not None:
             files.check_target(Path(path), force=force)
