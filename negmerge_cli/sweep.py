@@ -16,16 +16,16 @@ command skips finished points.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
-import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from negmerge_cli import files
+from negmerge_cli.checkpoint.strict_json import load_json
 from negmerge_cli.errors import OutputError, UsageError, option
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
 
@@ -174,12 +174,8 @@ class SweepFolder:
     def locked(self):
         """An exclusive flock on DIR/.lock: serialises sweep.json, base and manifest updates."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with files.locked(self.root / LOCK):
+            yield
 
     def check_identity(self) -> None:
         """Refuse a folder that holds another sweep; claim an empty one (call under the lock)."""
@@ -220,7 +216,7 @@ class SweepFolder:
     def rebuild_manifest(self) -> SweepManifest:
         with self.locked():
             sweep = _read_json(self.root / "sweep.json")
-            records = sorted((PointRecord.from_json(_read_json(p)) for p in (self.root / RECORDS).glob("*.json")),
+            records = sorted((_read_as(p, PointRecord.from_json) for p in (self.root / RECORDS).glob("*.json")),
                              key=lambda r: (r.index, r.name))
             base = sweep.get("base", {})
             val = Metrics.from_json(base["val"]) if base.get("val") else None
@@ -234,7 +230,7 @@ def read_manifest(folder: str | Path) -> SweepManifest:
     path = Path(folder) / "manifest.json"
     if not path.exists():
         raise OutputError(f"{path}: no such file (is {folder} a finetune sweep folder?)")
-    return SweepManifest.from_json(_read_json(path))
+    return _read_as(path, SweepManifest.from_json)
 
 
 # What an identity key means when a sweep.json lacks it: sweeps written before the key existed
@@ -272,13 +268,31 @@ def _describe_weights(pretrained: Optional[str]) -> Optional[str]:
 
 
 def _file_digest(path: Optional[Path]) -> Optional[str]:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    if not path:
+        return None
+    return hashlib.sha256(files.read_bytes(path, error=UsageError, limit=_MAX_JSON_BYTES,
+                                           what="a --templates or --classnames file")).hexdigest()
+
+
+_MAX_JSON_BYTES = 64 * 2**20  # a sweep's JSON files are small; a huge one is not ours
+_FIX = "remove it or use another output folder"
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    """One of the sweep's own JSON files ({} when absent): a regular file of strict JSON, an object."""
+    if not os.path.lexists(path):
         return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OutputError(f"{path}: not valid JSON ({exc}); remove it or use another output folder") from None
+    raw = files.read_bytes(path, error=OutputError, limit=_MAX_JSON_BYTES, what="a sweep file", register=False)
+    data = load_json(raw, str(path), error=OutputError)
+    if not isinstance(data, dict):
+        raise OutputError(f"{path}: not a JSON object; {_FIX}")
+    return data
+
+
+def _read_as(path: Path, build):
+    """A record or manifest rebuilt from its JSON; a file of another shape is one line, not a traceback."""
+    try:
+        return build(_read_json(path))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise OutputError(f"{path}: not a record of a finetune sweep (fields missing or of the wrong type); "
+                          f"{_FIX}") from None

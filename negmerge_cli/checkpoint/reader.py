@@ -7,10 +7,8 @@ of its bytes as a by-product of reading it front to back (see :class:`Sequential
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import stat
 import threading
 from pathlib import Path
 from typing import Callable
@@ -30,11 +28,6 @@ from negmerge_cli.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _HASH_BLOCK = 16 * 1024 * 1024
-_SPECIAL_KINDS = {
-    stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
-}
-_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
 def _nothing() -> None:
@@ -42,41 +35,14 @@ def _nothing() -> None:
 
 
 def open_regular(path: str | os.PathLike) -> int:
-    """Open a regular file (or a symlink to one) for reading; CheckpointError for anything else.
-
-    Every read of a user's checkpoint file goes through here, because special files hang or never
-    end: opening a FIFO waits for a writer, reading one waits for data, a device may be endless.
-    The path is checked before opening (so no device is even opened), opened with O_NONBLOCK (in
-    case it became a FIFO meanwhile) and checked again on the descriptor that will be read."""
-    path = Path(path)
-    try:
-        _check_regular(path, os.stat(path))
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        reason = _OPEN_ERRORS.get(error.errno, error.strerror or str(error))
-        raise CheckpointError(f"{path}: {reason}") from None
-    try:
-        _check_regular(path, os.fstat(fd))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _check_regular(path: Path, status: os.stat_result) -> None:
-    if not stat.S_ISREG(status.st_mode):
-        kind = _SPECIAL_KINDS.get(stat.S_IFMT(status.st_mode), "special file")
-        raise CheckpointError(f"{path}: not a regular file ({kind})")
+    """A checkpoint file opened by the file rules (:func:`files.open_regular`: regular files only,
+    registered as an input); CheckpointError for anything else."""
+    return files.open_regular(path, error=CheckpointError)
 
 
 def _read_index_file(path: Path) -> bytes:
     """The bytes of an index file, which is metadata: capped like a safetensors header."""
-    with open(open_regular(path), "rb") as handle:
-        data = handle.read(MAX_HEADER_BYTES + 1)
-    if len(data) > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{path}: larger than {MAX_HEADER_BYTES:,} bytes; not an index")
-    return data
+    return files.read_bytes(path, error=CheckpointError, limit=MAX_HEADER_BYTES, what="an index")
 
 
 class SequentialHasher:
@@ -212,10 +178,7 @@ class Checkpoint:
 
 def open_checkpoint(path: str | os.PathLike, digest: bool = True) -> Checkpoint:
     """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder."""
-    checkpoint = _open(Path(path), digest)
-    for file in [checkpoint.path, *(f.path for f in checkpoint.files)]:
-        files.register_input(file)  # outputs of this operation may never replace it
-    return checkpoint
+    return _open(Path(path), digest)  # every file is opened by open_regular, which registers it as an input
 
 
 def _open(path: Path, digest: bool) -> Checkpoint:

@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from negmerge_cli import files
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_checkpoint, open_regular
 from negmerge_cli.convert import unpickle
 from negmerge_cli.errors import CheckpointError
@@ -30,8 +29,7 @@ def read_source(path: str | Path) -> Source:
             tensors = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
             hashes = {Path(p): h for p, h in checkpoint.file_hashes().items()}
         return Source(path, tensors, hashes)
-    with os.fdopen(open_regular(path), "rb") as handle:  # regular files only: a FIFO would hang
-        files.register_input(handle.fileno())
+    with os.fdopen(open_regular(path), "rb") as handle:  # regular files only (a FIFO would hang); an input
         digest = _sha256(handle)
         handle.seek(0)
         return Source(path, _pickled_tensors(path, handle), {path: digest})

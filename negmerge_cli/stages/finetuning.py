@@ -117,17 +117,11 @@ class _SweepRun:
         models.check_model_name(options.model)
         self.train_set = datasets.load_dataset(options.data, "train", options.classnames, options.templates)
         self.val_set = datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
-        self.quick_gelu = (models.needs_quick_gelu(options.model, options.pretrained)
-                           if options.quick_gelu is None else options.quick_gelu)
-        self.folder = SweepFolder(options.output, {**identity_of(
-            options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
-            options.templates, options.classnames, options.crop_scale, options.hflip, options.seed_mode,
-            options.freeze, quick_gelu=self.quick_gelu, precision=options.precision), **self._data_protocol()})
-
-    def _data_protocol(self) -> dict:
-        """Where train and Val come from and how RandAugment resamples: part of what a sweep is."""
-        return {"train_split": self.train_set.split_source, "val_split": self.val_set.split_source,
-                "randaug_interpolation": self.options.randaug_interpolation}
+        self.quick_gelu = _quick_gelu(options)
+        self.folder = SweepFolder(options.output, sweep_identity(options, self.train_set, self.val_set))
+        if ranks.is_main and not self.folder.base.exists():  # a new sweep: no folder for unreadable data
+            for data in (self.train_set, self.val_set):
+                datasets.check_images(data)
 
     def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
         """Claim the folder, write the base, build the model and head; the points still to train."""
@@ -160,7 +154,7 @@ class _SweepRun:
             folder.check_identity()
             if not folder.base.exists():
                 base_model = base_model or build()
-                metadata = provenance("finetune", role="base", model=options.model,
+                metadata = provenance("finetune", kind="checkpoint", role="base", model=options.model,
                                       pretrained=options.pretrained, data=options.data)
                 models.save_checkpoint(base_model, folder.base, metadata)
                 output().log(f"wrote {folder.base}")
@@ -220,7 +214,7 @@ class _SweepRun:
         options = self.options
         metrics = self._validate()
         transform = describe_train_transform(options, point.randaug, self.train_set.spec.kind)
-        metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
+        metadata = provenance("finetune", kind="checkpoint", model=options.model, pretrained=options.pretrained, data=options.data,
                               base=self.folder.base.name, hyperparameters=point.hyperparameters(),
                               precision=options.precision, seed_mode=options.seed_mode,
                               freeze=self.folder.identity["freeze"], frozen_parameters=stats["frozen_parameters"],
@@ -252,6 +246,29 @@ def describe_train_transform(options: FinetuneOptions, randaug: str, kind: str) 
     gray = "resize to the model's size, 3-channel grayscale, then " if kind in datasets.GRAYSCALE_BEFORE_RANDAUG else ""
     return (f"{gray}timm transforms_imagenet_train {randaug}, interpolation {options.randaug_interpolation}, "
             f"crop scale {options.crop_scale:g}, hflip {options.hflip:g}")
+
+
+def sweep_identity(options: FinetuneOptions, train_set=None, val_set=None) -> dict:
+    """What a sweep folder is a sweep of (its sweep.json): a run with other values is refused. The
+    data sets are loaded unless given (a run has them already)."""
+    from negmerge_cli.clip import datasets
+
+    train_set = train_set or datasets.load_dataset(options.data, "train", options.classnames, options.templates)
+    val_set = val_set or datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
+    identity = identity_of(
+        options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
+        options.templates, options.classnames, options.crop_scale, options.hflip, options.seed_mode,
+        options.freeze, quick_gelu=_quick_gelu(options), precision=options.precision)
+    # where train and Val come from and how RandAugment resamples are part of what a sweep is
+    return {**identity, "train_split": train_set.split_source, "val_split": val_set.split_source,
+            "randaug_interpolation": options.randaug_interpolation}
+
+
+def _quick_gelu(options: FinetuneOptions) -> bool:
+    from negmerge_cli.clip import models
+
+    return models.needs_quick_gelu(options.model, options.pretrained) if options.quick_gelu is None \
+        else options.quick_gelu
 
 
 def _settings(options: FinetuneOptions, point: GridPoint):
