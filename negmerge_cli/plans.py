@@ -56,6 +56,10 @@ def stored(name: str, checkpoint: Checkpoint) -> Held:
     return Held(checkpoint.path, entry.dtype, entry.shape)
 
 
+def listed(path: Path, zero: ZeroTensor) -> Held:
+    return Held(path, zero.dtype, zero.shape)
+
+
 def check_shapes(name: str, checkpoints: list[Checkpoint]) -> None:
     check_same_shape(name, [stored(name, c) for c in checkpoints])
 
@@ -132,7 +136,7 @@ def _holding(name: str, sources: list[Checkpoint], zeros: list[dict[str, ZeroTen
             require_float(name, checkpoint, "task vectors hold floating-point tensors only")
             held.append(stored(name, checkpoint))
         elif name in zero:
-            held.append(Held(checkpoint.path, zero[name].dtype, zero[name].shape))
+            held.append(listed(checkpoint.path, zero[name]))
     if len(held) < len(sources) and not missing_as_zero:
         absent = next(c for c, z in zip(sources, zeros) if name not in c and name not in z)
         present = next(c for c, z in zip(sources, zeros) if name in c or name in z)
@@ -233,9 +237,11 @@ def plan_apply(base: Checkpoint, vector: Checkpoint, dtype: torch.dtype | None,
             continue
         if name not in base:
             raise CheckpointError(f"{vector.path}: tensor '{name}' is not in the base {base.path}")
-        held = stored(name, vector) if name in vector else Held(vector.path, zeros[name].dtype, zeros[name].shape)
         if name in vector:
             require_float(name, vector, "task vectors hold floating-point tensors only")
+            held = stored(name, vector)
+        else:
+            held = listed(vector.path, zeros[name])
         if is_float(base.entry(name).dtype):
             check_same_shape(name, [stored(name, base), held])
     jobs = []
