@@ -190,7 +190,7 @@ def split_zero_jobs(jobs: list[TensorJob], has_base: bool, engine: Engine) -> tu
     re-reads the left-out bytes for the SHA-256, unless hashing is off).
     """
     kept, zeros = [], []
-    with output().progress("finding unchanged tensors", sum(j.read_bytes for j in jobs), unit="bytes") as advance:
+    with output().progress("finding all-zero tensors", sum(j.read_bytes for j in jobs), unit="bytes") as advance:
         for job in jobs:
             if job.numel and _all_taus_zero(job, has_base, engine):
                 zeros.append(ZeroTensor(job.name, job.out_dtype, job.shape))
