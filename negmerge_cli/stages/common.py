@@ -30,6 +30,7 @@ class StreamOptions:
     shard_size: str | None = None
     force: bool = False
     missing_as_zero: bool = False
+    keep_zero: bool = False  # vector, merge: also write tensors that are zero in every element
     allow_nonfinite: bool = False
     hash_inputs: bool = True
 
