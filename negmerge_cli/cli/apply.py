@@ -11,7 +11,7 @@ from negmerge_cli.cli import options as opt
 from negmerge_cli.cli.common import report
 
 
-@opt.with_options(opt.STREAMING.only("device", "dtype", "max_memory", "shard_size", "allow_nonfinite", "no_hash",
+@opt.with_options(opt.STREAMING.only("device", "dtype", "max_memory", "shard_size", "allow_nonfinite", "no_hash", "rehash",
                                      "force"), opt.QUIET)
 def apply(
     base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint to modify.")],
