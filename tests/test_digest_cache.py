@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,22 +197,26 @@ def test_an_unusable_cache_folder_never_fails_a_merge(tmp_path, monkeypatch):
 
 
 def test_two_merges_at_once_share_the_cache(tmp_path, cache):
-    inputs = make_vectors(tmp_path / "in", 4, {"w": (1000, 1000), "b": (1000,)})
+    """One merge in a subprocess, the other here, started once the first is streaming: both hash
+    the same (uncached) inputs and record the same entries at about the same time."""
+    inputs = make_vectors(tmp_path / "in", 4, {"w": (2000, 1000), "b": (1000,)})
     outs = [tmp_path / f"m{i}.safetensors" for i in range(2)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    runs = [subprocess.Popen([sys.executable, "-m", "negmerge_cli", "merge", "-q", "-o", str(out),
+    other = subprocess.Popen([sys.executable, "-m", "negmerge_cli", "merge", "-q", "-o", str(outs[0]),
                               "--max-memory", "20MB", *map(str, inputs)], env=env, stderr=subprocess.PIPE)
-            for out in outs]
-    for run in runs:
-        assert run.wait(timeout=120) == 0, run.stderr.read()
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".m0.safetensors.*.tmp")) and other.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    merge_vectors(inputs, outs[1], options=StreamOptions(device="cpu", max_memory="20MB"))
+    assert other.wait(timeout=120) == 0, other.stderr.read()
     expected = {p.name: sha256sum(p) for p in inputs}
     assert all(recorded_inputs(out) == expected for out in outs)
     assert torch.equal(load_file(str(outs[0]))["w"], load_file(str(outs[1]))["w"])
     for path in [*inputs, *outs]:
         assert cached(path) == sha256sum(path)
-    entries = [e for e in cache.iterdir() if not e.name.startswith(".")]
-    assert len(entries) == len(inputs) + len(outs)  # one per file, no temporary file left behind
-    assert not [e for e in cache.iterdir() if e.name.startswith(".")]
+    names = sorted(e.name for e in cache.iterdir())
+    assert len(names) == len(inputs) + len(outs)  # one entry per file, no temporary file left behind
+    assert not [n for n in names if n.startswith(".")]
 
 
 # -- NaN/Inf: checked once per slice on the running sum, the culprit named as before -----------
