@@ -38,7 +38,6 @@ _SPECIAL_KINDS = {
 _OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
-
 def open_regular(path: str | os.PathLike) -> int:
     """Open a regular file (or a symlink to one) for reading; CheckpointError for anything else.
 
