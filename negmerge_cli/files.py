@@ -30,7 +30,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from negmerge_cli.errors import NegmergeError, OutputError, switch
 
@@ -198,11 +198,17 @@ class PendingFile:
 
     Use as a context manager (commit on success, discard on any exception), or call
     :meth:`commit` / :meth:`discard` directly when several files belong together. ``sync=False``
-    skips the fsyncs, for many small files whose set is marked complete by another file."""
+    skips the fsyncs, for many small files whose set is marked complete by another file;
+    ``deferred=False`` renames on commit even inside :func:`deferred_commits` (caches, not outputs).
+    ``on_renamed(status)`` runs once the file is in place, with the ``os.stat_result`` of its
+    final version (same inode, size and mtime as the committed temporary file)."""
 
-    def __init__(self, path: str | os.PathLike, *, force: bool = False, owned: bool = False, sync: bool = True):
+    def __init__(self, path: str | os.PathLike, *, force: bool = False, owned: bool = False, sync: bool = True,
+                 deferred: bool = True):
         self.path = Path(path)
-        self._force, self._owned, self._sync = force, owned, sync
+        self._force, self._owned, self._sync, self._deferrable = force, owned, sync, deferred
+        self.on_renamed: Callable[[os.stat_result], None] | None = None
+        self._final_status: os.stat_result | None = None
         check_target(self.path, force=force, owned=owned)
         self._created = _make_folders(self.path.parent)
         try:
@@ -228,9 +234,10 @@ class PendingFile:
         self.guarded(self.handle.flush)
         if self._sync:
             self.guarded(os.fsync, self.handle.fileno())
+        self._final_status = os.fstat(self.handle.fileno())  # the last write's mtime; rename keeps it
         self.guarded(self.handle.close)
         os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        if _deferred:
+        if _deferred and self._deferrable:
             _deferred[-1].append(self)
         else:
             self._rename()
@@ -242,6 +249,8 @@ class PendingFile:
         self.temp = None
         if self._sync:
             _fsync_folder(self.path.parent)
+        if self.on_renamed is not None:
+            self.on_renamed(self._final_status)
 
     def discard(self) -> None:
         """Remove the temporary file and any folder this write created; never raises."""

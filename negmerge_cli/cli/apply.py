@@ -12,7 +12,7 @@ from negmerge_cli.cli.common import report
 
 
 @opt.with_options(opt.STREAMING.only("device", "dtype", "max_memory", "shard_size", "allow_nonfinite", "no_hash",
-                                     "force"), opt.SELECTION, opt.QUIET)
+                                     "rehash", "force"), opt.SELECTION, opt.QUIET)
 def apply(
     base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint to modify.")],
     vector: Annotated[Path, typer.Option("--vector", "-v", help="Task vector to add.")],

@@ -112,6 +112,8 @@ STREAMING = OptionGroup("stream", [
     option("no_hash", Annotated[bool, typer.Option(
         "--no-hash", help="Skip the SHA-256 of the inputs in the output's metadata (faster on huge merges).")],
         False),
+    option("rehash", Annotated[bool, typer.Option(
+        "--rehash", help="Hash every input afresh instead of trusting the digest cache (docs/files.md).")], False),
     option("force", Force, False),
 ], _stream_options)
 

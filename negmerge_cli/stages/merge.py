@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,7 +18,7 @@ from negmerge_cli.plans import plan_merge, task_vectors, vector_sources
 from negmerge_cli.selection import EVERYTHING, TensorSelection
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
 from negmerge_cli.stages.vector import omit_zero_tensors
-from negmerge_cli.streaming import Engine, TensorJob
+from negmerge_cli.streaming import Engine, TensorJob, check_sum
 
 
 def merge_vectors(
@@ -55,9 +56,12 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         has_base = base_checkpoint is not None
         jobs, omitted = omit_zero_tensors(jobs, has_base, options, Path(output))
         buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)
+        # methods that sum every input check one running sum per slice instead of every input
+        sums_checked = merger.sums_every_input and not options.allow_nonfinite
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
-            chunk = Chunk(job.name, start, stop, len(sources), weights)
+            verify = {"verify_sum": functools.partial(check_sum, job, start, stop)} if sums_checked else {}
+            chunk = Chunk(job.name, start, stop, len(sources), weights, **verify)
             return merger.merge_chunk(chunk, task_vectors(slices, has_base))
 
         def before_job(job: TensorJob, engine: Engine) -> None:
@@ -78,6 +82,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         return stream_to_file(
             Path(output), jobs, process, metadata, hashed, options,
             float_buffers=lambda job: buffers, before_job=before_job, description=f"merge ({merger.name})",
+            sums_checked=sums_checked,
         )
 
 
