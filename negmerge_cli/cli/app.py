@@ -16,6 +16,7 @@ import typer
 
 from negmerge_cli import __version__, files
 from negmerge_cli.cli import apply, convert, demo, evaluate, finetune, inspect, merge, vector
+from negmerge_cli.invocation import invoked_as
 from negmerge_cli.errors import NegmergeError, use_cli_option_names
 from negmerge_cli.output import output
 
@@ -58,7 +59,7 @@ def run(argv: list[str] | None) -> int:
     use_cli_option_names(True)
     args = sys.argv[1:] if argv is None else argv
     try:
-        with files.operation():
+        with files.operation(), invoked_as(args):
             code = app(args=args or ["--help"], prog_name="negmerge", standalone_mode=False)
         if code == 130:  # Typer turns Ctrl-C into exit code 130 after our cleanup has run
             output().error("interrupted; no output was written")

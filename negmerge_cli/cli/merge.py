@@ -38,7 +38,7 @@ METHODS_HELP = "\n\n".join(f"{name}: {cls.summary}" for name, cls in sorted(REGI
 @opt.with_options(_method_options(), opt.SELECTION, opt.STREAMING, opt.QUIET)
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Task vectors, or fine-tuned checkpoints with --base.")],
-    output: opt.Output,
+    output: opt.OutputTarget,
     method: Annotated[str, typer.Option("--method", "-m", help="Merge method (listed below).")] = "negmerge",
     base: Annotated[Optional[Path], typer.Option("--base", "-b", help="Form vectors on the fly as INPUT - BASE.")] = None,
     weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Per-input weight, once per input in order (sum, mean, dare).")] = None,
@@ -46,7 +46,8 @@ def merge(
     selection=None,
     stream=None,
 ) -> None:
-    """Merge task vectors into one (NegMerge by default), streaming tensor by tensor."""
+    """Merge task vectors into one (NegMerge by default), streaming tensor by tensor. With -o DIR/
+    the output is a folder: weights in the base's layout, the base's other files, a model card."""
     from negmerge_cli.stages import merge_vectors
 
     result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, selection=selection,

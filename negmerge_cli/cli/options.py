@@ -17,6 +17,10 @@ import typer
 # -- single options ----------------------------------------------------------------------------
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="Output safetensors file.", dir_okay=False)]
+# merge, apply: a str, not a Path, so that a trailing "/" (an output folder) survives
+OutputTarget = Annotated[str, typer.Option(
+    "--output", "-o", help="Output safetensors file, or a folder (existing, or ending with /): a complete model "
+                           "folder with the base's other files and a model card (docs/files.md).")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Replace existing output files.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or summaries on stderr.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
@@ -90,8 +94,9 @@ QUIET = OptionGroup(None, [option("quiet", Quiet, False)], _configure_output)
 def _stream_options(**values: Any):
     from negmerge_cli.stages import StreamOptions
 
-    hash_inputs = not values.pop("no_hash", False)
-    return StreamOptions(**values, hash_inputs=hash_inputs)
+    negated = {"hash_inputs": "no_hash", "copy_files": "no_copy_files", "model_card": "no_model_card"}
+    switched_on = {name: not values.pop(flag, False) for name, flag in negated.items()}
+    return StreamOptions(**values, **switched_on)
 
 
 STREAMING = OptionGroup("stream", [
@@ -114,8 +119,16 @@ STREAMING = OptionGroup("stream", [
         False),
     option("rehash", Annotated[bool, typer.Option(
         "--rehash", help="Hash every input afresh instead of trusting the digest cache (docs/files.md).")], False),
+    option("no_copy_files", Annotated[bool, typer.Option(
+        "--no-copy-files", help="With an output folder: do not copy the base folder's other files (config, "
+                                "tokenizer...).")], False),
+    option("no_model_card", Annotated[bool, typer.Option(
+        "--no-model-card", help="With an output folder: do not write a README.md model card.")], False),
     option("force", Force, False),
 ], _stream_options)
+
+# the streaming options of a command that writes no model folder (vector)
+STREAMING_TO_FILE = STREAMING.only(*(p.name for p in STREAMING.params if p.name not in {"no_copy_files", "no_model_card"}))
 
 
 def _selection(include: Optional[list[str]], exclude: Optional[list[str]]):

@@ -11,7 +11,7 @@ from negmerge_cli.cli import options as opt
 from negmerge_cli.cli.common import report
 
 
-@opt.with_options(opt.SELECTION, opt.STREAMING, opt.QUIET)
+@opt.with_options(opt.SELECTION, opt.STREAMING_TO_FILE, opt.QUIET)
 def vector(
     finetuned: Annotated[list[Path], typer.Argument(help="Fine-tuned checkpoint(s): file, index or folder.")],
     base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint the fine-tunes started from.")],

@@ -12,6 +12,7 @@ import torch
 from negmerge_cli import files
 from negmerge_cli.checkpoint.provenance import architecture_of, provenance
 from negmerge_cli.errors import UsageError, option
+from negmerge_cli.model_folder import plan_output
 from negmerge_cli.plans import plan_apply
 from negmerge_cli.selection import EVERYTHING, TensorSelection
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
@@ -22,12 +23,14 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
                  options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING) -> StreamResult:
     """Write base + scale * vector over the selected tensors. Tensors absent from the vector (or
     omitted as zero, or not selected), and non-float tensors, are copied from the base unchanged;
-    the output keeps the base's dtypes unless ``options.dtype``."""
+    the output keeps the base's dtypes unless ``options.dtype``. An ``output`` folder (existing,
+    or ending with ``/``) becomes a complete model folder (:mod:`negmerge_cli.model_folder`)."""
     options = options or StreamOptions()
     if not math.isfinite(scale):
         raise UsageError(f"{option('scale')} {scale}: must be a finite number")
     with files.operation(), ExitStack() as stack:
         base_checkpoint, vector_checkpoint = open_inputs(stack, [base, vector], options)
+        target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_apply(base_checkpoint, vector_checkpoint, options.torch_dtype, selection)
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
@@ -41,5 +44,5 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
         metadata = {**provenance("apply", kind="checkpoint", scale=scale), **architecture_of(base_checkpoint.metadata),
                     **selection.metadata()}
         hashed = {"base": [base_checkpoint], "vector": [vector_checkpoint]}
-        return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
-                              description="apply")
+        return target.write(lambda weights, shard_bytes: stream_to_file(
+            weights, jobs, process, metadata, hashed, options, description="apply", shard_bytes=shard_bytes))

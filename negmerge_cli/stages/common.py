@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +34,8 @@ class StreamOptions:
     allow_nonfinite: bool = False
     hash_inputs: bool = True
     rehash: bool = False  # hash every input afresh instead of trusting the digest cache
+    copy_files: bool = True  # merge, apply into a folder: copy the base folder's other files
+    model_card: bool = True  # merge, apply into a folder: write a README.md model card
 
     def __post_init__(self) -> None:  # validate early: before any file is opened
         if self.rehash and not self.hash_inputs:
@@ -53,6 +55,7 @@ class StreamResult:
     nonzero: int
     bytes_read: int
     seconds: float
+    metadata: dict[str, str] = field(default_factory=dict)  # the outputs' provenance, input digests included
 
     @property
     def kept_fraction(self) -> float:
@@ -75,6 +78,7 @@ def stream_to_file(
     before_job: Callable[[TensorJob, Engine], None] = lambda job, engine: None,
     description: str = "streaming",
     sums_checked: bool = False,
+    shard_bytes: int | None = ...,  # type: ignore[assignment]
 ) -> StreamResult:
     """Compute ``jobs`` into ``target`` (atomically), recording input hashes in the metadata.
 
@@ -85,7 +89,7 @@ def stream_to_file(
 
     ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the checkpoints it lists;
     their SHA-256 digests come from the digest cache, or for free from the reads, in which case
-    they are written once streaming is done.
+    they are written once streaming is done. ``shard_bytes`` overrides ``options.shard_bytes``.
     """
     started = time.perf_counter()
     layout = [OutputTensor(j.name, j.out_dtype, j.shape) for j in jobs]
@@ -94,7 +98,8 @@ def stream_to_file(
     total_bytes = sum(j.read_bytes for j in jobs)
     counts = {"nonzero": 0, "elements": 0}
 
-    with StreamingWriter(target, layout, metadata, shard_size=options.shard_bytes,
+    shard_bytes = options.shard_bytes if shard_bytes is ... else shard_bytes
+    with StreamingWriter(target, layout, metadata, shard_size=shard_bytes,
                          force=options.force, metadata_final=known) as writer, \
             output().progress(description, total_bytes, unit="bytes") as advance, \
             WriteBehind(lambda name, result: _write(writer, name, result, target, options, counts)) as sink:
@@ -102,10 +107,11 @@ def stream_to_file(
 
         engine.run(jobs, process, sink.put, float_buffers, before_job)
         sink.finish()
-        writer.update_metadata(_input_metadata(hashed_inputs, with_hashes=True))
+        metadata.update(_input_metadata(hashed_inputs, with_hashes=True))
+        writer.update_metadata(metadata)
         outputs = writer.final_paths
     return StreamResult(outputs, len(jobs), counts["elements"], counts["nonzero"], total_bytes,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, metadata)
 
 
 def _write(writer: StreamingWriter, name: str, result: torch.Tensor, target: Path, options: StreamOptions,

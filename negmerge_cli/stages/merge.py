@@ -14,6 +14,7 @@ from negmerge_cli import files
 from negmerge_cli.checkpoint.provenance import provenance
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.methods import Chunk, MergeMethod, create_method
+from negmerge_cli.model_folder import plan_output
 from negmerge_cli.plans import plan_merge, task_vectors, vector_sources
 from negmerge_cli.selection import EVERYTHING, TensorSelection
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
@@ -37,7 +38,9 @@ def merge_vectors(
     With ``base``, the inputs are fine-tuned checkpoints and each vector is formed on the fly as
     input - base (no intermediate files). Extra keyword arguments are the method's parameters.
     Tensors a vector lists as omitted zeros read as zeros; a result that is zero in every input is
-    left out in turn (unless ``options.keep_zero``).
+    left out in turn (unless ``options.keep_zero``). An ``output`` folder (existing, or ending
+    with ``/``) gets the weights in the base's layout, the base folder's other files and a model
+    card (:mod:`negmerge_cli.model_folder`).
     """
     with files.operation():
         return _merge(inputs, output, method, base, weights, options or StreamOptions(), selection, method_params)
@@ -52,9 +55,10 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
     with ExitStack() as stack:
         sources = open_inputs(stack, list(inputs), options)
         base_checkpoint = open_inputs(stack, [base], options)[0] if base is not None else None
+        target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero, selection)
         has_base = base_checkpoint is not None
-        jobs, omitted = omit_zero_tensors(jobs, has_base, options, Path(output))
+        jobs, omitted = omit_zero_tensors(jobs, has_base, options, target.weights)
         buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)
         # methods that sum every input check one running sum per slice instead of every input
         sums_checked = merger.sums_every_input and not options.allow_nonfinite
@@ -79,11 +83,11 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
             weights=list(weights) if weights else None,
         ) | selection.metadata() | omitted
         hashed = {"inputs": sources, **({"base": [base_checkpoint]} if has_base else {})}
-        return stream_to_file(
-            Path(output), jobs, process, metadata, hashed, options,
+        return target.write(lambda weights, shard_bytes: stream_to_file(
+            weights, jobs, process, metadata, hashed, options,
             float_buffers=lambda job: buffers, before_job=before_job, description=f"merge ({merger.name})",
-            sums_checked=sums_checked,
-        )
+            sums_checked=sums_checked, shard_bytes=shard_bytes,
+        ))
 
 
 def _check_weights(method: MergeMethod, weights: Sequence[float] | None, count: int) -> tuple[float, ...] | None:
