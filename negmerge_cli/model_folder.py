@@ -92,7 +92,7 @@ def plan_output(output: str | os.PathLike, options, base: str | os.PathLike | No
     name, shard_bytes = _weights_layout(base_checkpoint, options.shard_bytes)
     base_folder = _base_folder(Path(base)) if base is not None else None
     companions = _companions(base_folder) if base_folder is not None and options.copy_files else []
-    card = _card_fields(Path(base), base_folder) if options.model_card else None
+    card = _card_fields(Path(base) if base is not None else None, base_folder) if options.model_card else None
     plan = OutputPlan(folder / name, shard_bytes, folder, companions, card, options.force)
     for source in companions:
         files.register_input(source)

@@ -211,7 +211,7 @@ def test_bad_options_fail_cleanly(vectors, tmp_path, cli):
         (["inspect", tmp_path / "missing.safetensors"], ["missing.safetensors", "no such file"]),
         (["inspect", "--json", vectors[0].parent], ["expected one safetensors file"]),
         (["merge", "-o", vectors[2], "--force", *vectors], [str(vectors[2]), "also an input"]),
-        (["merge", "-o", tmp_path, *vectors], ["--output", "directory"]),
+        (["merge", "-o", f"{vectors[0]}/", *vectors], [str(vectors[0]), "not a folder"]),
         (["merge", "--no-such-option", "-o", out, *vectors], ["--no-such-option"]),
         (["apply", "-b", vectors[0], "-v", vectors[1], "-s", "nan", "-o", out], ["--scale"]),
         (["vector", "-b", vectors[0], vectors[1], vectors[2]], ["--out-dir"]),

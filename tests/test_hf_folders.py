@@ -286,6 +286,13 @@ def test_links_out_of_the_base_folder_and_fifos_are_refused(llama, tmp_path, cli
     assert not (tmp_path / "out").exists()
 
 
+def test_merge_of_vectors_into_a_folder_has_a_default_name(tmp_path, cli, vectors):
+    assert cli("merge", "-o", tmp_path, *vectors, "-q").returncode == 0  # an existing folder: no slash needed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "model.safetensors", "vectors"]
+    front = _front_matter((tmp_path / "README.md").read_text())
+    assert "base_model" not in front and "library_name" not in front and "negmerge" in front["tags"]
+
+
 # -- the card's YAML ---------------------------------------------------------------------------
 
 
