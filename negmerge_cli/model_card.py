@@ -83,7 +83,7 @@ def yaml_string(text: str) -> str:
 
 
 def _tags(command: str, method: str | None, metadata: dict[str, str]) -> list[str]:
-    tags = ["merge", "negmerge-cli"]
+    tags = ["negmerge-cli", "open_clip"] if command == "convert" else ["merge", "negmerge-cli"]
     if method:
         tags.append(method)
     if command == "apply":

@@ -71,12 +71,18 @@ class OutputPlan:
             copied = [_copy(source, self.folder / source.name, self.force) for source in self.companions]
             result = stream(self.weights, self.shard_bytes)
             if self.card is not None:
-                card = model_card.render(result.metadata, title=self.folder.name, command_line=command_line(),
-                                         **self.card)
-                result.outputs.append(files.write_text(self.folder / MODEL_CARD, card, force=self.force))
+                result.outputs.append(write_card(self.folder, result.metadata, force=self.force, **self.card))
         if copied:
             console().log(f"{self.folder}: copied {len(copied)} files from the base ({', '.join(p.name for p in copied)})")
         return result
+
+
+def write_card(folder: Path, metadata: dict[str, str], *, base_model: str | None, library_name: str | None,
+               force: bool) -> Path:
+    """``folder/README.md``, the model card of weights whose provenance is ``metadata``."""
+    card = model_card.render(metadata, title=folder.name, base_model=base_model, library_name=library_name,
+                             command_line=command_line())
+    return files.write_text(folder / MODEL_CARD, card, force=force)
 
 
 def plan_output(output: str | os.PathLike, options, base: str | os.PathLike | None = None,

@@ -376,3 +376,30 @@ def test_refuses_to_overwrite_without_force_and_to_replace_its_source(modeling, 
     assert_clean_failure(cli("convert", source, "-o", source, "-m", TINY), "also an input")
     assert cli("convert", source, "-o", out, "-m", TINY, "--force").returncode == 0
     assert "visual.proj" in load_file(str(out))
+
+
+def test_a_folder_output_loads_as_an_open_clip_local_dir(modeling, pretrained, tmp_path, cli):
+    """-o DIR/: open_clip's hub layout (weights, open_clip_config.json) and a model card."""
+    import open_clip
+    import yaml
+
+    model, pretrained_path = pretrained
+    encoder = make_encoder(modeling, model, split=True)
+    source = save(encoder, tmp_path / "finetuned.pt", "module")
+    out = tmp_path / "converted"
+
+    result = cli("convert", source, "-o", f"{out}/", "-m", TINY, "--pretrained", pretrained_path)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "open_clip_config.json", "open_clip_model.safetensors"]
+    loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(IMAGES), encoder(IMAGES), rtol=1e-5, atol=1e-5)
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "open_clip" and "merge" not in front["tags"]
+    assert sha256(source) in card and sha256(pretrained_path) in card
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert_clean_failure(cli("convert", source, "-o", out, "-m", TINY, "--pretrained", pretrained_path),
+                         "open_clip_model.safetensors", "--force")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

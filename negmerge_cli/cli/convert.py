@@ -13,17 +13,18 @@ from negmerge_cli.cli import options as opt
 @opt.with_options(opt.QUIET)
 def convert(
     source: Annotated[Path, typer.Argument(help="A .pt/.pth file saved by the research code (whole ImageEncoder or state dict), or a Hugging Face CLIP safetensors file or folder.")],
-    output: opt.Output,
+    output: Annotated[str, typer.Option("--output", "-o", help="Output safetensors file, or a folder (existing, or ending with /): open_clip_model.safetensors, open_clip_config.json and a model card, loadable as 'local-dir:FOLDER'.")],
     model: opt.Model,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip tag or local OpenCLIP safetensors file supplying the tensors SOURCE lacks (text tower, logit scale).")] = None,
     quick_gelu: opt.QuickGelu = None,
+    no_model_card: opt.NoModelCard = False,
     force: opt.Force = False,
 ) -> None:
     """Write SOURCE as an OpenCLIP state dict; split Q/K/V/O attention is fused back. Nothing in SOURCE is executed."""
     from negmerge_cli.convert import convert_file
     from negmerge_cli.output import output as out
 
-    result = convert_file(source, output, model, pretrained, force, quick_gelu)
+    result = convert_file(source, output, model, pretrained, force, quick_gelu, model_card=not no_model_card)
     conversion = result.conversion
     taken = f", {len(conversion.filled)} from {pretrained}" if conversion.filled else ""
     out().log(f"wrote {result.output}: {len(conversion.tensors) - len(conversion.filled)} tensors from {source} "

@@ -16,11 +16,11 @@ import typer
 
 # -- single options ----------------------------------------------------------------------------
 
-Output = Annotated[Path, typer.Option("--output", "-o", help="Output safetensors file.", dir_okay=False)]
 # merge, apply: a str, not a Path, so that a trailing "/" (an output folder) survives
 OutputTarget = Annotated[str, typer.Option(
     "--output", "-o", help="Output safetensors file, or a folder (existing, or ending with /): a complete model "
                            "folder with the base's other files and a model card (docs/files.md).")]
+NoModelCard = Annotated[bool, typer.Option("--no-model-card", help="With an output folder: do not write a README.md model card.")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Replace existing output files.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or summaries on stderr.")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
@@ -122,8 +122,7 @@ STREAMING = OptionGroup("stream", [
     option("no_copy_files", Annotated[bool, typer.Option(
         "--no-copy-files", help="With an output folder: do not copy the base folder's other files (config, "
                                 "tokenizer...).")], False),
-    option("no_model_card", Annotated[bool, typer.Option(
-        "--no-model-card", help="With an output folder: do not write a README.md model card.")], False),
+    option("no_model_card", NoModelCard, False),
     option("force", Force, False),
 ], _stream_options)
 

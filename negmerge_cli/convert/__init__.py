@@ -18,6 +18,10 @@ from negmerge_cli.checkpoint.provenance import describe_inputs, provenance
 from negmerge_cli.convert import hf_clip, layouts
 from negmerge_cli.convert.fit import fit_to_model
 from negmerge_cli.convert.sources import read_source, sha256_of
+from negmerge_cli.model_folder import MODEL_CARD, is_folder_target, write_card
+
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # open_clip's names for a model folder (its hub layout)
+OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Conversion:
     source_hashes: dict[Path, str]  # every file of SOURCE read, with its SHA-256
     filled: list[str]  # tensors taken from the pretrained model
     architecture: dict[str, str]  # metadata a later stage needs to rebuild the model (QuickGELU)
+    open_clip_config: dict  # open_clip_config.json of an output folder: model and preprocessing
 
 
 @dataclass
@@ -50,7 +55,18 @@ def convert_checkpoint(source: str | Path, model: str, pretrained: str | None = 
     reference = reference_model.state_dict()
     fitted = fit_to_model(tensors, reference, model, read.path, reference if pretrained else None)
     return Conversion(fitted.tensors, layout, read.file_hashes, fitted.filled,
-                      models.architecture_metadata(reference_model))
+                      models.architecture_metadata(reference_model), _open_clip_config(model, reference_model))
+
+
+def _open_clip_config(name: str, model) -> dict:
+    """What ``open_clip.create_model_and_transforms("local-dir:DIR")`` reads: the model's config
+    (with the activation it was built with) and its preprocessing."""
+    import open_clip
+
+    from negmerge_cli.clip import models
+
+    config = {**open_clip.get_model_config(name), "quick_gelu": models.uses_quick_gelu(model)}
+    return {"model_cfg": config, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
 
 
 def to_open_clip_names(state: dict[str, object], path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -62,15 +78,23 @@ def to_open_clip_names(state: dict[str, object], path: Path) -> tuple[dict[str, 
 
 
 def convert_file(source: str | Path, output: str | Path, model: str, pretrained: str | None = None,
-                 force: bool = False, quick_gelu: bool | None = None) -> ConvertResult:
-    """Convert SOURCE and write OUTPUT atomically, with provenance (SOURCE's SHA-256, model, layout)."""
-    source, output = Path(source), Path(output)
+                 force: bool = False, quick_gelu: bool | None = None, model_card: bool = True) -> ConvertResult:
+    """Convert SOURCE and write OUTPUT atomically, with provenance (SOURCE's SHA-256, model, layout).
+
+    An OUTPUT folder (existing, or ending with ``/``) gets the OpenCLIP hub layout that
+    ``open_clip.create_model_and_transforms("local-dir:OUTPUT")`` loads: ``open_clip_model.safetensors``,
+    ``open_clip_config.json`` and, unless ``model_card=False``, a ``README.md`` model card, renamed into
+    place together. SOURCE's own files (a transformers config) describe another layout and are not copied."""
+    folder = Path(output) if is_folder_target(output) else None
+    source, output = Path(source), folder / OPEN_CLIP_WEIGHTS if folder else Path(output)
+    extra = [folder / OPEN_CLIP_CONFIG, *([folder / MODEL_CARD] if model_card else [])] if folder else []
     pretrained_file = Path(pretrained) if pretrained and Path(pretrained).is_file() else None
-    with files.operation():
+    with files.operation(), files.deferred_commits():
         for path in (source, pretrained_file):
             if path is not None:
                 files.register_input(path)
-        files.check_target(output, force=force)  # before minutes of reading and model building
+        for target in (output, *extra):
+            files.check_target(target, force=force)  # before minutes of reading and model building
         conversion = convert_checkpoint(source, model, pretrained, quick_gelu)
         metadata = provenance(
             "convert", kind="checkpoint", model=model, layout=conversion.layout,
@@ -78,4 +102,8 @@ def convert_file(source: str | Path, output: str | Path, model: str, pretrained:
             pretrained=describe_inputs([pretrained_file], [sha256_of(pretrained_file)]) if pretrained_file else pretrained,
         )
         save_state_dict(conversion.tensors, output, {**metadata, **conversion.architecture}, force=force)
+        if folder is not None:
+            files.write_json(folder / OPEN_CLIP_CONFIG, conversion.open_clip_config, force=force)
+            if model_card:
+                write_card(folder, metadata, base_model=None, library_name="open_clip", force=force)
     return ConvertResult(output, conversion)
