@@ -23,13 +23,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from negmerge_cli import files, model_card
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, Checkpoint
 from negmerge_cli.errors import CheckpointError, OutputError, option, switch
 from negmerge_cli.invocation import command_line
 from negmerge_cli.output import output as console
+
+if TYPE_CHECKING:
+    from negmerge_cli.stages.common import StreamResult
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf",
                    ".index.json")
@@ -64,7 +67,7 @@ class OutputPlan:
         card = [self.folder / MODEL_CARD] if self.card is not None else []
         return [self.folder / source.name for source in self.companions] + card
 
-    def write(self, stream: Callable[[Path, int | None], "object"]):
+    def write(self, stream: Callable[[Path, int | None], "StreamResult"]) -> "StreamResult":
         """Copy the companions, stream the weights (``stream(weights, shard_bytes)`` returns a
         StreamResult), write the card; everything renamed into place together."""
         with files.deferred_commits():

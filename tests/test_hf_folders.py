@@ -293,6 +293,27 @@ def test_merge_of_vectors_into_a_folder_has_a_default_name(tmp_path, cli, vector
     assert "base_model" not in front and "library_name" not in front and "negmerge" in front["tags"]
 
 
+def test_a_hugging_face_cache_snapshot_is_a_base_folder(gpt2, tmp_path, cli):
+    """The hub cache's layout: snapshots/REV/NAME are symlinks into the repository's blobs/."""
+    base, (finetuned,) = gpt2
+    repository = tmp_path / "hub" / "models--some-org--tiny-gpt2"
+    snapshot = repository / "snapshots" / "0123abc"
+    (repository / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for path in base.iterdir():
+        blob = repository / "blobs" / _sha256(path)
+        blob.write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(Path("../../blobs") / blob.name)
+    vector = tmp_path / "tau.safetensors"
+    assert cli("vector", "--base", snapshot, "-o", vector, finetuned, "-q").returncode == 0
+    out = tmp_path / "out"
+    result = cli("apply", "-b", snapshot, "-v", vector, "-s", "-1", "-o", f"{out}/", "-q")
+    assert result.returncode == 0, result.stderr
+    assert not any(p.is_symlink() for p in out.iterdir())
+    assert (out / "config.json").read_bytes() == (base / "config.json").read_bytes()
+    assert _front_matter((out / "README.md").read_text())["base_model"] == "some-org/tiny-gpt2"
+
+
 # -- the card's YAML ---------------------------------------------------------------------------
 
 
