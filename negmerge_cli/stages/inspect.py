@@ -51,14 +51,69 @@ class CheckpointSummary:
         total = sum(t.numel for t in counted)
         return sum(t.nonzero for t in counted) / total if total else 0.0
 
+    def prefixes(self) -> list["PrefixSummary"]:
+        """Totals per name prefix: the first dotted component (``visual``, ``transformer``...), or
+        more components while every tensor shares them (``model.layers`` in LLM checkpoints)."""
+        depth = _prefix_depth([t.name for t in self.tensors])
+        groups: dict[str, PrefixSummary] = {}
+        for tensor in self.tensors:
+            prefix = ".".join(tensor.name.split(".")[:depth])
+            group = groups.setdefault(prefix, PrefixSummary(prefix))
+            group.add(tensor)
+        return list(groups.values())
+
     def to_json(self) -> dict:
         tensors = [{**asdict(t), "nonzero_fraction": t.nonzero_fraction} for t in self.tensors]
         return {
             "path": self.path, "files": self.files, "metadata": self.metadata,
             "is_task_vector": self.is_task_vector, "tensor_count": len(self.tensors),
             "numel": self.numel, "total_bytes": self.total_bytes, "params_by_dtype": self.dtypes,
-            "nonzero_fraction": self.nonzero_fraction, "tensors": tensors,
+            "nonzero_fraction": self.nonzero_fraction, "prefixes": [p.to_json() for p in self.prefixes()],
+            "tensors": tensors,
         }
+
+
+@dataclass
+class PrefixSummary:
+    """The tensors whose names start with ``prefix``: how many, their elements, and (when counted)
+    their non-zero float elements."""
+
+    prefix: str
+    tensors: int = 0
+    numel: int = 0
+    counted: int = 0  # elements of the tensors whose non-zeros were counted
+    nonzero: int | None = None
+    only_itself: bool = True  # the prefix is the one tensor's whole name (no ``.*``)
+
+    @property
+    def pattern(self) -> str:
+        return self.prefix if self.only_itself else self.prefix + ".*"
+
+    def add(self, tensor: TensorSummary) -> None:
+        self.only_itself = self.only_itself and tensor.name == self.prefix
+        self.tensors += 1
+        self.numel += tensor.numel
+        if tensor.nonzero is not None:
+            self.counted += tensor.numel
+            self.nonzero = (self.nonzero or 0) + tensor.nonzero
+
+    @property
+    def nonzero_fraction(self) -> float | None:
+        if self.nonzero is None:
+            return None
+        return self.nonzero / self.counted if self.counted else 0.0
+
+    def to_json(self) -> dict:
+        return {"prefix": self.pattern, "tensor_count": self.tensors, "numel": self.numel, "nonzero": self.nonzero,
+                "nonzero_fraction": self.nonzero_fraction}
+
+
+def _prefix_depth(names: list[str], most: int = 3) -> int:
+    depth = 1
+    while depth < most and len({".".join(n.split(".")[:depth]) for n in names}) == 1 and \
+            any(n.count(".") >= depth for n in names):
+        depth += 1
+    return depth
 
 
 def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None) -> CheckpointSummary:
