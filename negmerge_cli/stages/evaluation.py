@@ -127,7 +127,8 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
     seconds = time.perf_counter() - started
     return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
                              len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2),
-                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model), split_source=data.split_source)
+                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model), split_source=data.split_source,
+                             classes=data.class_mapping)
 
 
 def _load_model(options: EvalOptions):
