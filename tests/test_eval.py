@@ -123,7 +123,5 @@ def test_eval_records_class_folders_and_names_them_by_folder(files, tmp_path, cl
                                                         "red_square": "square"}
     assert rows[1]["metrics"] == rows[2]["metrics"]
     assert "class names (folder -> name): blue_stripes -> stripes, green_disc -> disc, red_square -> square" in mapped.stderr
-    assert "classes" not in json.loads(cli("eval", "-m", TINY, "-c", files / "base.safetensors", "-d", "digits",
-                                           "-j", "0", "-q").stdout)[0]
     by_folder.write_text("red_square\tsquare\ngreen_disc\tdisc\n")
     assert_clean_failure(cli(*common, "--classnames", by_folder), "names.tsv", "does not name class folder(s) blue_stripes")
