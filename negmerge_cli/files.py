@@ -1,6 +1,10 @@
-"""The one writer: every file the tool writes (checkpoints, JSON, plots, manifests) goes through here.
+"""The file rules: every file the tool writes goes through here, and every user file it reads.
 
-Guarantees, for every output:
+Reading (:func:`open_regular`, :func:`read_bytes`, :func:`read_text`): only regular files (or
+symlinks to them) are opened, never a FIFO, socket or device (opening a FIFO waits for a writer,
+reading a device may never end); every file read is registered as an input of the operation.
+
+Writing (checkpoints, JSON, plots, manifests), guarantees for every output:
 
 - **Inputs are never overwritten.** Files read during an operation (one command, or one library
   stage call) are registered by identity (device, inode); an output that is one of them, also
@@ -19,16 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from negmerge_cli.errors import OutputError, switch
+from negmerge_cli.errors import NegmergeError, OutputError, switch
 
 _operation_inputs: list[set[tuple[int, int]]] = []  # one set per active operation (outermost first)
+_input_trees: list[dict[tuple[int, int], tuple[str, ...]]] = []  # folder -> suffixes of its input files
 _deferred: list[list["PendingFile"]] = []
 
 
@@ -44,10 +51,12 @@ def operation() -> Iterator[None]:
         yield
         return
     _operation_inputs.append(set())
+    _input_trees.append({})
     try:
         yield
     finally:
         _operation_inputs.pop()
+        _input_trees.pop()
 
 
 def register_input(source: str | os.PathLike | int) -> None:
@@ -59,9 +68,25 @@ def register_input(source: str | os.PathLike | int) -> None:
         _operation_inputs[0].add(identity)
 
 
+def register_input_tree(folder: str | os.PathLike, suffixes: tuple[str, ...]) -> None:
+    """Record a folder read file by file (a dataset): no existing file below it whose name ends in
+    one of ``suffixes`` (its images, split lists) may be replaced. Cheaper than registering each
+    of a million images, and it holds for files read in worker processes too; an output folder
+    inside the dataset (a sweep beside ``train/``) stays writable."""
+    if _input_trees:
+        identity = _identity(folder)
+        if identity is not None:
+            _input_trees[0][identity] = _input_trees[0].get(identity, ()) + tuple(s.lower() for s in suffixes)
+
+
 def is_input(path: str | os.PathLike) -> bool:
     identity = _identity(path)
-    return identity is not None and bool(_operation_inputs) and identity in _operation_inputs[0]
+    if identity is None or not _operation_inputs:
+        return False
+    if identity in _operation_inputs[0]:
+        return True
+    real, trees = Path(path).resolve(), _input_trees[0]
+    return bool(trees) and any(real.name.lower().endswith(trees.get(_identity(folder), ())) for folder in real.parents)
 
 
 def check_target(path: Path, *, force: bool = False, owned: bool = False) -> None:
@@ -81,6 +106,90 @@ def ensure_space(folder: Path, needed: int, target: Path) -> None:
                           f"{free / 2**20:.1f} MiB free)")
 
 
+# -- reading: regular files only -----------------------------------------------------------------
+
+_SPECIAL_KINDS = {
+    stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+}
+_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+
+
+def open_regular(path: str | os.PathLike, *, error: type[NegmergeError] = NegmergeError,
+                 register: bool = True) -> int:
+    """A read-only descriptor of a regular file (or a symlink to one); ``error`` (the caller's
+    class, e.g. CheckpointError) for anything else. Every read of a user's file starts here.
+
+    The path is checked before opening (so no device is even opened), opened with O_NONBLOCK (in
+    case it became a FIFO meanwhile) and checked again on the descriptor that will be read. The
+    file becomes an input of the current operation unless ``register=False`` (the tool's own
+    bookkeeping, which it reads and then replaces)."""
+    path = Path(path)
+    try:
+        _check_regular(path, os.stat(path), error)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        reason = _OPEN_ERRORS.get(exc.errno, exc.strerror or str(exc))
+        raise error(f"{path}: {reason}") from None
+    try:
+        _check_regular(path, os.fstat(fd), error)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    if register:
+        register_input(fd)
+    return fd
+
+
+def read_bytes(path: str | os.PathLike, *, error: type[NegmergeError] = NegmergeError, limit: int | None = None,
+               what: str = "this file", register: bool = True) -> bytes:
+    """The bytes of a regular file; ``error`` if it is larger than ``limit`` (metadata and lists
+    are small: a huge one is a mistake, not something to load into memory)."""
+    with os.fdopen(open_regular(path, error=error, register=register), "rb") as handle:
+        try:
+            data = handle.read() if limit is None else handle.read(limit + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if limit is not None and len(data) > limit:
+        raise error(f"{path}: larger than {limit:,} bytes, the limit for {what}")
+    return data
+
+
+def read_text(path: str | os.PathLike, *, error: type[NegmergeError] = NegmergeError, limit: int | None = None,
+              what: str = "this file", register: bool = True) -> str:
+    """:func:`read_bytes` decoded as UTF-8; ``error`` if it is not UTF-8 text."""
+    data = read_bytes(path, error=error, limit=limit, what=what, register=register)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: {what} is not UTF-8 text") from None
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, *, error: type[NegmergeError] = OutputError) -> Iterator[None]:
+    """An exclusive flock on ``path``, a regular file created if missing. Opened without blocking
+    and without following a symlink, so a FIFO or link planted there is refused, not waited on."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        reason = "a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise error(f"{path}: cannot open the lock file ({reason}); remove it") from None
+    try:
+        _check_regular(path, os.fstat(fd), error)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_regular(path: Path, status: os.stat_result, error: type[NegmergeError]) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        kind = _SPECIAL_KINDS.get(stat.S_IFMT(status.st_mode), "special file")
+        raise error(f"{path}: not a regular file ({kind})")
+
+
 # -- one pending output file -------------------------------------------------------------------
 
 
@@ -89,11 +198,17 @@ class PendingFile:
 
     Use as a context manager (commit on success, discard on any exception), or call
     :meth:`commit` / :meth:`discard` directly when several files belong together. ``sync=False``
-    skips the fsyncs, for many small files whose set is marked complete by another file."""
+    skips the fsyncs, for many small files whose set is marked complete by another file;
+    ``deferred=False`` renames on commit even inside :func:`deferred_commits` (caches, not outputs).
+    ``on_renamed(status)`` runs once the file is in place, with the ``os.stat_result`` of its
+    final version (same inode, size and mtime as the committed temporary file)."""
 
-    def __init__(self, path: str | os.PathLike, *, force: bool = False, owned: bool = False, sync: bool = True):
+    def __init__(self, path: str | os.PathLike, *, force: bool = False, owned: bool = False, sync: bool = True,
+                 deferred: bool = True):
         self.path = Path(path)
-        self._force, self._owned, self._sync = force, owned, sync
+        self._force, self._owned, self._sync, self._deferrable = force, owned, sync, deferred
+        self.on_renamed: Callable[[os.stat_result], None] | None = None
+        self._final_status: os.stat_result | None = None
         check_target(self.path, force=force, owned=owned)
         self._created = _make_folders(self.path.parent)
         try:
@@ -119,9 +234,10 @@ class PendingFile:
         self.guarded(self.handle.flush)
         if self._sync:
             self.guarded(os.fsync, self.handle.fileno())
+        self._final_status = os.fstat(self.handle.fileno())  # the last write's mtime; rename keeps it
         self.guarded(self.handle.close)
         os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        if _deferred:
+        if _deferred and self._deferrable:
             _deferred[-1].append(self)
         else:
             self._rename()
@@ -133,6 +249,8 @@ class PendingFile:
         self.temp = None
         if self._sync:
             _fsync_folder(self.path.parent)
+        if self.on_renamed is not None:
+            self.on_renamed(self._final_status)
 
     def discard(self) -> None:
         """Remove the temporary file and any folder this write created; never raises."""
@@ -170,7 +288,7 @@ def deferred_commits() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for pending in _deferred.pop():
+        for pending in reversed(_deferred.pop()):  # newest first: folders an earlier file made are empty by then
             pending.discard()
         raise
     ready = _deferred.pop()
@@ -181,7 +299,7 @@ def deferred_commits() -> Iterator[None]:
             else:
                 pending._rename()
     except BaseException:
-        for pending in ready:
+        for pending in reversed(ready):
             pending.discard()
         raise
 

@@ -97,7 +97,7 @@ def _columns(unit: str) -> tuple:
 def _escape(text: str) -> str:
     from rich.markup import escape
 
-    return escape(printable(" ".join(str(text).splitlines())))
+    return escape(" ".join(printable(text).splitlines()))  # escaped first: a carriage return shows as \x0d
 
 
 _current = Output()

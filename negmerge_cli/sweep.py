@@ -3,8 +3,9 @@
 DIR/base.safetensors       the starting model (full state dict)
 DIR/<point>.safetensors    one checkpoint per grid point, hyperparameters in its metadata
 DIR/manifest.json          every finished (or running/failed) point: file, settings, Val accuracy
-DIR/sweep.json             what the folder is a sweep of (model, weights, data, batch); a run with
-                           other values is refused, so one folder never mixes two sweeps
+DIR/sweep.json             what the folder is a sweep of (model, weights, data, batch, seed mode,
+                           frozen parameters); a run with other values is refused, so one folder
+                           never mixes two sweeps
 DIR/.records/<point>.json  one record per point, written atomically; the manifest is rebuilt from
                            them under a file lock, so concurrent jobs (``--point N``) lose nothing
 
@@ -15,16 +16,16 @@ command skips finished points.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
-import json
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from negmerge_cli import files
+from negmerge_cli.checkpoint.strict_json import load_json
 from negmerge_cli.errors import OutputError, UsageError, option
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
 
@@ -33,6 +34,11 @@ LOCK = ".lock"
 # The paper's k = 30 augmentations: RandAugment m in 1..10, n in 1..3.
 PAPER_RANDAUG = tuple(f"rand-m{m}-n{n}-mstd0.5" for m in range(1, 11) for n in range(1, 4))
 NO_AUGMENTATION = "none"
+# How a point's training seed follows from its --seed value: its own (derived from the seed and the
+# point, as the released runs each had their own) or the value itself for every point.
+PER_POINT, SHARED = "per-point", "shared"
+SEED_MODES = (PER_POINT, SHARED)
+SEED_LIMIT = 2**31  # seeds (and seed + torchrun rank) stay valid for torch, NumPy and random
 
 
 @dataclass
@@ -58,6 +64,7 @@ class GridPoint:
     randaug: str
     epochs: Optional[int] = None
     steps: Optional[int] = None
+    train_seed: Optional[int] = None  # the seed training uses (set by expand_grid, see point_seed)
 
     @property
     def name(self) -> str:
@@ -79,6 +86,7 @@ _VALUE_RULES = (
     ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("epochs", lambda v: v > 0, "positive"),
     ("steps", lambda v: v > 0, "positive"),
+    ("seed", lambda v: 0 <= v < SEED_LIMIT, f"in [0, {SEED_LIMIT})"),
 )
 
 
@@ -95,9 +103,11 @@ def check_grid(grid: Grid) -> None:
             raise UsageError(f"{option(name)} {bad}: must be {requirement}")
 
 
-def expand_grid(grid: Grid, default_epochs=None) -> list[GridPoint]:
-    """All grid points. ``default_epochs(randaug) -> int|None`` fills in epochs when neither is given."""
+def expand_grid(grid: Grid, default_epochs=None, seed_mode: str = PER_POINT) -> list[GridPoint]:
+    """All grid points. ``default_epochs(randaug) -> int|None`` fills in epochs when neither is given;
+    ``seed_mode`` says how each point's ``train_seed`` follows from its ``seed``."""
     check_grid(grid)
+    check_seed_mode(seed_mode)
     lengths = [("steps", s) for s in grid.steps] or [("epochs", e) for e in grid.epochs] or [("epochs", None)]
     points = []
     for lr, (kind, length), wd, ls, seed, randaug in itertools.product(
@@ -107,8 +117,21 @@ def expand_grid(grid: Grid, default_epochs=None) -> list[GridPoint]:
             length = default_epochs(randaug) if default_epochs else None
             if length is None:
                 raise UsageError(f"give {option('epochs')} or {option('steps')} (this dataset has no paper default)")
-        points.append(GridPoint(len(points), lr, wd, ls, seed, randaug, **{kind: length}))
+        point = GridPoint(len(points), lr, wd, ls, seed, randaug, **{kind: length})
+        points.append(replace(point, train_seed=point_seed(point.name) if seed_mode == PER_POINT else seed))
     return points
+
+
+def check_seed_mode(seed_mode: str) -> None:
+    if seed_mode not in SEED_MODES:
+        raise UsageError(f"{option('seed_mode')} {seed_mode!r}: must be one of {', '.join(SEED_MODES)}")
+
+
+def point_seed(name: str) -> int:
+    """A point's own seed: the first 4 bytes of SHA-256 of its name (which holds its ``--seed`` value
+    and every other hyperparameter), big-endian, top bit cleared. It depends on the point alone, not
+    on its index or the rest of the grid, so a ``--point N`` job trains exactly as the whole sweep."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % SEED_LIMIT
 
 
 def normalise_randaug(values: Sequence[str]) -> list[str]:
@@ -151,23 +174,20 @@ class SweepFolder:
     def locked(self):
         """An exclusive flock on DIR/.lock: serialises sweep.json, base and manifest updates."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with files.locked(self.root / LOCK):
+            yield
 
     def check_identity(self) -> None:
         """Refuse a folder that holds another sweep; claim an empty one (call under the lock)."""
         path = self.root / "sweep.json"
         if path.exists():
             stored = _read_json(path).get("identity", {})
-            for key, value in self.identity.items():
-                if stored.get(key) != value:
+            for key in {**stored, **self.identity}:
+                there, here = (i.get(key, IDENTITY_DEFAULTS.get(key)) for i in (stored, self.identity))
+                if there != here:
                     raise OutputError(
-                        f"{self.root}: holds a different sweep ({key} is {stored.get(key)!r} there, "
-                        f"{value!r} here); use another output folder"
+                        f"{self.root}: holds a different sweep ({key} is {there!r} there, "
+                        f"{here!r} here); use another output folder"
                     )
             return
         if self.root.exists() and any(p.suffix == ".safetensors" for p in self.root.iterdir()):
@@ -196,7 +216,7 @@ class SweepFolder:
     def rebuild_manifest(self) -> SweepManifest:
         with self.locked():
             sweep = _read_json(self.root / "sweep.json")
-            records = sorted((PointRecord.from_json(_read_json(p)) for p in (self.root / RECORDS).glob("*.json")),
+            records = sorted((_read_as(p, PointRecord.from_json) for p in (self.root / RECORDS).glob("*.json")),
                              key=lambda r: (r.index, r.name))
             base = sweep.get("base", {})
             val = Metrics.from_json(base["val"]) if base.get("val") else None
@@ -210,12 +230,18 @@ def read_manifest(folder: str | Path) -> SweepManifest:
     path = Path(folder) / "manifest.json"
     if not path.exists():
         raise OutputError(f"{path}: no such file (is {folder} a finetune sweep folder?)")
-    return SweepManifest.from_json(_read_json(path))
+    return _read_as(path, SweepManifest.from_json)
+
+
+# What an identity key means when a sweep.json lacks it: sweeps written before the key existed
+# trained with one seed for all points and froze nothing.
+IDENTITY_DEFAULTS = {"crop_scale": 0.08, "hflip": 0.5, "seed_mode": SHARED, "freeze": []}
 
 
 def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: int, warmup_steps: int,
                 templates: Optional[Path], classnames: Optional[Path], crop_scale: float = 0.08,
-                hflip: float = 0.5, *, quick_gelu: bool = False, precision: str = "fp32") -> dict:
+                hflip: float = 0.5, seed_mode: str = PER_POINT, freeze: Sequence[str] = (), *,
+                quick_gelu: bool = False, precision: str = "fp32") -> dict:
     identity = {
         "model": model,
         "pretrained": _describe_weights(pretrained),
@@ -226,6 +252,8 @@ def identity_of(model: str, pretrained: Optional[str], data: str, batch_size: in
         "warmup_steps": warmup_steps,
         "templates": _file_digest(templates),
         "classnames": _file_digest(classnames),
+        "seed_mode": seed_mode,
+        "freeze": sorted(set(freeze)),  # the same parameters however the globs are ordered
     }
     if (crop_scale, hflip) != (0.08, 0.5):  # recorded only when changed: older sweeps stay valid
         identity.update(crop_scale=crop_scale, hflip=hflip)
@@ -240,13 +268,31 @@ def _describe_weights(pretrained: Optional[str]) -> Optional[str]:
 
 
 def _file_digest(path: Optional[Path]) -> Optional[str]:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    if not path:
+        return None
+    return hashlib.sha256(files.read_bytes(path, error=UsageError, limit=_MAX_JSON_BYTES,
+                                           what="a --templates or --classnames file")).hexdigest()
+
+
+_MAX_JSON_BYTES = 64 * 2**20  # a sweep's JSON files are small; a huge one is not ours
+_FIX = "remove it or use another output folder"
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    """One of the sweep's own JSON files ({} when absent): a regular file of strict JSON, an object."""
+    if not os.path.lexists(path):
         return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OutputError(f"{path}: not valid JSON ({exc}); remove it or use another output folder") from None
+    raw = files.read_bytes(path, error=OutputError, limit=_MAX_JSON_BYTES, what="a sweep file", register=False)
+    data = load_json(raw, str(path), error=OutputError)
+    if not isinstance(data, dict):
+        raise OutputError(f"{path}: not a JSON object; {_FIX}")
+    return data
+
+
+def _read_as(path: Path, build):
+    """A record or manifest rebuilt from its JSON; a file of another shape is one line, not a traceback."""
+    try:
+        return build(_read_json(path))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise OutputError(f"{path}: not a record of a finetune sweep (fields missing or of the wrong type); "
+                          f"{_FIX}") from None

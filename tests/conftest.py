@@ -59,3 +59,12 @@ def model_files(tmp_path: Path) -> tuple[Path, list[Path]]:
         save_file(tensors, str(path))
         finetuned.append(path)
     return base_path, finetuned
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_digest_cache(tmp_path_factory):
+    """Tests (and the CLI subprocesses they start) keep SHA-256 digests in a cache of their own,
+    never in the user's ~/.cache."""
+    import os
+
+    os.environ["NEGMERGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("digest-cache"))

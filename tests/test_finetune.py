@@ -222,3 +222,147 @@ def test_crop_scale_and_hflip_reach_the_randaugment_transform(tmp_path, cli):
         assert_clean_failure(cli("finetune", "-m", TINY, "-d", "digits", "-o", out, "--steps", "1",
                                  "--randaug", "rand-m1-n1-mstd0.5", option, value), option)
     assert not out.exists()
+
+
+# --- per-point seeds (issue 8.3) and frozen parameters (issue 8.4) ----------------------------------
+
+RELEASE_FROZEN = "visual.transformer.resblocks.*.attn.*"
+
+
+def _own_seed(name: str) -> int:
+    """The documented formula, written out independently: SHA-256 of the point's name, first 4 bytes."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 2**31
+
+
+def _points(folder: Path) -> dict:
+    return {p["name"]: p for p in json.loads((folder / "manifest.json").read_text())["points"]}
+
+
+def _metadata(path: Path) -> dict:
+    with safe_open(path, "pt") as handle:
+        return handle.metadata()
+
+
+def test_point_jobs_train_exactly_as_a_whole_sweep_with_their_own_seeds(sweep, tmp_path, monkeypatch):
+    jobs, _, _ = sweep  # each point trained by its own --point job
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the jobs ran: CPU kernels then sum in the same order
+    whole = tmp_path / "whole"
+    result = finetune("-o", whole, *GRID, "-q")  # both points, one after the other, in one process
+    assert result.returncode == 0, result.stderr
+    seeds = {name: point["hyperparameters"]["train_seed"] for name, point in _points(whole).items()}
+    assert seeds == {name: _own_seed(name) for name in NAMES} and len(set(seeds.values())) == 2
+    assert {n: p["hyperparameters"]["train_seed"] for n, p in _points(jobs).items()} == seeds
+    assert json.loads((whole / "sweep.json").read_text())["identity"]["seed_mode"] == "per-point"
+    for name in NAMES:
+        alone, together = load_file(jobs / f"{name}.safetensors"), load_file(whole / f"{name}.safetensors")
+        assert all(torch.equal(alone[k], together[k]) for k in alone), name  # bit for bit
+        metadata = _metadata(whole / f"{name}.safetensors")
+        assert json.loads(metadata["negmerge.hyperparameters"])["train_seed"] == seeds[name]
+        assert metadata["negmerge.seed_mode"] == "per-point" and json.loads(metadata["negmerge.freeze"]) == []
+
+    # --seed-mode shared: the --seed value itself for every point, so other weights
+    shared = tmp_path / "shared"
+    assert finetune("-o", shared, *GRID, "--point", "1", "--seed-mode", "shared", "-q").returncode == 0
+    assert _points(shared)[NAMES[1]]["hyperparameters"]["train_seed"] == 0
+    assert _metadata(shared / f"{NAMES[1]}.safetensors")["negmerge.seed_mode"] == "shared"
+    ours, theirs = load_file(shared / f"{NAMES[1]}.safetensors"), load_file(jobs / f"{NAMES[1]}.safetensors")
+    assert not torch.equal(ours["visual.proj"], theirs["visual.proj"])
+
+
+def test_per_point_seeds_depend_on_the_point_alone():
+    from negmerge_cli.sweep import Grid, expand_grid
+
+    big = expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7], randaug=["none", "rand-m1-n1-mstd0.5"]))
+    small = expand_grid(Grid(lr=[1e-4], steps=[5], seed=[7], randaug=["rand-m1-n1-mstd0.5"]))
+    assert small[0].train_seed == next(p.train_seed for p in big if p.name == small[0].name)
+    assert small[0].train_seed == _own_seed("lr0.0001_st5_wd0.1_ls0_seed7_rand-m1-n1-mstd0.5")
+    assert len({p.train_seed for p in big}) == len(big) and all(0 <= p.train_seed < 2**31 for p in big)
+    shared = expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]), seed_mode="shared")
+    assert [p.train_seed for p in shared] == [p.seed for p in shared] == [0, 7, 0, 7]
+    assert [p.name for p in shared] == [p.name for p in expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]))]
+
+
+def test_resuming_with_other_seed_or_freeze_settings_is_refused(sweep, tmp_path):
+    import shutil
+
+    out, _, _ = sweep
+    before = sorted(p.name for p in out.iterdir())
+    assert_clean_failure(finetune("-o", out, *GRID, "--seed-mode", "shared"), str(out), "different sweep",
+                         "seed_mode is 'per-point' there, 'shared' here")
+    assert_clean_failure(finetune("-o", out, *GRID, "--freeze", RELEASE_FROZEN), str(out), "different sweep",
+                         "freeze is [] there")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+    # a sweep written before these settings existed trained one seed for all points and froze nothing
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    sweep_json = json.loads((old / "sweep.json").read_text())
+    del sweep_json["identity"]["seed_mode"], sweep_json["identity"]["freeze"]
+    (old / "sweep.json").write_text(json.dumps(sweep_json))
+    assert_clean_failure(finetune("-o", old, *GRID), "seed_mode is 'shared' there, 'per-point' here")
+    resumed = finetune("-o", old, *GRID, "--seed-mode", "shared")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skip {NAMES[0]}" in resumed.stderr and f"skip {NAMES[1]}" in resumed.stderr
+
+
+def test_frozen_parameters_stay_at_the_base_and_their_task_vector_is_zero(tmp_path):
+    out = tmp_path / "frozen"
+    globs = ["--freeze", RELEASE_FROZEN, "--freeze", "visual.conv1.weight"]
+    result = finetune("-o", out, *globs, "-q")
+    assert result.returncode == 0, result.stderr
+    checkpoint = out / f"{NAMES[0]}.safetensors"
+    tau = tmp_path / "tau.safetensors"
+    assert run_cli("vector", "-b", out / "base.safetensors", "-o", tau, checkpoint, "-q").returncode == 0
+
+    import fnmatch
+
+    vector, base = load_file(tau), load_file(out / "base.safetensors")
+    with safe_open(str(tau), "pt") as handle:
+        omitted = set(json.loads(handle.metadata().get("negmerge.zero_tensors", "{}")))
+    frozen = {k for k in base if k.startswith("visual.") and
+              (fnmatch.fnmatchcase(k, RELEASE_FROZEN) or k == "visual.conv1.weight")}
+    assert len(frozen) == 2 * 4 + 1  # 2 blocks x in_proj weight/bias, out_proj weight/bias; conv1
+    # exactly zero (no step, no weight decay): left out of the vector as all-zero tensors
+    assert frozen <= omitted and not frozen & set(vector)
+    assert all(vector[k].any() for k in base if k.startswith("visual.") and k not in frozen)
+    assert all(not vector[k].any() for k in base if not k.startswith("visual.") and k in vector)
+
+    point = _points(out)[NAMES[0]]
+    assert point["train"]["frozen_tensors"] == len(frozen)
+    assert point["train"]["frozen_parameters"] == sum(base[k].numel() for k in frozen)
+    visual = sum(v.numel() for k, v in base.items() if k.startswith("visual.") and v.is_floating_point())
+    assert point["train"]["trained_parameters"] == visual - point["train"]["frozen_parameters"]
+    expected = sorted([RELEASE_FROZEN, "visual.conv1.weight"])
+    assert json.loads((out / "sweep.json").read_text())["identity"]["freeze"] == expected
+    metadata = _metadata(checkpoint)
+    assert json.loads(metadata["negmerge.freeze"]) == expected
+    assert int(metadata["negmerge.frozen_parameters"]) == point["train"]["frozen_parameters"]
+    # the same globs in another order are the same sweep: the finished point is skipped
+    again = finetune("-o", out, "--freeze", "visual.conv1.weight", "--freeze", RELEASE_FROZEN)
+    assert again.returncode == 0 and f"skip {NAMES[0]}" in again.stderr, again.stderr
+
+
+def test_release_attention_is_a_third_of_the_vit_b_32_image_encoder():
+    from negmerge_cli.clip import freeze
+
+    sizes = freeze.encoder_sizes("ViT-B-32")  # a meta-device skeleton: no weights, no download
+    frozen = freeze.select(sizes, [freeze.RELEASE_FROZEN])
+    assert len(frozen) == 12 * 4
+    assert (sum(sizes[k] for k in frozen), sum(sizes.values())) == (28_348_416, 87_849_216)
+
+
+def test_bad_seed_and_freeze_options_fail_cleanly_and_write_nothing(tmp_path, cli):
+    out = tmp_path / "never"
+    args = ["finetune", "-m", TINY, "-d", "digits", "-o", out, "--steps", "1"]
+    for extra, fragments in (
+        (["--freeze", "visual.transformer.resblocks.*.atn.*"], ["--freeze", "'visual.transformer.resblocks.*.atn.*'",
+                                                                 "matches no trainable parameter"]),
+        (["--freeze", "transformer.*"], ["--freeze", "'transformer.*'", "matches no trainable parameter"]),
+        (["--freeze", "visual.*.weight", "--freeze", "visual.*"], ["--freeze", "every parameter", "nothing would train"]),
+        (["--seed-mode", "each"], ["--seed-mode", "'each'", "per-point, shared"]),
+        (["--seed", "-1"], ["--seed -1", "must be in [0, 2147483648)"]),
+    ):
+        assert_clean_failure(cli(*args, *extra), *fragments)
+    assert not out.exists()

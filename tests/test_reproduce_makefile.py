@@ -106,6 +106,9 @@ def test_the_pipeline_has_every_stage_per_dataset(tmp_path):
     assert len(by_name("finetune")) == 4  # GRID_M=1 2 x GRID_N=1 3
     assert sorted(c[c.index("--point") + 1] for c in by_name("finetune")) == ["0", "2", "3", "5"]
     assert all("paper" == c[c.index("--randaug") + 1] for c in by_name("finetune"))
+    # trained as the release trains: visual attention frozen, each point its own seed (the default)
+    assert all(c[c.index("--freeze") + 1] == "visual.transformer.resblocks.*.attn.*" for c in by_name("finetune"))
+    assert not any("--seed-mode" in c for c in by_name("finetune"))
     methods = sorted(c[c.index("-m") + 1] for c in by_name("merge"))
     assert methods == ["magmax", "mean", "negmerge", "ties"]
     ties = next(c for c in by_name("merge") if "ties" in c)

@@ -173,7 +173,7 @@ def _parse_entry(path: Path, name: str, spec: object, header_size: int) -> Tenso
     if dtype is None:
         raise CheckpointError(f"{where}: unsupported dtype {show(code)}")
     shape, offsets = spec.get("shape"), spec.get("data_offsets")
-    numel = _numel(shape)
+    numel = shape_numel(shape)
     if numel is None:
         raise CheckpointError(f"{where}: invalid shape {show(shape)}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
@@ -184,7 +184,7 @@ def _parse_entry(path: Path, name: str, spec: object, header_size: int) -> Tenso
     return TensorEntry(name, dtype, tuple(shape), header_size + begin, header_size + end)
 
 
-def _numel(shape: object) -> int | None:
+def shape_numel(shape: object) -> int | None:
     """Element count of a valid shape, or None. Valid: a list of non-negative integers whose
     non-zero product fits in int64 (so torch can hold the shape, even with a zero dimension)."""
     if not isinstance(shape, list):

@@ -2,22 +2,21 @@
 
 Tensors are read with ``pread`` into fresh buffers, whole or as flat element ranges, so callers can
 stream a checkpoint of any size within a fixed memory budget. Each file can also produce the SHA-256
-of its bytes as a by-product of reading it front to back (see :class:`SequentialHasher`).
+of its bytes as a by-product of reading it front to back (see :class:`SequentialHasher`), unless the
+digest cache already knows this version of the file (see :mod:`negmerge_cli.checkpoint.digests`).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import stat
 import threading
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from negmerge_cli import files
+from negmerge_cli.checkpoint import digests
 from negmerge_cli.checkpoint.format import (
     DTYPES,
     MAX_HEADER_BYTES,
@@ -30,53 +29,17 @@ from negmerge_cli.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _HASH_BLOCK = 16 * 1024 * 1024
-_SPECIAL_KINDS = {
-    stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
-}
-_OPEN_ERRORS = {errno.ENOENT: "no such file", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
-
-
-def _nothing() -> None:
-    pass
 
 
 def open_regular(path: str | os.PathLike) -> int:
-    """Open a regular file (or a symlink to one) for reading; CheckpointError for anything else.
-
-    Every read of a user's checkpoint file goes through here, because special files hang or never
-    end: opening a FIFO waits for a writer, reading one waits for data, a device may be endless.
-    The path is checked before opening (so no device is even opened), opened with O_NONBLOCK (in
-    case it became a FIFO meanwhile) and checked again on the descriptor that will be read."""
-    path = Path(path)
-    try:
-        _check_regular(path, os.stat(path))
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        reason = _OPEN_ERRORS.get(error.errno, error.strerror or str(error))
-        raise CheckpointError(f"{path}: {reason}") from None
-    try:
-        _check_regular(path, os.fstat(fd))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _check_regular(path: Path, status: os.stat_result) -> None:
-    if not stat.S_ISREG(status.st_mode):
-        kind = _SPECIAL_KINDS.get(stat.S_IFMT(status.st_mode), "special file")
-        raise CheckpointError(f"{path}: not a regular file ({kind})")
+    """A checkpoint file opened by the file rules (:func:`files.open_regular`: regular files only,
+    registered as an input); CheckpointError for anything else."""
+    return files.open_regular(path, error=CheckpointError)
 
 
 def _read_index_file(path: Path) -> bytes:
     """The bytes of an index file, which is metadata: capped like a safetensors header."""
-    with open(open_regular(path), "rb") as handle:
-        data = handle.read(MAX_HEADER_BYTES + 1)
-    if len(data) > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{path}: larger than {MAX_HEADER_BYTES:,} bytes; not an index")
-    return data
+    return files.read_bytes(path, error=CheckpointError, limit=MAX_HEADER_BYTES, what="an index")
 
 
 class SequentialHasher:
@@ -115,20 +78,56 @@ class SequentialHasher:
             self._position += len(block)
 
 
-class SafetensorsFile:
-    """One open, validated safetensors file; ``digest=False`` skips the SHA-256 by-product."""
+class HashStep:
+    """The hashing of the bytes of one read, to run later (on any thread, before the bytes change).
 
-    def __init__(self, path: Path, digest: bool = True):
+    ``hasher`` tells which file's hash it feeds (None: nothing to hash), so that steps of different
+    files can run on different threads while those of one file keep their order."""
+
+    __slots__ = ("hasher", "offset", "view")
+
+    def __init__(self, hasher: SequentialHasher | None = None, offset: int = 0, view: memoryview | None = None):
+        self.hasher, self.offset, self.view = hasher, offset, view
+
+    def __call__(self) -> None:
+        if self.hasher is not None:
+            self.hasher.observe(self.offset, self.view)
+
+
+NO_HASH = HashStep()
+
+
+class SafetensorsFile:
+    """One open, validated safetensors file; ``digest=False`` skips the SHA-256 by-product.
+
+    A digest the cache holds for this exact version of the file is used as is (no hashing at all),
+    unless ``rehash``; a digest computed here is recorded in the cache."""
+
+    def __init__(self, path: Path, digest: bool = True, rehash: bool = False):
         self.path = path
         self._fd = open_regular(path)
         try:
             self.header: Header = read_header(path, self._fd)
+            self._identity = digests.Identity.of_fd(self._fd)
         except BaseException:
             os.close(self._fd)
             raise
-        self.hasher = SequentialHasher(self._fd, self.header.file_size) if digest else None
+        self.digest = None if not digest or rehash else digests.lookup(self._identity)
+        needs_hashing = digest and self.digest is None
+        self.hasher = SequentialHasher(self._fd, self.header.file_size) if needs_hashing else None
 
-    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> Callable[[], None]:
+    def sha256(self) -> str:
+        """The file's SHA-256 (hashing whatever was not read yet), or "skipped" when disabled."""
+        if self.digest is None and self.hasher is not None:
+            digest = self.hasher.hexdigest()
+            # recorded only if the file did not change while it was read (then the digest is of
+            # no version at all, and the next run hashes it again)
+            if digests.Identity.of_fd(self._fd) == self._identity:
+                digests.record(self._identity, digest)
+            self.digest = digest
+        return self.digest or "skipped"
+
+    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> HashStep:
         """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``.
 
         Returns the hashing step for these bytes, to run before the buffer is modified (possibly
@@ -141,8 +140,7 @@ class SafetensorsFile:
             if count == 0:
                 raise CheckpointError(f"{self.path}: tensor '{entry.name}': file truncated while reading")
             done += count
-        hasher = self.hasher
-        return (lambda: hasher.observe(offset, view)) if hasher is not None else _nothing
+        return HashStep(self.hasher, offset, view) if self.hasher is not None else NO_HASH
 
     def close(self) -> None:
         os.close(self._fd)
@@ -179,7 +177,7 @@ class Checkpoint:
         return tensor
 
     def read_unhashed(self, name: str, start: int = 0, stop: int | None = None,
-                      pin: bool = False) -> tuple[torch.Tensor, Callable[[], None]]:
+                      pin: bool = False) -> tuple[torch.Tensor, HashStep]:
         """``read`` with the hashing of the bytes left to the caller (to run before any change)."""
         file, entry = self._where[name]
         stop = entry.numel if stop is None else stop
@@ -193,7 +191,12 @@ class Checkpoint:
 
     def file_hashes(self) -> dict[str, str]:
         """SHA-256 of every file (hashing whatever was not read yet); "skipped" when disabled."""
-        return {str(f.path): f.hasher.hexdigest() if f.hasher else "skipped" for f in self.files}
+        return {str(f.path): f.sha256() for f in self.files}
+
+    @property
+    def hashes_known(self) -> bool:
+        """Whether :meth:`file_hashes` needs no reading (cached digests, or hashing disabled)."""
+        return all(f.hasher is None for f in self.files)
 
     @property
     def total_bytes(self) -> int:
@@ -210,20 +213,20 @@ class Checkpoint:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, digest: bool = True) -> Checkpoint:
-    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder."""
-    checkpoint = _open(Path(path), digest)
-    for file in [checkpoint.path, *(f.path for f in checkpoint.files)]:
-        files.register_input(file)  # outputs of this operation may never replace it
-    return checkpoint
+def open_checkpoint(path: str | os.PathLike, digest: bool = True, rehash: bool = False) -> Checkpoint:
+    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder.
+
+    ``digest``: provide each file's SHA-256 (from the digest cache, or hashed while reading);
+    ``rehash``: never trust the cache."""
+    return _open(Path(path), digest, rehash)  # every file is opened by open_regular, which registers it as an input
 
 
-def _open(path: Path, digest: bool) -> Checkpoint:
+def _open(path: Path, digest: bool, rehash: bool) -> Checkpoint:
     if path.is_dir():
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):
-        return _open_sharded(path, digest)
-    file = SafetensorsFile(path, digest)
+        return _open_sharded(path, digest, rehash)
+    file = SafetensorsFile(path, digest, rehash)
     return Checkpoint(path, [file], file.header.metadata)
 
 
@@ -245,14 +248,14 @@ def _resolve_folder(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}")
 
 
-def _open_sharded(index_path: Path, digest: bool) -> Checkpoint:
+def _open_sharded(index_path: Path, digest: bool, rehash: bool) -> Checkpoint:
     """The index and its shards must agree exactly: every listed tensor in its shard, and no shard
     tensor the index does not list (refused rather than silently dropped or added)."""
     weight_map = parse_index(index_path, _read_index_file(index_path))
     shards: list[SafetensorsFile] = []
     try:
         for shard in dict.fromkeys(weight_map.values()):
-            shards.append(SafetensorsFile(index_path.parent / shard, digest))
+            shards.append(SafetensorsFile(index_path.parent / shard, digest, rehash))
         checkpoint = Checkpoint(index_path, shards, shards[0].header.metadata)
         for name, shard in weight_map.items():
             if name not in checkpoint or checkpoint._where[name][0].path.name != shard:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import reprlib
 
-from negmerge_cli.errors import CheckpointError
+from negmerge_cli.errors import CheckpointError, NegmergeError
 
 # 20 digits hold any unsigned 64-bit value, the largest count a safetensors file can express.
 MAX_INT_DIGITS = 20
@@ -26,19 +26,20 @@ class _Refused(ValueError):
     """Raised from inside the decoder hooks; carries the complete reason."""
 
 
-def load_json(raw: bytes, what: str) -> object:
-    """Parse ``raw``; ``what`` names it in errors, e.g. ``"/x/model.safetensors: header"``."""
+def load_json(raw: bytes, what: str, error: type[NegmergeError] = CheckpointError) -> object:
+    """Parse ``raw``; ``what`` names it in errors, e.g. ``"/x/model.safetensors: header"``;
+    ``error`` is the class raised (other JSON the tool reads, such as a sweep's records, use it too)."""
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
                           parse_int=_bounded_int, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        raise CheckpointError(f"{what} is not valid UTF-8") from None
+        raise error(f"{what} is not valid UTF-8") from None
     except RecursionError:
-        raise CheckpointError(f"{what} is nested too deeply to be valid") from None
+        raise error(f"{what} is nested too deeply to be valid") from None
     except _Refused as refused:
-        raise CheckpointError(f"{what} {refused}") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{what} is not valid JSON ({error.msg} at character {error.pos})") from None
+        raise error(f"{what} {refused}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON ({exc.msg} at character {exc.pos})") from None
 
 
 def show(value: object) -> str:

@@ -6,10 +6,15 @@ computed. Everything goes to hidden temporary files in the target folder, which 
 place only once complete and synced, so an interrupted run (Ctrl-C, crash, full disk) leaves no
 partial output and never touches an existing file. The header keeps some slack so metadata that is
 only known at the end (content hashes of the inputs) can be filled in before the rename.
+
+Each file's SHA-256 is recorded in the digest cache when it is renamed into place, so the next
+stage reading it need not hash it: computed from the bytes as they are written when the header
+does not change at the end, else by reading the finished file back once (page cache, output only).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from negmerge_cli.checkpoint import digests
 from negmerge_cli.checkpoint.format import DTYPE_CODES, METADATA_KEY, itemsize
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
 from negmerge_cli import files
@@ -45,6 +51,8 @@ class _Shard:
     metadata: dict[str, str]
     file: "files.PendingFile | None" = None
     header_length: int = 0
+    header: bytes = b""  # the header block as first written (padded)
+    sha: "hashlib._Hash | None" = None  # of the bytes written so far, while the header stands
 
     @property
     def data_bytes(self) -> int:
@@ -78,9 +86,16 @@ class StreamingWriter:
         *,
         shard_size: int | None = None,
         force: bool = False,
+        record_digests: bool = True,
+        metadata_final: bool = True,
     ):
+        """``record_digests``: put each output file's SHA-256 in the digest cache; ``metadata_final``:
+        whether ``metadata`` is complete (False: :meth:`update_metadata` will change it, so hashing
+        the bytes as they are written would be wasted)."""
         self.path = Path(path)
         self._force = force
+        self._record_digests = record_digests
+        self._hash_as_written = record_digests and metadata_final
         self._shards = self._plan_shards(tensors, metadata, shard_size)
         self._index = index_path(self.path) if len(self._shards) > 1 else None
         self._check_targets(force)
@@ -133,8 +148,10 @@ class StreamingWriter:
         shard.file = files.PendingFile(shard.path, force=self._force)
         header = _header_bytes(shard.tensors, shard.metadata)
         shard.header_length = _aligned(len(header) + _HEADER_SLACK)
-        shard.file.write(struct.pack("<Q", shard.header_length))
-        shard.file.write(header.ljust(shard.header_length, b" "))
+        shard.header = struct.pack("<Q", shard.header_length) + header.ljust(shard.header_length, b" ")
+        shard.file.write(shard.header)
+        if self._hash_as_written:
+            shard.sha = hashlib.sha256(shard.header)
 
     def write(self, name: str, data: torch.Tensor) -> None:
         """Append the next elements of tensor ``name`` (any shape; flattened, in C order)."""
@@ -147,6 +164,8 @@ class StreamingWriter:
         if self._written + len(raw) > tensor.nbytes:
             raise RuntimeError(f"writer got too many bytes for {name}")
         shard.file.write(memoryview(raw))
+        if shard.sha is not None:
+            shard.sha.update(raw)
         self._written += len(raw)
         self._advance()
 
@@ -156,7 +175,11 @@ class StreamingWriter:
             self._written = 0
 
     def update_metadata(self, updates: dict[str, str]) -> None:
-        """Change metadata before finishing (e.g. hashes only known at the end)."""
+        """Change metadata before finishing (e.g. hashes only known at the end).
+
+        Metadata known before the writer opens is cheaper: the digest of the output is then
+        computed from the bytes as written; a header changed here makes the writer read the
+        finished file back to hash it."""
         for shard in self._shards:
             shard.metadata.update(updates)
 
@@ -178,8 +201,12 @@ class StreamingWriter:
             header = _header_bytes(shard.tensors, shard.metadata)
             if len(header) > shard.header_length:
                 raise RuntimeError("final metadata outgrew the header slack")
-            shard.file.guarded(shard.file.handle.seek, 8)
-            shard.file.write(header.ljust(shard.header_length, b" "))
+            final = struct.pack("<Q", shard.header_length) + header.ljust(shard.header_length, b" ")
+            if final != shard.header:
+                shard.file.guarded(shard.file.handle.seek, 8)
+                shard.file.write(final[8:])
+            if self._record_digests:
+                self._record_digest_on_rename(shard, final)
         index = self._index_file() if self._index else None
         # shards first, the index last: a complete index means a complete sharded checkpoint
         with files.deferred_commits():
@@ -187,6 +214,14 @@ class StreamingWriter:
                 shard.file.commit()
             if index:
                 index.commit()
+
+    def _record_digest_on_rename(self, shard: _Shard, final_header: bytes) -> None:
+        if shard.sha is not None and final_header == shard.header:
+            digest = shard.sha.hexdigest()
+        else:  # the running hash began with another header: hash the finished file once
+            shard.file.guarded(shard.file.handle.flush)
+            digest = _sha256_of_bytes(shard.file.handle.fileno())
+        shard.file.on_renamed = lambda status: digests.record(digests.Identity.of(status), digest)
 
     def _index_file(self) -> files.PendingFile:
         weight_map = {t.name: s.path.name for s in self._shards for t in s.tensors}
@@ -233,6 +268,15 @@ def _header_bytes(tensors: list[OutputTensor], metadata: dict[str, str]) -> byte
         }
         offset += tensor.nbytes
     return json.dumps(header, separators=(",", ":")).encode("utf-8")
+
+
+def _sha256_of_bytes(fd: int) -> str:
+    sha = hashlib.sha256()
+    offset = 0
+    while block := os.pread(fd, 16 << 20, offset):
+        sha.update(block)
+        offset += len(block)
+    return sha.hexdigest()
 
 
 def _aligned(length: int) -> int:

@@ -12,18 +12,20 @@ from negmerge_cli.cli.common import report
 
 
 @opt.with_options(opt.STREAMING.only("device", "dtype", "max_memory", "shard_size", "allow_nonfinite", "no_hash",
-                                     "force"), opt.QUIET)
+                                     "rehash", "force"), opt.SELECTION, opt.QUIET)
 def apply(
     base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint to modify.")],
     vector: Annotated[Path, typer.Option("--vector", "-v", help="Task vector to add.")],
     scale: Annotated[float, typer.Option("--scale", "-s", help="Coefficient; negative to unlearn (e.g. -0.9).")],
     output: opt.Output,
+    selection=None,
     stream=None,
 ) -> None:
-    """Write BASE + SCALE * VECTOR; tensors the vector lacks and non-float tensors are copied from BASE."""
+    """Write BASE + SCALE * VECTOR over the selected tensors; every other tensor (not selected, not in
+    the vector, or not floating-point) is copied from BASE."""
     from negmerge_cli.stages import apply_vector
 
-    report(apply_vector(base, vector, scale, output, stream))
+    report(apply_vector(base, vector, scale, output, stream, selection))
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,8 @@ def finetune(
     steps: Annotated[GridValues, _grid_option("--steps", "Optimizer step count(s), instead of --epochs.")] = None,
     wd: Annotated[GridValues, _grid_option("--wd", "AdamW weight decay(s) [default: 0.1].")] = None,
     label_smoothing: Annotated[GridValues, _grid_option("--label-smoothing", "Label smoothing(s) [default: 0].")] = None,
-    seed: Annotated[GridValues, _grid_option("--seed", "Seed(s) for shuffling and augmentation [default: 0].")] = None,
+    seed: Annotated[GridValues, _grid_option("--seed", "Seed(s) for shuffling and augmentation; with --seed-mode per-point, each point's own seed is derived from it [default: 0].")] = None,
+    seed_mode: Annotated[str, typer.Option("--seed-mode", help="per-point: every grid point trains with its own seed, derived from --seed and the point (the released runs each had their own); shared: every point trains with its --seed value as given.")] = "per-point",
     randaug: Annotated[GridValues, _grid_option("--randaug", "timm RandAugment string(s) like rand-m1-n1-mstd0.5; 'none' for no augmentation [default]; 'paper' for the paper's 30.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).", min=1)] = 128,
     accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.", min=1)] = 1,
@@ -45,6 +46,7 @@ def finetune(
     quick_gelu: opt.QuickGelu = None,
     precision: opt.Precision = "fp32",
     randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = "random",
+    freeze: Annotated[Optional[list[str]], typer.Option("--freeze", metavar="GLOB", help="Keep the image-encoder parameters whose OpenCLIP state-dict names match GLOB at their base values (repeatable); the released code froze 'visual.transformer.resblocks.*.attn.*'.")] = None,
     device: opt.Device = "auto",
 ) -> None:
     """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
@@ -71,6 +73,7 @@ def finetune(
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
         quick_gelu=quick_gelu, precision=precision,
         randaug_interpolation=randaug_interpolation,
+        seed_mode=seed_mode, freeze=freeze or [],
     )
     if list_points:
         for p in plan(options):

@@ -35,7 +35,7 @@ def _method_options() -> opt.OptionGroup:
 METHODS_HELP = "\n\n".join(f"{name}: {cls.summary}" for name, cls in sorted(REGISTRY.items()))
 
 
-@opt.with_options(_method_options(), opt.STREAMING, opt.QUIET)
+@opt.with_options(_method_options(), opt.SELECTION, opt.STREAMING, opt.QUIET)
 def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Task vectors, or fine-tuned checkpoints with --base.")],
     output: opt.Output,
@@ -43,12 +43,14 @@ def merge(
     base: Annotated[Optional[Path], typer.Option("--base", "-b", help="Form vectors on the fly as INPUT - BASE.")] = None,
     weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Per-input weight, once per input in order (sum, mean, dare).")] = None,
     method_params=None,
+    selection=None,
     stream=None,
 ) -> None:
     """Merge task vectors into one (NegMerge by default), streaming tensor by tensor."""
     from negmerge_cli.stages import merge_vectors
 
-    result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, **method_params)
+    result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, selection=selection,
+                           **method_params)
     report(result, kept=True)
 
 

@@ -104,10 +104,32 @@ STREAMING = OptionGroup("stream", [
         "--shard-size", help="Split the output into shards of at most this size, with an index.")], None),
     option("missing_as_zero", Annotated[bool, typer.Option(
         "--missing-as-zero", help="Treat a tensor absent from some inputs as zero instead of failing.")], False),
+    option("keep_zero", Annotated[bool, typer.Option(
+        "--keep-zero", help="Also write tensors that are zero in every element (default: left out, listed in "
+                            "the metadata as negmerge.zero_tensors, read back as zeros).")], False),
     option("allow_nonfinite", Annotated[bool, typer.Option(
         "--allow-nonfinite", help="Accept NaN/Inf in inputs and results instead of failing.")], False),
     option("no_hash", Annotated[bool, typer.Option(
         "--no-hash", help="Skip the SHA-256 of the inputs in the output's metadata (faster on huge merges).")],
         False),
+    option("rehash", Annotated[bool, typer.Option(
+        "--rehash", help="Hash every input afresh instead of trusting the digest cache (docs/files.md).")], False),
     option("force", Force, False),
 ], _stream_options)
+
+
+def _selection(include: Optional[list[str]], exclude: Optional[list[str]]):
+    from negmerge_cli.selection import TensorSelection
+
+    return TensorSelection(tuple(include or ()), tuple(exclude or ()))
+
+
+# vector, merge, apply, inspect: which tensors to work on (negmerge_cli.selection.TensorSelection).
+SELECTION = OptionGroup("selection", [
+    option("include", Annotated[Optional[list[str]], typer.Option(
+        "--include", metavar="GLOB",
+        help="Only tensors whose name matches GLOB (fnmatch, e.g. 'visual.*'); repeatable; default: all.")], None),
+    option("exclude", Annotated[Optional[list[str]], typer.Option(
+        "--exclude", metavar="GLOB",
+        help="Leave out tensors whose name matches GLOB (after --include); repeatable.")], None),
+], _selection)

@@ -11,18 +11,20 @@ from negmerge_cli.cli import options as opt
 from negmerge_cli.cli.common import report
 
 
-@opt.with_options(opt.STREAMING, opt.QUIET)
+@opt.with_options(opt.SELECTION, opt.STREAMING, opt.QUIET)
 def vector(
     finetuned: Annotated[list[Path], typer.Argument(help="Fine-tuned checkpoint(s): file, index or folder.")],
     base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint the fine-tunes started from.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (one input).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Output folder: one vector per input, named after it.")] = None,
+    selection=None,
     stream=None,
 ) -> None:
-    """Write the task vector FINETUNED - BASE (floating-point tensors only)."""
+    """Write the task vector FINETUNED - BASE (floating-point tensors only; all-zero ones are left
+    out and listed in the metadata unless --keep-zero)."""
     from negmerge_cli.stages import write_vectors
 
-    for result in write_vectors(base, finetuned, output=output, out_dir=out_dir, options=stream):
+    for result in write_vectors(base, finetuned, output=output, out_dir=out_dir, options=stream, selection=selection):
         report(result)
 
 

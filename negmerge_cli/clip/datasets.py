@@ -14,14 +14,18 @@ folder. Every :class:`ImageSet` says where its images come from (``split_source`
 
 from __future__ import annotations
 
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from negmerge_cli import files
 from negmerge_cli.clip import classnames as names
 from negmerge_cli.clip import templates as prompts
 from negmerge_cli.errors import NegmergeError, UsageError
@@ -32,6 +36,7 @@ VAL_FRACTION = 0.1
 VAL_MAX = 5000
 VAL_SEED = 0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DATA_SUFFIXES = IMAGE_EXTENSIONS + (".txt", ".csv", ".mat")  # what a dataset folder is read for
 _DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
 # The release upsamples these to the model's size and makes them 3-channel gray before RandAugment.
 GRAYSCALE_BEFORE_RANDAUG = ("mnist",)
@@ -54,6 +59,13 @@ class DatasetSpec:
     def name(self) -> str:
         """Readable dataset name for tables and JSON (kind, or the folder's name)."""
         return self.root.name if self.kind == "folder" and self.root else self.kind
+
+
+def protect(spec: DatasetSpec) -> None:
+    """Make the dataset's files (images, split lists, annotations) inputs of the current operation:
+    no output may replace one of them."""
+    if spec.root is not None:
+        files.register_input_tree(spec.root, DATA_SUFFIXES)
 
 
 def parse_spec(text: str) -> DatasetSpec:
@@ -129,13 +141,42 @@ class _TorchvisionSource:
 
 
 def open_image(path: str) -> Image.Image:
+    with _read_image(path) as image:
+        image.load()
+        return image
+
+
+@contextlib.contextmanager
+def _read_image(path: str):
+    """A PIL image of a regular file (a FIFO would hang a loader worker); anything unreadable is
+    one line naming the file. Not registered as an input one by one: the images' folder is
+    (``register_input_tree``), rather than possibly a million files."""
+    fd = files.open_regular(path, register=False)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
+        with os.fdopen(fd, "rb") as handle, Image.open(handle) as image:
+            yield image
+    except UnidentifiedImageError:
+        raise NegmergeError(f"{path}: cannot read image (not an image, or a format PIL does not know)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise NegmergeError(f"{path}: cannot read image ({reason})") from None
+
+
+def check_images(data: "ImageSet", threads: int = 8) -> None:
+    """Open every image file of ``data`` and read its header (not its pixels): a file that is not
+    an image, or not a regular file, fails here in one line, before a command writes anything.
+    Sources in torchvision's layouts are left out: torchvision opens their files itself."""
+    if not isinstance(data.source, _FileSource):
+        return
+    order = data.indices if data.indices is not None else range(len(data.source))
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(_check_image_header, (data.source.samples[i][0] for i in order)):
+            pass  # map raises the first failure in order
+
+
+def _check_image_header(path: str) -> None:
+    with _read_image(path):
+        pass
 
 
 # --- the dataset object the rest of the package uses --------------------------------------------
@@ -201,6 +242,7 @@ def load_dataset(
     """Open a dataset spec at its split (or ``default_split``); nothing is downloaded."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     found = _open_source(spec)
+    protect(spec)
     source, indices, split, origin = _select_split(spec, found, spec.split or default_split)
     classnames = found.classnames
     if classnames_file is not None:
@@ -447,7 +489,8 @@ def _open_resisc45(spec) -> Sources:
         listing = base / f"resisc45-{name}.txt"
         if not listing.is_file():
             raise NegmergeError(f"{listing}: missing split list for resisc45")
-        keep = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+        text = files.read_text(listing, limit=64 * 2**20, what="a split list")
+        keep = {line.strip() for line in text.splitlines() if line.strip()}
         return _FileSource([s for s in every.samples if Path(s[0]).name in keep])
 
     return Sources(split("train"), split("test"), tuple(names.folder_name(c) for c in classes),

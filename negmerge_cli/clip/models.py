@@ -70,6 +70,13 @@ def create_model(name: str, pretrained: Optional[str] = None, device: str | torc
     return model.to(device).eval()
 
 
+def skeleton(name: str) -> torch.nn.Module:
+    """The model's structure on the meta device: names and shapes, no weights, no memory."""
+    open_clip = _open_clip()
+    check_model_name(name)
+    return _quiet(lambda: open_clip.create_model(name, device="meta"))
+
+
 def needs_quick_gelu(name: str, pretrained: Optional[str] = None) -> bool:
     """Whether the weights want QuickGELU: OpenAI's CLIP weights were trained with it, but since
     open_clip 2.29 a bare model name (``ViT-B-32``) builds plain GELU even for ``pretrained="openai"``.
@@ -150,14 +157,21 @@ def _quiet(make):
 
 def load_weights(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
     """Load a full OpenCLIP state dict, with a one-line error if it does not fit the model."""
-    from negmerge_cli.checkpoint import load_state_dict
+    from negmerge_cli.checkpoint import open_checkpoint
+    from negmerge_cli.checkpoint.provenance import PREFIX
 
-    state = load_state_dict(path)
+    with open_checkpoint(path, digest=False) as checkpoint:
+        if checkpoint.metadata.get(PREFIX + "kind") == "task_vector":
+            raise CheckpointError(f"{path}: is a task vector, not a model checkpoint (its metadata says so; "
+                                  f"'negmerge apply' makes a checkpoint from a base and a vector)")
+        state = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
     check_fits(model, state, path, model_name)
-    model.load_state_dict(_reshaped(model, state), strict=True)
+    model.load_state_dict(_with_model_scalars(model, state), strict=True)
 
 
 def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path, model_name: str) -> None:
+    """Same tensor names and exact shapes: a transposed tensor with the right element count is a
+    different tensor, never reshaped into place."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -167,17 +181,22 @@ def check_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], path, mod
         more = f" and {extra} more" if extra else ""
         raise CheckpointError(f"{path}: checkpoint does not fit model {model_name}: {what}{more}")
     for key, tensor in expected.items():
-        if state[key].numel() != tensor.numel():
+        if state[key].shape != tensor.shape and not _scalar_forms(state[key], tensor):
             raise CheckpointError(
                 f"{path}: checkpoint does not fit model {model_name}: tensor '{key}' has shape "
                 f"{tuple(state[key].shape)}, the model needs {tuple(tensor.shape)}"
             )
 
 
-def _reshaped(model, state):
-    # logit_scale is a 0-d or 1-element tensor depending on the open_clip version that wrote it
+def _scalar_forms(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Shapes () and (1,): how open_clip versions differ in storing logit_scale; the only shape
+    difference accepted."""
+    return {tuple(a.shape), tuple(b.shape)} == {(), (1,)}
+
+
+def _with_model_scalars(model, state):
     expected = model.state_dict()
-    return {k: v.reshape(expected[k].shape) if v.shape != expected[k].shape else v for k, v in state.items()}
+    return {k: v.reshape(expected[k].shape) if _scalar_forms(v, expected[k]) else v for k, v in state.items()}
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:

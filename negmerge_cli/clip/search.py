@@ -12,10 +12,14 @@ each side and applies the same rule to every point it has evaluated.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.results import SearchPoint
+
+
+MAX_COEFS = 10_000  # each one is a full evaluation; more is a typo, not a search
 
 
 def parse_coefs(text: str) -> list[float]:
@@ -26,6 +30,8 @@ def parse_coefs(text: str) -> list[float]:
             start, stop, count = float(start), float(stop), int(num)
             if count < 1:
                 raise ValueError
+            if count > MAX_COEFS:
+                raise UsageError(f"{option('coefs')} {text!r}: at most {MAX_COEFS:,} coefficients")
             step = (stop - start) / (count - 1) if count > 1 else 0.0
             values = [start + i * step for i in range(count)]
         else:
@@ -34,6 +40,10 @@ def parse_coefs(text: str) -> list[float]:
         raise UsageError(f"{option('coefs')} {text!r}: use START:STOP:NUM (e.g. 0:1:21) or a list like 0,0.5,1") from None
     if not values:
         raise UsageError(f"{option('coefs')} {text!r}: no coefficients")
+    if len(values) > MAX_COEFS:
+        raise UsageError(f"{option('coefs')} {text!r}: at most {MAX_COEFS:,} coefficients")
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option('coefs')} {text!r}: every coefficient must be a finite number")
     return sorted({round(v, 10) for v in values})
 
 

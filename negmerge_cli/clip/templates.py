@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from negmerge_cli import files
 from negmerge_cli.errors import UsageError
+
+_MAX_LIST_BYTES = 16 * 2**20  # a --templates or --classnames file is a short list of lines
 
 CARS = (
     "a photo of a {}.",
@@ -106,12 +109,7 @@ def fill(template: str, classname: str) -> str:
 
 
 def _read_lines(path: Path, option: str) -> list[str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read {option} file ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: {option} file is not UTF-8 text") from None
+    text = files.read_text(path, error=UsageError, limit=_MAX_LIST_BYTES, what=f"a {option} file")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise UsageError(f"{path}: {option} file is empty")

@@ -2,8 +2,9 @@
 
 The recipe of the paper (and of task arithmetic before it): AdamW, cosine schedule with linear
 warm-up (the task_vectors ``cosine_lr`` formula), gradient-norm clipping at 1.0, cross-entropy with
-optional label smoothing. Only ``model.visual`` trains; the text tower and logit scale stay frozen,
-so a task vector from these checkpoints is zero outside the image encoder.
+optional label smoothing. Only ``model.visual`` trains (less the parameters ``settings.freeze``
+matches, see :mod:`negmerge_cli.clip.freeze`); the text tower and logit scale stay frozen, so a task
+vector from these checkpoints is zero outside the image encoder.
 
 Under torchrun the image encoder is wrapped in DistributedDataParallel (NCCL on GPUs, gloo on CPU);
 ``batch_size`` is the global batch of one optimizer step, split over processes and accumulation
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from negmerge_cli.clip import zeroshot
+from negmerge_cli.clip import freeze, zeroshot
 from negmerge_cli.clip.datasets import ImageSet
 from negmerge_cli.clip.evaluate import worker_errors
 from negmerge_cli.clip.precision import autocast, gradient_scaler
@@ -76,7 +77,7 @@ class TrainSettings:
     lr: float
     wd: float
     label_smoothing: float
-    seed: int
+    seed: int  # the point's training seed (sweep.GridPoint.train_seed)
     epochs: Optional[int] = None
     steps: Optional[int] = None
     batch_size: int = 128
@@ -84,6 +85,7 @@ class TrainSettings:
     warmup_steps: int = 500
     workers: int = 2
     precision: str = "fp32"  # the paper's; bf16/fp16 autocast on request
+    freeze: tuple[str, ...] = ()  # globs of image-encoder parameters kept at their base values
 
 
 def micro_batch_size(settings: TrainSettings, world_size: int) -> int:
@@ -113,6 +115,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     """Train ``model.visual`` in place; returns run statistics (steps, images/s, last loss)."""
     _seed_everything(settings.seed + ranks.rank)
     _freeze_all_but_visual(model)
+    frozen = freeze.apply(model, settings.freeze)  # before DDP and the optimizer see the parameters
     encoder = model.visual.train()
     if ranks.enabled:
         ids = [device.index] if device.type == "cuda" else None
@@ -152,7 +155,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     model.visual.eval()
     return {"steps": total, "warmup_steps": warmup, "epochs_run": epoch, "images_seen": images,
             "seconds": round(seconds, 3), "images_per_s": round(images / max(seconds, 1e-9), 2),
-            "final_loss": round(loss_value, 6), "processes": ranks.world_size}
+            "final_loss": round(loss_value, 6), "processes": ranks.world_size, **frozen}
 
 
 def _seed_everything(seed: int) -> None:

@@ -3,17 +3,14 @@ as a flat dict of named tensors plus the SHA-256 of every file read."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from negmerge_cli import files
+from negmerge_cli.checkpoint import digests
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_checkpoint, open_regular
 from negmerge_cli.convert import unpickle
 from negmerge_cli.errors import CheckpointError
-
-_BLOCK = 16 * 1024 * 1024
 
 
 @dataclass
@@ -30,10 +27,8 @@ def read_source(path: str | Path) -> Source:
             tensors = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
             hashes = {Path(p): h for p, h in checkpoint.file_hashes().items()}
         return Source(path, tensors, hashes)
-    with os.fdopen(open_regular(path), "rb") as handle:  # regular files only: a FIFO would hang
-        files.register_input(handle.fileno())
-        digest = _sha256(handle)
-        handle.seek(0)
+    with os.fdopen(open_regular(path), "rb") as handle:  # regular files only (a FIFO would hang); an input
+        digest = digests.sha256_of_fd(handle.fileno())  # pread: the position stays at 0
         return Source(path, _pickled_tensors(path, handle), {path: digest})
 
 
@@ -48,13 +43,7 @@ def _pickled_tensors(path: Path, handle) -> dict[str, object]:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's SHA-256 (each version hashed once: see the digest cache)."""
     with os.fdopen(open_regular(path), "rb") as handle:
-        return _sha256(handle)
-
-
-def _sha256(handle) -> str:
-    sha = hashlib.sha256()
-    while block := handle.read(_BLOCK):
-        sha.update(block)
-    return sha.hexdigest()
+        return digests.sha256_of_fd(handle.fileno())
 

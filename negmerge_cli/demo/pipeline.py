@@ -174,9 +174,10 @@ def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands:
         grid=Grid(lr=[settings.lr], steps=[settings.steps], seed=list(settings.seeds), randaug=list(settings.randaug)),
         batch_size=settings.batch_size, warmup_steps=settings.warmup_steps, workers=0,
         crop_scale=settings.crop_scale, hflip=settings.hflip,
+        seed_mode="shared",  # the demo's k fine-tunes are its seeds 0..k-1, each trained with that very seed
     )
     manifest = finetune(options)
-    grid = " ".join(f"--seed {s}" for s in settings.seeds)
+    grid = " ".join(f"--seed {s}" for s in settings.seeds) + " --seed-mode shared"
     if settings.randaug != ("none",):
         grid += "".join(f" --randaug {r}" for r in settings.randaug)
         grid += f" --crop-scale {settings.crop_scale} --hflip {settings.hflip}"

@@ -17,15 +17,23 @@ from negmerge_cli.lazy import torch
 from negmerge_cli.errors import UsageError, option
 
 
+def _no_check(accumulator: "torch.Tensor") -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Chunk:
-    """One flat slice ``[start, stop)`` of the tensor called ``name``, merged over ``count`` inputs."""
+    """One flat slice ``[start, stop)`` of the tensor called ``name``, merged over ``count`` inputs.
+
+    ``verify_sum``: for methods that ``sum_every_input``, the check of the running sum (NaN or Inf
+    in any input, named by file and tensor); a no-op when non-finite values are allowed."""
 
     name: str
     start: int
     stop: int
     count: int
     weights: tuple[float, ...] | None = None
+    verify_sum: Callable[["torch.Tensor"], None] = _no_check
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,10 @@ class MergeMethod(ABC):
     uses_weights: ClassVar[bool] = False
     holds_all_inputs: ClassVar[bool] = False
     state_buffers: ClassVar[int] = 2  # float buffers per element while merging a chunk
+    # True: every element of every input is added (times a finite weight) into one running sum,
+    # which the method passes to ``chunk.verify_sum`` before anything masks it. A NaN or Inf in an
+    # input then shows in the sum, so one check per chunk replaces one check per input.
+    sums_every_input: ClassVar[bool] = False
 
     def __init__(self, **values: object):
         known = {p.name: p for p in self.params}

@@ -14,8 +14,9 @@ def weighted_sum(chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
     total = None
     for index, tau in enumerate(taus):
         if chunk.weights is not None:
-            tau.mul_(chunk.weights[index])
+            tau.mul_(chunk.weights[index])  # finite weights: NaN and Inf stay NaN or Inf (Inf * 0 is NaN)
         total = tau if total is None else total.add_(tau)
+    chunk.verify_sum(total)
     return total
 
 
@@ -26,6 +27,7 @@ class Sum(MergeMethod):
     formula = "out = sum_i w_i tau_i   (w_i = 1 unless --weight is given)"
     uses_weights = True
     state_buffers = 1
+    sums_every_input = True
 
     def merge_chunk(self, chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
         return weighted_sum(chunk, taus)
@@ -38,6 +40,7 @@ class Mean(MergeMethod):
     formula = "out = (sum_i w_i tau_i) / (sum_i w_i)   (w_i = 1: the plain mean)"
     uses_weights = True
     state_buffers = 1
+    sums_every_input = True
 
     def merge_chunk(self, chunk: Chunk, taus: Iterator[torch.Tensor]) -> torch.Tensor:
         total = weighted_sum(chunk, taus)

@@ -13,20 +13,22 @@ from negmerge_cli import files
 from negmerge_cli.checkpoint.provenance import architecture_of, provenance
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.plans import plan_apply
+from negmerge_cli.selection import EVERYTHING, TensorSelection
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
 from negmerge_cli.streaming import TensorJob
 
 
 def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str | Path,
-                 options: StreamOptions | None = None) -> StreamResult:
-    """Write base + scale * vector. Tensors absent from the vector, and non-float tensors, are
-    copied from the base unchanged; the output keeps the base's dtypes unless ``options.dtype``."""
+                 options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING) -> StreamResult:
+    """Write base + scale * vector over the selected tensors. Tensors absent from the vector (or
+    omitted as zero, or not selected), and non-float tensors, are copied from the base unchanged;
+    the output keeps the base's dtypes unless ``options.dtype``."""
     options = options or StreamOptions()
     if not math.isfinite(scale):
         raise UsageError(f"{option('scale')} {scale}: must be a finite number")
     with files.operation(), ExitStack() as stack:
         base_checkpoint, vector_checkpoint = open_inputs(stack, [base, vector], options)
-        jobs = plan_apply(base_checkpoint, vector_checkpoint, options.torch_dtype)
+        jobs = plan_apply(base_checkpoint, vector_checkpoint, options.torch_dtype, selection)
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
             theta = next(slices)
@@ -36,7 +38,8 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
             return theta
 
         # the result is the base's model: whoever rebuilds it needs the base's architecture entries
-        metadata = {**provenance("apply", kind="checkpoint", scale=scale), **architecture_of(base_checkpoint.metadata)}
+        metadata = {**provenance("apply", kind="checkpoint", scale=scale), **architecture_of(base_checkpoint.metadata),
+                    **selection.metadata()}
         hashed = {"base": [base_checkpoint], "vector": [vector_checkpoint]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description="apply")

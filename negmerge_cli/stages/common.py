@@ -14,9 +14,9 @@ from negmerge_cli.checkpoint.format import count_nonzero
 from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
-from negmerge_cli.errors import OutputError, option, switch
+from negmerge_cli.errors import OutputError, UsageError, option, switch
 from negmerge_cli.output import output
-from negmerge_cli.streaming import Engine, Process, TensorJob
+from negmerge_cli.streaming import Engine, Process, TensorJob, WriteBehind
 from negmerge_cli.units import parse_dtype, parse_size, resolve_device
 
 
@@ -30,10 +30,15 @@ class StreamOptions:
     shard_size: str | None = None
     force: bool = False
     missing_as_zero: bool = False
+    keep_zero: bool = False  # vector, merge: also write tensors that are zero in every element
     allow_nonfinite: bool = False
     hash_inputs: bool = True
+    rehash: bool = False  # hash every input afresh instead of trusting the digest cache
 
     def __post_init__(self) -> None:  # validate early: before any file is opened
+        if self.rehash and not self.hash_inputs:
+            no_hash = switch("no_hash") if option("no_hash").startswith("--") else "hash_inputs=False"
+            raise UsageError(f"{switch('rehash')} asks for fresh digests and {no_hash} for none; give one of them")
         self.torch_device = resolve_device(self.device)
         self.torch_dtype = parse_dtype(self.dtype)
         self.budget = parse_size(self.max_memory, option("max_memory"))
@@ -55,7 +60,7 @@ class StreamResult:
 
 
 def open_inputs(stack: ExitStack, paths: list, options: StreamOptions) -> list[Checkpoint]:
-    return [stack.enter_context(open_checkpoint(p, options.hash_inputs)) for p in paths]
+    return [stack.enter_context(open_checkpoint(p, options.hash_inputs, options.rehash)) for p in paths]
 
 
 def stream_to_file(
@@ -69,43 +74,55 @@ def stream_to_file(
     float_buffers: Callable[[TensorJob], int] = lambda job: 2,
     before_job: Callable[[TensorJob, Engine], None] = lambda job, engine: None,
     description: str = "streaming",
+    sums_checked: bool = False,
 ) -> StreamResult:
     """Compute ``jobs`` into ``target`` (atomically), recording input hashes in the metadata.
 
     Results are checked before they are written: a NaN or Inf (from the arithmetic, or from an
-    overflow when converting to the output dtype) fails the run unless ``allow_nonfinite``.
+    overflow when converting to the output dtype) fails the run unless ``allow_nonfinite``. Inputs
+    are checked slice by slice as they arrive, unless ``sums_checked``: ``process`` then checks
+    the running sum of each slice's sources instead (:func:`~negmerge_cli.streaming.check_sum`).
 
     ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the checkpoints it lists;
-    their SHA-256 digests come for free from the reads and are written once streaming is done.
+    their SHA-256 digests come from the digest cache, or for free from the reads, in which case
+    they are written once streaming is done.
     """
     started = time.perf_counter()
     layout = [OutputTensor(j.name, j.out_dtype, j.shape) for j in jobs]
-    for key, group in hashed_inputs.items():
-        metadata[PREFIX + key] = describe_inputs(_file_paths(group))
+    known = all(c.hashes_known for group in hashed_inputs.values() for c in group)
+    metadata.update(_input_metadata(hashed_inputs, with_hashes=known))
     total_bytes = sum(j.read_bytes for j in jobs)
     counts = {"nonzero": 0, "elements": 0}
 
     with StreamingWriter(target, layout, metadata, shard_size=options.shard_bytes,
-                         force=options.force) as writer, \
-            output().progress(description, total_bytes, unit="bytes") as advance:
-        engine = Engine(options.torch_device, options.budget, not options.allow_nonfinite, advance)
+                         force=options.force, metadata_final=known) as writer, \
+            output().progress(description, total_bytes, unit="bytes") as advance, \
+            WriteBehind(lambda name, result: _write(writer, name, result, target, options, counts)) as sink:
+        engine = Engine(options.torch_device, options.budget, not (options.allow_nonfinite or sums_checked), advance)
 
-        def write(name: str, result: torch.Tensor) -> None:
-            if result.dtype.is_floating_point:
-                if not options.allow_nonfinite:
-                    _check_result(result, name, target)
-                counts["nonzero"] += count_nonzero(result)
-                counts["elements"] += result.numel()
-            writer.write(name, result)
-
-        engine.run(jobs, process, write, float_buffers, before_job)
-        writer.update_metadata({
-            PREFIX + key: describe_inputs(_file_paths(group), _file_hashes(group))
-            for key, group in hashed_inputs.items()
-        })
+        engine.run(jobs, process, sink.put, float_buffers, before_job)
+        sink.finish()
+        writer.update_metadata(_input_metadata(hashed_inputs, with_hashes=True))
         outputs = writer.final_paths
     return StreamResult(outputs, len(jobs), counts["elements"], counts["nonzero"], total_bytes,
                         time.perf_counter() - started)
+
+
+def _write(writer: StreamingWriter, name: str, result: torch.Tensor, target: Path, options: StreamOptions,
+           counts: dict[str, int]) -> None:
+    """Check, count and write one result slice (on the writer thread)."""
+    if result.dtype.is_floating_point:
+        if not options.allow_nonfinite:
+            _check_result(result, name, target)
+        counts["nonzero"] += count_nonzero(result)
+        counts["elements"] += result.numel()
+    writer.write(name, result)
+
+
+def _input_metadata(hashed_inputs: dict[str, list[Checkpoint]], with_hashes: bool) -> dict[str, str]:
+    """The ``negmerge.<key>`` lists of input files and their digests (placeholders until known)."""
+    return {PREFIX + key: describe_inputs(_file_paths(group), _file_hashes(group) if with_hashes else None)
+            for key, group in hashed_inputs.items()}
 
 
 def _file_paths(group: list[Checkpoint]) -> list[Path]:
@@ -120,7 +137,9 @@ _CHECKED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp8 
 
 
 def _check_result(result: torch.Tensor, name: str, target: Path) -> None:
-    if result.dtype in _CHECKED and result.numel() and not bool(torch.isfinite(result).all()):
+    # the sum first: one fast reduction; a non-finite sum is confirmed element-wise (it may overflow)
+    if result.dtype in _CHECKED and result.numel() and not bool(torch.isfinite(result.sum())) \
+            and not bool(torch.isfinite(result).all()):
         raise OutputError(
             f"{target}: tensor '{name}' would hold NaN or Inf (overflow of {str(result.dtype).removeprefix('torch.')}, "
             f"or non-finite weights or scale); nothing was written (pass {switch('allow_nonfinite')} to write it anyway)"

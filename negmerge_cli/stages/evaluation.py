@@ -9,6 +9,7 @@ text tower untouched (the case for image-encoder fine-tunes), else rebuilt per l
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class SearchOptions:
             raise UsageError(f"{option('search')} {self.search!r}: choose grid, fast or compare")
         if not 0 < self.threshold <= 1:
             raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
+        if not self.coefs or not all(math.isfinite(c) for c in self.coefs):
+            raise UsageError(f"{option('coefs')}: give one or more finite coefficients")
         if self.base_retain is not None and _as_number(self.base_retain) is not None:
             _check_fraction(_as_number(self.base_retain), self.base_retain)  # a file is read with the data
 
@@ -100,7 +103,7 @@ def evaluate(specs: Sequence[str], options: EvalOptions, *, json_out: Optional[P
     """Top-1/top-5/mean per-class recall of one model on each dataset (test split by default);
     the results also go to ``json_out`` when given."""
     with files.operation():
-        _check_outputs([json_out], force)
+        _check_outputs([json_out], force, options, specs)
         results = [_evaluate_one(data, model, options) for model, data in _each_dataset(specs, options, "test")]
         if json_out:
             files.write_json(json_out, [r.to_json() for r in results], force=force)
@@ -152,8 +155,19 @@ def _open_sets(specs: Sequence[str], options: EvalOptions, default_split: str):
     return [datasets.load_dataset(s, default_split, options.classnames, options.templates) for s in specs]
 
 
-def _check_outputs(paths: Sequence[Optional[Path]], force: bool) -> None:
-    """Fail on an output that cannot be written before minutes of evaluation, not after."""
+def _check_outputs(paths: Sequence[Optional[Path]], force: bool, options: EvalOptions, specs: Sequence[str],
+                   vector: Optional[str] = None, base_retain: Optional[str] = None) -> None:
+    """Fail on an output that cannot be written (it exists, or it is one of the inputs) before
+    minutes of evaluation, not after: the inputs are registered before they are read."""
+    from negmerge_cli.clip import datasets
+
+    stored_accuracies = _split_key(base_retain)[0] if base_retain and _as_number(base_retain) is None else None
+    for path in (options.checkpoint, options.pretrained, options.templates, options.classnames, vector,
+                 stored_accuracies):
+        if path:
+            files.register_input(path)
+    for spec in specs:
+        datasets.protect(datasets.parse_spec(spec))
     for path in paths:
         if path is not None:
             files.check_target(Path(path), force=force)
@@ -170,7 +184,8 @@ def search_coefficient(model_options: EvalOptions, options: SearchOptions, *, js
     given; :meth:`SearchResult.chosen` is None when no lambda keeps the retain bar."""
     with files.operation():
         check_eval_mode(options.vector, (), options.forget, options.retain, plot, options.base_retain)
-        _check_outputs([json_out, plot], force)
+        _check_outputs([json_out, plot], force, model_options, [options.forget, options.retain], options.vector,
+                       options.base_retain)
         result = _Search(model_options, options).run()
         if json_out:
             files.write_json(json_out, result.to_json(), force=force)
@@ -322,16 +337,14 @@ def _split_key(value: str) -> tuple[Path, Optional[str]]:
 
 def _read_accuracies(path: Path):
     import json
-    import os
-
-    from negmerge_cli.checkpoint.reader import open_regular
 
     try:
-        with os.fdopen(open_regular(path), "rb") as handle:
-            return json.loads(handle.read(1 << 20).decode("utf-8"))
-    except CheckpointError as error:
+        text = files.read_text(path, error=UsageError, limit=1 << 20, what=f"{option('base_retain')} file")
+    except UsageError as error:
         raise UsageError(f"{option('base_retain')} {error}") from None
-    except (UnicodeDecodeError, ValueError) as error:
+    try:
+        return json.loads(text)
+    except ValueError as error:
         raise UsageError(f"{option('base_retain')} {path}: not a JSON file of accuracies ({error})") from None
 
 

@@ -20,8 +20,8 @@ from negmerge_cli import files
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.output import output
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
-from negmerge_cli.sweep import (NO_AUGMENTATION, Grid, GridPoint, SweepFolder, expand_grid, identity_of,
-                                normalise_randaug)
+from negmerge_cli.sweep import (NO_AUGMENTATION, PER_POINT, Grid, GridPoint, SweepFolder, check_seed_mode,
+                                expand_grid, identity_of, normalise_randaug)
 
 
 @dataclass
@@ -46,11 +46,13 @@ class FinetuneOptions:
     quick_gelu: Optional[bool] = None  # None: what the pretrained weights need (models.needs_quick_gelu)
     precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
     randaug_interpolation: str = "random"  # RandAugment runs: timm's default, as the release left it
+    seed_mode: str = PER_POINT  # per-point: each point's own seed from its --seed; shared: --seed as is
+    freeze: Sequence[str] = ()  # globs of image-encoder parameters kept at their base values
 
 
 def plan(options: FinetuneOptions) -> list[GridPoint]:
     """The grid points this call would run (after the ``point`` selection); validates the options."""
-    from negmerge_cli.clip import datasets, models
+    from negmerge_cli.clip import datasets, freeze, models
     from negmerge_cli.clip.precision import check_precision
 
     check_precision(options.precision)
@@ -61,6 +63,7 @@ def plan(options: FinetuneOptions) -> list[GridPoint]:
     if options.randaug_interpolation not in models.RANDAUG_INTERPOLATIONS:
         raise UsageError(f"{option('randaug_interpolation')} {options.randaug_interpolation!r}: must be one of "
                          f"{', '.join(models.RANDAUG_INTERPOLATIONS)}")
+    check_seed_mode(options.seed_mode)
     spec = datasets.parse_spec(options.data)
     if spec.split not in (None, "train"):
         raise UsageError(f"{option('data')} {options.data}: finetune trains on the train split (Val is held out for it)")
@@ -69,7 +72,10 @@ def plan(options: FinetuneOptions) -> list[GridPoint]:
         if value != NO_AUGMENTATION:
             models.check_randaug(value)
     grid = Grid(**{**asdict(options.grid), "randaug": randaug})
-    points = expand_grid(grid, lambda aug: datasets.paper_epochs(spec.kind, aug != NO_AUGMENTATION))
+    points = expand_grid(grid, lambda aug: datasets.paper_epochs(spec.kind, aug != NO_AUGMENTATION),
+                         options.seed_mode)
+    if options.freeze:
+        freeze.select(freeze.encoder_sizes(options.model), options.freeze)
     if options.point is not None:
         bad = [i for i in options.point if not 0 <= i < len(points)]
         if bad:
@@ -111,17 +117,11 @@ class _SweepRun:
         models.check_model_name(options.model)
         self.train_set = datasets.load_dataset(options.data, "train", options.classnames, options.templates)
         self.val_set = datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
-        self.quick_gelu = (models.needs_quick_gelu(options.model, options.pretrained)
-                           if options.quick_gelu is None else options.quick_gelu)
-        self.folder = SweepFolder(options.output, {**identity_of(
-            options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
-            options.templates, options.classnames, options.crop_scale, options.hflip,
-            quick_gelu=self.quick_gelu, precision=options.precision), **self._data_protocol()})
-
-    def _data_protocol(self) -> dict:
-        """Where train and Val come from and how RandAugment resamples: part of what a sweep is."""
-        return {"train_split": self.train_set.split_source, "val_split": self.val_set.split_source,
-                "randaug_interpolation": self.options.randaug_interpolation}
+        self.quick_gelu = _quick_gelu(options)
+        self.folder = SweepFolder(options.output, sweep_identity(options, self.train_set, self.val_set))
+        if ranks.is_main and not self.folder.base.exists():  # a new sweep: no folder for unreadable data
+            for data in (self.train_set, self.val_set):
+                datasets.check_images(data)
 
     def prepare(self, points: list[GridPoint]) -> list[GridPoint]:
         """Claim the folder, write the base, build the model and head; the points still to train."""
@@ -154,7 +154,7 @@ class _SweepRun:
             folder.check_identity()
             if not folder.base.exists():
                 base_model = base_model or build()
-                metadata = provenance("finetune", role="base", model=options.model,
+                metadata = provenance("finetune", kind="checkpoint", role="base", model=options.model,
                                       pretrained=options.pretrained, data=options.data)
                 models.save_checkpoint(base_model, folder.base, metadata)
                 output().log(f"wrote {folder.base}")
@@ -214,9 +214,10 @@ class _SweepRun:
         options = self.options
         metrics = self._validate()
         transform = describe_train_transform(options, point.randaug, self.train_set.spec.kind)
-        metadata = provenance("finetune", model=options.model, pretrained=options.pretrained, data=options.data,
+        metadata = provenance("finetune", kind="checkpoint", model=options.model, pretrained=options.pretrained, data=options.data,
                               base=self.folder.base.name, hyperparameters=point.hyperparameters(),
-                              precision=options.precision,
+                              precision=options.precision, seed_mode=options.seed_mode,
+                              freeze=self.folder.identity["freeze"], frozen_parameters=stats["frozen_parameters"],
                               val_acc1=f"{metrics.acc1:.6f}", train_split=self.train_set.split_source,
                               val_split=self.val_set.split_source, transform=transform)
         models.save_checkpoint(self.model, self.folder.checkpoint(point), metadata, force=True)
@@ -247,13 +248,36 @@ def describe_train_transform(options: FinetuneOptions, randaug: str, kind: str) 
             f"crop scale {options.crop_scale:g}, hflip {options.hflip:g}")
 
 
+def sweep_identity(options: FinetuneOptions, train_set=None, val_set=None) -> dict:
+    """What a sweep folder is a sweep of (its sweep.json): a run with other values is refused. The
+    data sets are loaded unless given (a run has them already)."""
+    from negmerge_cli.clip import datasets
+
+    train_set = train_set or datasets.load_dataset(options.data, "train", options.classnames, options.templates)
+    val_set = val_set or datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
+    identity = identity_of(
+        options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
+        options.templates, options.classnames, options.crop_scale, options.hflip, options.seed_mode,
+        options.freeze, quick_gelu=_quick_gelu(options), precision=options.precision)
+    # where train and Val come from and how RandAugment resamples are part of what a sweep is
+    return {**identity, "train_split": train_set.split_source, "val_split": val_set.split_source,
+            "randaug_interpolation": options.randaug_interpolation}
+
+
+def _quick_gelu(options: FinetuneOptions) -> bool:
+    from negmerge_cli.clip import models
+
+    return models.needs_quick_gelu(options.model, options.pretrained) if options.quick_gelu is None \
+        else options.quick_gelu
+
+
 def _settings(options: FinetuneOptions, point: GridPoint):
     from negmerge_cli.clip.train import TrainSettings
 
-    return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.seed,
+    return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
                          epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
                          accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers,
-                         precision=options.precision)
+                         precision=options.precision, freeze=tuple(options.freeze))
 
 
 def _val_spec(data: str) -> str:

@@ -1,15 +1,18 @@
 """``inspect``: what a checkpoint holds (tensors, metadata, totals), and for task vectors how much
-of each tensor is non-zero (what survived a NegMerge)."""
+of each tensor is non-zero (what survived a NegMerge). A selection (``--include``/``--exclude``)
+limits the tensors shown and every total to the selected ones."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from negmerge_cli.checkpoint.format import count_nonzero, is_float
+from negmerge_cli.checkpoint.format import DTYPE_CODES, count_nonzero, is_float
 from negmerge_cli.checkpoint.provenance import PREFIX
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
+from negmerge_cli.checkpoint.zero_tensors import read_zero_tensors
+from negmerge_cli.selection import EVERYTHING, TensorSelection
 
 _SLICE = 1 << 22
 
@@ -36,8 +39,11 @@ class CheckpointSummary:
     metadata: dict[str, str]
     tensors: list[TensorSummary]
     is_task_vector: bool
-    total_bytes: int
+    total_bytes: int  # of the files
+    tensor_bytes: int  # of the (selected) tensors' data
     dtypes: dict[str, int] = field(default_factory=dict)
+    zero_tensors: list[TensorSummary] = field(default_factory=list)  # omitted from the file as all-zero
+    selection: TensorSelection = EVERYTHING
 
     @property
     def numel(self) -> int:
@@ -45,18 +51,23 @@ class CheckpointSummary:
 
     @property
     def nonzero_fraction(self) -> float | None:
+        """Over the counted tensors and the omitted zero ones: the same for a vector written with
+        or without its all-zero tensors."""
         counted = [t for t in self.tensors if t.nonzero is not None]
         if not counted:
             return None
-        total = sum(t.numel for t in counted)
+        total = sum(t.numel for t in counted + self.zero_tensors)
         return sum(t.nonzero for t in counted) / total if total else 0.0
 
     def prefixes(self) -> list["PrefixSummary"]:
         """Totals per name prefix: the first dotted component (``visual``, ``transformer``...), or
         more components while every tensor shares them (``model.layers`` in LLM checkpoints)."""
-        depth = _prefix_depth([t.name for t in self.tensors])
+        counting = any(t.nonzero is not None for t in self.tensors)
+        omitted = [replace(t, nonzero=0 if counting else None) for t in self.zero_tensors]  # zeros, not unknowns
+        everything = [*self.tensors, *omitted]
+        depth = _prefix_depth([t.name for t in everything])
         groups: dict[str, PrefixSummary] = {}
-        for tensor in self.tensors:
+        for tensor in everything:
             prefix = ".".join(tensor.name.split(".")[:depth])
             group = groups.setdefault(prefix, PrefixSummary(prefix))
             group.add(tensor)
@@ -67,9 +78,11 @@ class CheckpointSummary:
         return {
             "path": self.path, "files": self.files, "metadata": self.metadata,
             "is_task_vector": self.is_task_vector, "tensor_count": len(self.tensors),
-            "numel": self.numel, "total_bytes": self.total_bytes, "params_by_dtype": self.dtypes,
-            "nonzero_fraction": self.nonzero_fraction, "prefixes": [p.to_json() for p in self.prefixes()],
-            "tensors": tensors,
+            "numel": self.numel, "total_bytes": self.total_bytes, "tensor_bytes": self.tensor_bytes,
+            "params_by_dtype": self.dtypes, "nonzero_fraction": self.nonzero_fraction,
+            "prefixes": [p.to_json() for p in self.prefixes()], "tensors": tensors,
+            "zero_tensors": [asdict(t) for t in self.zero_tensors],
+            "include": list(self.selection.include), "exclude": list(self.selection.exclude),
         }
 
 
@@ -116,19 +129,28 @@ def _prefix_depth(names: list[str], most: int = 3) -> int:
     return depth
 
 
-def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None) -> CheckpointSummary:
-    """Summarise a checkpoint. ``count_nonzero`` defaults to True for task vectors (files whose
-    metadata says ``negmerge.kind: task_vector``); counting reads the data, the rest reads headers."""
+def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None,
+                       selection: TensorSelection = EVERYTHING) -> CheckpointSummary:
+    """Summarise a checkpoint's selected tensors. ``count_nonzero`` defaults to True for task vectors
+    (files whose metadata says ``negmerge.kind: task_vector``); counting reads the data, the rest
+    reads headers."""
     with open_checkpoint(path, digest=False) as checkpoint:
         is_vector = checkpoint.metadata.get(PREFIX + "kind") == "task_vector"
         count = is_vector if count_nonzero is None else count_nonzero
-        tensors = [_summarise(checkpoint, name, count) for name in checkpoint.names]
+        zeros = read_zero_tensors(checkpoint)
+        everything = [*checkpoint.names, *zeros]
+        picked = set(selection.pick(everything, everything, f"tensor of {checkpoint.path}"))
+        names = [n for n in checkpoint.names if n in picked]
+        tensors = [_summarise(checkpoint, name, count) for name in names]
+        omitted = [TensorSummary(z.name, DTYPE_CODES[z.dtype], list(z.shape), z.numel, 0)
+                   for z in zeros.values() if z.name in picked]
         dtypes = Counter()
         for tensor in tensors:
             dtypes[tensor.dtype] += tensor.numel
         return CheckpointSummary(
             str(checkpoint.path), [str(f.path) for f in checkpoint.files], dict(checkpoint.metadata),
-            tensors, is_vector, checkpoint.total_bytes, dict(dtypes),
+            tensors, is_vector, checkpoint.total_bytes, sum(checkpoint.entry(n).nbytes for n in names),
+            dict(dtypes), omitted, selection,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,8 +15,10 @@ from negmerge_cli.checkpoint.provenance import provenance
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.methods import Chunk, MergeMethod, create_method
 from negmerge_cli.plans import plan_merge, task_vectors, vector_sources
+from negmerge_cli.selection import EVERYTHING, TensorSelection
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
-from negmerge_cli.streaming import Engine, TensorJob
+from negmerge_cli.stages.vector import omit_zero_tensors
+from negmerge_cli.streaming import Engine, TensorJob, check_sum
 
 
 def merge_vectors(
@@ -26,18 +29,22 @@ def merge_vectors(
     base: str | Path | None = None,
     weights: Sequence[float] | None = None,
     options: StreamOptions | None = None,
+    selection: TensorSelection = EVERYTHING,
     **method_params: object,
 ) -> StreamResult:
-    """Merge task vectors ``inputs`` into ``output`` with ``method``.
+    """Merge task vectors ``inputs`` into ``output`` with ``method``, over the selected tensors.
 
     With ``base``, the inputs are fine-tuned checkpoints and each vector is formed on the fly as
     input - base (no intermediate files). Extra keyword arguments are the method's parameters.
+    Tensors a vector lists as omitted zeros read as zeros; a result that is zero in every input is
+    left out in turn (unless ``options.keep_zero``).
     """
     with files.operation():
-        return _merge(inputs, output, method, base, weights, options or StreamOptions(), method_params)
+        return _merge(inputs, output, method, base, weights, options or StreamOptions(), selection, method_params)
 
 
-def _merge(inputs, output, method, base, weights, options: StreamOptions, method_params: dict) -> StreamResult:
+def _merge(inputs, output, method, base, weights, options: StreamOptions, selection: TensorSelection,
+           method_params: dict) -> StreamResult:
     merger = method if isinstance(method, MergeMethod) else create_method(method, **method_params)
     if not inputs:
         raise UsageError("merge needs at least one input")
@@ -45,12 +52,16 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, method
     with ExitStack() as stack:
         sources = open_inputs(stack, list(inputs), options)
         base_checkpoint = open_inputs(stack, [base], options)[0] if base is not None else None
-        jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero)
+        jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero, selection)
         has_base = base_checkpoint is not None
+        jobs, omitted = omit_zero_tensors(jobs, has_base, options, Path(output))
         buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)
+        # methods that sum every input check one running sum per slice instead of every input
+        sums_checked = merger.sums_every_input and not options.allow_nonfinite
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
-            chunk = Chunk(job.name, start, stop, len(sources), weights)
+            verify = {"verify_sum": functools.partial(check_sum, job, start, stop)} if sums_checked else {}
+            chunk = Chunk(job.name, start, stop, len(sources), weights, **verify)
             return merger.merge_chunk(chunk, task_vectors(slices, has_base))
 
         def before_job(job: TensorJob, engine: Engine) -> None:
@@ -66,11 +77,12 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, method
         metadata = provenance(
             "merge", kind="task_vector", method=merger.name, params=merger.settings,
             weights=list(weights) if weights else None,
-        )
+        ) | selection.metadata() | omitted
         hashed = {"inputs": sources, **({"base": [base_checkpoint]} if has_base else {})}
         return stream_to_file(
             Path(output), jobs, process, metadata, hashed, options,
             float_buffers=lambda job: buffers, before_job=before_job, description=f"merge ({merger.name})",
+            sums_checked=sums_checked,
         )
 
 

@@ -1,4 +1,7 @@
-"""``vector``: task vectors tau = finetuned - base, over the floating-point tensors."""
+"""``vector``: task vectors tau = finetuned - base, over the (selected) floating-point tensors.
+
+Tensors whose tau is zero in every element are left out and listed in ``negmerge.zero_tensors``
+(unless ``keep_zero``); ``merge`` does the same for results that are zero in all its inputs."""
 
 from __future__ import annotations
 
@@ -11,31 +14,53 @@ import torch
 from negmerge_cli import files
 from negmerge_cli.checkpoint.provenance import provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
+from negmerge_cli.checkpoint.zero_tensors import zero_tensors_metadata
 from negmerge_cli.errors import UsageError, option
-from negmerge_cli.plans import plan_merge, task_vectors
+from negmerge_cli.output import output as console
+from negmerge_cli.plans import plan_merge, split_zero_jobs, task_vectors
+from negmerge_cli.selection import EVERYTHING, TensorSelection
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
-from negmerge_cli.streaming import TensorJob
+from negmerge_cli.streaming import Engine, TensorJob
 
 
 def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
-                options: StreamOptions | None = None) -> StreamResult:
-    """Write tau = finetuned - base. Integer and bool tensors are not part of a vector and are left out."""
+                options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING) -> StreamResult:
+    """Write tau = finetuned - base over the selected tensors. Integer and bool tensors are not part
+    of a vector and are left out, and so (unless ``options.keep_zero``) are all-zero taus."""
     options = options or StreamOptions()
     with files.operation(), ExitStack() as stack:
         finetuned_checkpoint, base_checkpoint = open_inputs(stack, [finetuned, base], options)
-        jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options.torch_dtype, options.missing_as_zero)
+        jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options.torch_dtype, options.missing_as_zero,
+                          selection)
+        jobs, omitted = omit_zero_tensors(jobs, True, options, Path(output))
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
             return next(task_vectors(slices, has_base=True))
 
-        metadata = provenance("vector", kind="task_vector")
+        metadata = {**provenance("vector", kind="task_vector"), **selection.metadata(), **omitted}
         hashed = {"inputs": [finetuned_checkpoint], "base": [base_checkpoint]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description=f"vector {Path(finetuned).name}")
 
 
+def omit_zero_tensors(jobs: list[TensorJob], has_base: bool, options: StreamOptions,
+                      target: Path) -> tuple[list[TensorJob], dict[str, str]]:
+    """The jobs to write, and the metadata listing the all-zero results left out (see
+    :func:`~negmerge_cli.plans.split_zero_jobs`); everything when ``keep_zero``."""
+    if options.keep_zero:
+        return jobs, {}
+    files.check_target(target, force=options.force)  # fail before reading, not after (the writer checks again)
+    engine = Engine(options.torch_device, options.budget, not options.allow_nonfinite)
+    kept, zeros = split_zero_jobs(jobs, has_base, engine)
+    if zeros:
+        elements = sum(z.numel for z in zeros)
+        console().log(f"{target}: leaving out {len(zeros)} all-zero tensors ({elements:,} elements), "
+                      f"listed in the metadata")
+    return kept, zero_tensors_metadata(zeros)
+
+
 def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str | Path,
-                 options: StreamOptions | None = None) -> list[StreamResult]:
+                 options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING) -> list[StreamResult]:
     """One task vector per fine-tuned checkpoint, written to ``out_dir`` under the input's name.
 
     All or nothing: the vectors are renamed into place together once every one is complete."""
@@ -44,7 +69,7 @@ def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str
     if len(set(targets)) != len(targets):
         raise UsageError(f"{option('out_dir')}: two inputs have the same name; their vectors would collide")
     with files.operation(), files.deferred_commits():
-        return [make_vector(base, f, t, options) for f, t in zip(finetuned, targets)]
+        return [make_vector(base, f, t, options, selection) for f, t in zip(finetuned, targets)]
 
 
 def vector_file_name(finetuned: Path) -> str:
@@ -56,12 +81,13 @@ def vector_file_name(finetuned: Path) -> str:
 
 
 def write_vectors(base: str | Path, finetuned: Sequence[str | Path], *, output: str | Path | None = None,
-                  out_dir: str | Path | None = None, options: StreamOptions | None = None) -> list[StreamResult]:
+                  out_dir: str | Path | None = None, options: StreamOptions | None = None,
+                  selection: TensorSelection = EVERYTHING) -> list[StreamResult]:
     """``vector``'s two forms: one input to ``output``, or any number into ``out_dir``."""
     if (output is None) == (out_dir is None):
         raise UsageError(f"give exactly one of {option('output')} (one input) or {option('out_dir')} (any number of inputs)")
     if output is not None:
         if len(finetuned) != 1:
             raise UsageError(f"{option('output')} takes one input, got {len(finetuned)}; use {option('out_dir')} for several")
-        return [make_vector(base, finetuned[0], output, options)]
-    return make_vectors(base, finetuned, out_dir, options)
+        return [make_vector(base, finetuned[0], output, options, selection)]
+    return make_vectors(base, finetuned, out_dir, options, selection)
