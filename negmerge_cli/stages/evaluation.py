@@ -210,7 +210,9 @@ def search_coefficients(model_options: EvalOptions, grids: Sequence[SearchOption
     with files.operation():
         for options, plot in zip(grids, plots):
             check_eval_mode(options.vector, (), options.forget, options.retain, plot, options.base_retain)
-        _check_outputs([*json_outs, *plots], force)
+        first = grids[0]
+        _check_outputs([*json_outs, *plots], force, model_options, [first.forget, first.retain], first.vector,
+                       first.base_retain)
         search = _Search(model_options, grids[0])
         results = []
         for options, json_out, plot in zip(grids, json_outs, plots):
