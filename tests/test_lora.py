@@ -136,6 +136,8 @@ def test_merge_of_adapters_with_rank_and_alpha_patterns(tmp_path, cli):
     """Two adapters (one with rsLoRA and per-module rank and alpha) merged with mean: the mean of
     their deltas; the same vectors converted first give the same result."""
     build, lora, _ = MODELS["llama"]
+    torch.manual_seed(0)
+    build().save_pretrained(tmp_path / "base")
     _make_adapter(build, tmp_path / "one", seed=0, **lora)
     _make_adapter(build, tmp_path / "two", seed=0, use_rslora=True, rank_pattern={"v_proj": 2},
                   alpha_pattern={"q_proj": 16}, **lora)
@@ -148,6 +150,45 @@ def test_merge_of_adapters_with_rank_and_alpha_patterns(tmp_path, cli):
     for name in one:
         assert torch.allclose(merged[name], (one[name] + two[name]) / 2, rtol=0, atol=1e-7), name
     assert one[next(n for n in one if "v_proj" in n)].shape == (16, 32)  # v_proj of the GQA Llama
+
+    # rsLoRA and the patterns as peft itself computes them
+    assert cli("vector", "--base", tmp_path / "base", tmp_path / "two", "-o", tmp_path / "two.safetensors").returncode == 0
+    vector = load_file(str(tmp_path / "two.safetensors"))
+    torch.manual_seed(0)
+    build().save_pretrained(tmp_path / "base2")
+    reference = peft.PeftModel.from_pretrained(build(), tmp_path / "two")
+    layers = {name.removeprefix(PREFIX) + ".weight": module for name, module in reference.named_modules()
+              if isinstance(module, peft.tuners.lora.LoraLayer)}
+    assert sorted(layers) == sorted(vector)
+    for name, layer in layers.items():
+        assert torch.equal(vector[name], layer.get_delta_weight("default")), name
+
+
+class _LinearAndConv1D(torch.nn.Module):
+    """Deltas of 300,000 elements: more than one block of rows (256K elements), streamed in slices
+    that start and end inside rows and blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(100, 3000)
+        self.conv = transformers.pytorch_utils.Conv1D(3000, 100)  # weight stored as in x out: 100 x 3000
+
+
+@pytest.mark.parametrize("lora", [dict(target_modules=["proj"]), dict(target_modules=["conv"], fan_in_fan_out=True)])
+def test_large_deltas_do_not_depend_on_the_memory_budget(tmp_path, cli, lora):
+    torch.manual_seed(0)
+    save_file(_LinearAndConv1D().state_dict(), str(tmp_path / "base.safetensors"))
+    _make_adapter(_LinearAndConv1D, tmp_path / "adapter", seed=3, **lora)
+    vectors = []
+    for budget in ("100KB", "1GB"):  # slices of about 1,700 elements, or whole tensors
+        out = tmp_path / f"{budget}.safetensors"
+        result = cli("vector", "--base", tmp_path / "base.safetensors", tmp_path / "adapter", "-o", out,
+                     "--max-memory", budget)
+        assert result.returncode == 0, result.stderr
+        vectors.append(load_file(str(out)))
+    (name, delta), = _expected_deltas(tmp_path / "adapter").items()
+    assert torch.equal(vectors[0][name], vectors[1][name])
+    assert torch.allclose(vectors[0][name], delta, rtol=1e-5, atol=1e-8)
 
 
 # -- refused inputs -------------------------------------------------------------------------------

@@ -11,8 +11,11 @@ the module (PEFT's rule: the pattern matches the module name's end, after a dot)
 ``fan_in_fan_out`` (GPT-2's Conv1D stores weights as in x out). The delta is tensor
 ``<name>.weight`` of the vector: the base model's name for that weight.
 
-Deltas are computed in float32 (float64 if the adapter stores float64) from whole rows covering the
-slice the streaming engine asks for, so memory stays within the budget whatever the module's size.
+Deltas are computed in float32 (float64 if the adapter stores float64), in blocks of whole rows of
+about 256K elements each, whatever slices the streaming engine asks for: memory stays small
+whatever the module's size, and the blocks (so the bits of the result) depend on the shape alone.
+A delta of at most one block is the very product PEFT's ``merge_and_unload`` computes; a larger one
+may differ from it in the last bit (a product's rounding can depend on how many rows it covers).
 Only plain LoRA on linear (and Conv1D) layers is read; anything else a PEFT adapter may hold (DoRA,
 other PEFT methods, bias or extra trained modules, embedding or convolution LoRA) is refused with
 one line rather than silently dropped.
@@ -31,6 +34,7 @@ import torch
 
 from negmerge_cli import files
 from negmerge_cli.checkpoint.format import TensorEntry, itemsize
+from negmerge_cli.checkpoint.provenance import PREFIX as PROVENANCE_PREFIX
 from negmerge_cli.checkpoint.reader import NO_HASH, Checkpoint, HashStep, SafetensorsFile
 from negmerge_cli.checkpoint.strict_json import load_json, show
 from negmerge_cli.errors import CheckpointError
@@ -39,6 +43,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 1024 * 1024
 PREFIX = "base_model.model."
+BLOCK_ELEMENTS = 1 << 18  # 1 MB of float32 per block of the delta: small next to any budget
 _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<factor>A|B)\.weight")
 _EMBEDDING_KEY = re.compile(r".+\.lora_embedding_[AB]")
 # Settings under which the adapter is more than B @ A on the weights: refused, naming the setting.
@@ -49,6 +54,13 @@ _REFUSED_SETTINGS = {
     "trainable_token_indices": "it trains embedding tokens (trainable_token_indices); not supported",
     "lora_bias": "it trains LoRA biases (lora_bias); not supported",
 }
+
+
+def block_rows(shape: tuple[int, int]) -> int:
+    """Rows of the delta computed by one matrix product: about BLOCK_ELEMENTS, fixed by the shape
+    alone, so the result never depends on --max-memory (a product's rounding can depend on how many
+    rows it has)."""
+    return max(1, BLOCK_ELEMENTS // max(1, shape[1]))
 
 
 def is_adapter_folder(path: Path) -> bool:
@@ -115,7 +127,7 @@ class LoraAdapter:
     Offers what the planners and the streaming engine use of :class:`Checkpoint` (names, entries,
     slice reads, file digests), so vectors, merges, applies and inspection work on it unchanged."""
 
-    metadata: dict[str, str] = {}
+    metadata = {PROVENANCE_PREFIX + "kind": "task_vector"}  # what it is, for inspect
 
     def __init__(self, folder: Path, config: ConfigFile, weights: Checkpoint, modules: list[LoraModule],
                  dtype: torch.dtype):
@@ -124,6 +136,7 @@ class LoraAdapter:
         self.modules = {m.target: m for m in modules}
         self._dtype = dtype
         self._factors_cache: tuple[str, torch.Tensor, torch.Tensor] | None = None
+        self._block_cache: tuple[str, int, torch.Tensor] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -146,29 +159,46 @@ class LoraAdapter:
 
     def read_unhashed(self, name: str, start: int = 0, stop: int | None = None,
                       pin: bool = False) -> tuple[torch.Tensor, HashStep]:
-        """Flat elements ``[start, stop)`` of the delta, computed from the rows that hold them (the
-        factors' bytes are hashed here, so there is nothing left for the caller to hash)."""
+        """Flat elements ``[start, stop)`` of the delta, a fresh tensor (the factors' bytes are
+        hashed here, so there is nothing left for the caller to hash)."""
         module = self.modules[name]
         stop = math.prod(module.shape) if stop is None else stop
-        columns = module.shape[1]
-        first, last = start // columns, -(-stop // columns)
-        a, b = self._factors(module)
-        rows = a[:, first:last].T @ b.T if module.transposed else b[first:last] @ a
-        rows.mul_(module.scaling)  # after the product, as PEFT's get_delta_weight does
-        offset = first * columns
-        return rows.reshape(-1)[start - offset: stop - offset], NO_HASH
+        if start >= stop:
+            return torch.empty(0, dtype=self._dtype), NO_HASH
+        pieces = []
+        while start < stop:
+            block_start, block = self._block(module, start)
+            end = min(stop, block_start + block.numel())
+            pieces.append(block[start - block_start: end - block_start])
+            start = end
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0].clone(), NO_HASH
 
     def read_tensor(self, name: str) -> torch.Tensor:
         return self.read(name).reshape(self.entry(name).shape)
 
-    def _factors(self, module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
-        """A and B in the working dtype; the last module's are kept (the engine reads it slice by slice)."""
+    def _block(self, module: LoraModule, element: int) -> tuple[int, torch.Tensor]:
+        """The block of rows holding flat element ``element``, and where it starts; the last block
+        is kept, as the engine reads a tensor slice by slice in order (from several threads)."""
+        rows, columns = module.shape
+        per_block = block_rows(module.shape)
+        first = element // columns // per_block * per_block
         with self._lock:
-            cached = self._factors_cache
-            if cached is None or cached[0] != module.name:
-                a, b = (self.weights.read_tensor(k).to(self._dtype) for k in (module.a_key, module.b_key))
-                cached = self._factors_cache = (module.name, a, b)
-            return cached[1], cached[2]
+            cached = self._block_cache
+            if cached is None or cached[:2] != (module.name, first):
+                a, b = self._factors(module)
+                last = min(rows, first + per_block)
+                product = a[:, first:last].T @ b.T if module.transposed else b[first:last] @ a
+                product.mul_(module.scaling)  # after the product, as PEFT's get_delta_weight does
+                cached = self._block_cache = (module.name, first, product.reshape(-1))
+            return first * columns, cached[2]
+
+    def _factors(self, module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and B in the working dtype; the last module's are kept (its blocks come one by one)."""
+        cached = self._factors_cache
+        if cached is None or cached[0] != module.name:
+            a, b = (self.weights.read_tensor(k).to(self._dtype) for k in (module.a_key, module.b_key))
+            cached = self._factors_cache = (module.name, a, b)
+        return cached[1], cached[2]
 
     def file_hashes(self) -> dict[str, str]:
         return {str(f.path): f.sha256() for f in self.files}
