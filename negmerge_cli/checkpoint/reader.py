@@ -214,7 +214,8 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | os.PathLike, digest: bool = True, rehash: bool = False) -> Checkpoint:
-    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder.
+    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder;
+    a PEFT LoRA adapter folder opens as the task vector it makes (:mod:`negmerge_cli.checkpoint.lora`).
 
     ``digest``: provide each file's SHA-256 (from the digest cache, or hashed while reading);
     ``rehash``: never trust the cache."""
@@ -222,6 +223,10 @@ def open_checkpoint(path: str | os.PathLike, digest: bool = True, rehash: bool =
 
 
 def _open(path: Path, digest: bool, rehash: bool) -> Checkpoint:
+    from negmerge_cli.checkpoint import lora  # imports this module
+
+    if lora.is_adapter_folder(path):
+        return lora.open_adapter(path, digest, rehash)
     if path.is_dir():
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):

@@ -10,6 +10,7 @@ from typing import Iterator
 import torch
 
 from negmerge_cli import files
+from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import architecture_of, provenance
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.model_folder import plan_output
@@ -29,7 +30,10 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
     if not math.isfinite(scale):
         raise UsageError(f"{option('scale')} {scale}: must be a finite number")
     with files.operation(), ExitStack() as stack:
-        base_checkpoint, vector_checkpoint = open_inputs(stack, [base, vector], options)
+        base_checkpoint = open_inputs(stack, [base], options)[0]
+        vector_checkpoint = open_inputs(stack, [vector], options, adapters=True)[0]
+        if is_adapter(vector_checkpoint):
+            check_against_base(vector_checkpoint, base_checkpoint)
         target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_apply(base_checkpoint, vector_checkpoint, options.torch_dtype, selection)
 

@@ -62,8 +62,21 @@ class StreamResult:
         return self.nonzero / self.elements if self.elements else 0.0
 
 
-def open_inputs(stack: ExitStack, paths: list, options: StreamOptions) -> list[Checkpoint]:
-    return [stack.enter_context(open_checkpoint(p, options.hash_inputs, options.rehash)) for p in paths]
+def open_inputs(stack: ExitStack, paths: list, options: StreamOptions, adapters: bool = False) -> list[Checkpoint]:
+    """Open every input; a LoRA adapter folder only where ``adapters`` (where task vectors go)."""
+    opened = [stack.enter_context(open_checkpoint(p, options.hash_inputs, options.rehash)) for p in paths]
+    if not adapters:
+        refuse_adapters(opened)
+    return opened
+
+
+def refuse_adapters(checkpoints: list[Checkpoint]) -> None:
+    from negmerge_cli.checkpoint.lora import is_adapter
+
+    adapter = next((c for c in checkpoints if is_adapter(c)), None)
+    if adapter is not None:
+        raise UsageError(f"{adapter.path}: a LoRA adapter is a task vector, not a checkpoint: give it as vector's "
+                         f"input, a merge input without {option('base')}, or apply's {option('vector')}")
 
 
 def stream_to_file(

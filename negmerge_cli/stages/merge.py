@@ -53,7 +53,8 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         raise UsageError("merge needs at least one input")
     weights = _check_weights(merger, weights, len(inputs))
     with ExitStack() as stack:
-        sources = open_inputs(stack, list(inputs), options)
+        # adapters are task vectors: with a base, the inputs are fine-tuned checkpoints instead
+        sources = open_inputs(stack, list(inputs), options, adapters=base is None)
         base_checkpoint = open_inputs(stack, [base], options)[0] if base is not None else None
         target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero, selection)

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 
 from negmerge_cli import files
+from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
 from negmerge_cli.checkpoint.zero_tensors import zero_tensors_metadata
@@ -29,13 +30,18 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
     of a vector and are left out, and so (unless ``options.keep_zero``) are all-zero taus."""
     options = options or StreamOptions()
     with files.operation(), ExitStack() as stack:
-        finetuned_checkpoint, base_checkpoint = open_inputs(stack, [finetuned, base], options)
-        jobs = plan_merge([finetuned_checkpoint], base_checkpoint, options.torch_dtype, options.missing_as_zero,
-                          selection)
-        jobs, omitted = omit_zero_tensors(jobs, True, options, Path(output))
+        finetuned_checkpoint = open_inputs(stack, [finetuned], options, adapters=True)[0]
+        base_checkpoint = open_inputs(stack, [base], options)[0]
+        # a LoRA adapter is a task vector already: checked against the base, written as it reads
+        from_adapter = is_adapter(finetuned_checkpoint)
+        if from_adapter:
+            check_against_base(finetuned_checkpoint, base_checkpoint)
+        jobs = plan_merge([finetuned_checkpoint], None if from_adapter else base_checkpoint, options.torch_dtype,
+                          options.missing_as_zero, selection)
+        jobs, omitted = omit_zero_tensors(jobs, not from_adapter, options, Path(output))
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
-            return next(task_vectors(slices, has_base=True))
+            return next(task_vectors(slices, has_base=not from_adapter))
 
         metadata = {**provenance("vector", kind="task_vector"), **selection.metadata(), **omitted}
         hashed = {"inputs": [finetuned_checkpoint], "base": [base_checkpoint]}
