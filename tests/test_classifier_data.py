@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+torch.set_num_threads(1)  # see test_classifier_train.py
+
 from negmerge_cli.classifier.data import open_classifier_data
 from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import load_forget_split, make_forget_split

@@ -3,11 +3,13 @@ weights (never downloaded), and small-input variants for 32-px data (``<resnet>-
 
 ``resnet18-cifar`` is the unlearning literature's CIFAR ResNet-18: torchvision's ResNet with a 3x3
 stride-1 stem and no max-pool, so a 32-px image keeps 32x32 feature maps in the first stage.
-``resnet8-cifar`` (one BasicBlock per stage) is a test/demo size, not a model from the papers.
+``resnet8-cifar`` (one BasicBlock per stage, stage widths 16/32/64/128 instead of 64..512) is a
+test/demo size, not a model from the papers; its tensors have torchvision ResNet's names.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 from negmerge_cli import errors
@@ -15,27 +17,28 @@ from negmerge_cli.checkpoint.provenance import CLASSIFIER_KEYS
 from negmerge_cli.errors import CheckpointError, UsageError
 
 CIFAR_SUFFIX = "-cifar"
-# Small-input ResNets: (block, layers) as torchvision's ResNet takes them
+# Small-input ResNets: (block, layers) as torchvision's ResNet takes them, and the first stage's width
 _CIFAR_RESNETS = {
-    "resnet8": ("BasicBlock", [1, 1, 1, 1]),
-    "resnet18": ("BasicBlock", [2, 2, 2, 2]),
-    "resnet34": ("BasicBlock", [3, 4, 6, 3]),
-    "resnet50": ("Bottleneck", [3, 4, 6, 3]),
+    "resnet8": ("BasicBlock", [1, 1, 1, 1], 16),
+    "resnet18": ("BasicBlock", [2, 2, 2, 2], 64),
+    "resnet34": ("BasicBlock", [3, 4, 6, 3], 64),
+    "resnet50": ("Bottleneck", [3, 4, 6, 3], 64),
 }
 CIFAR_MODELS = tuple(name + CIFAR_SUFFIX for name in _CIFAR_RESNETS)
 # Metadata written by finetune into classifier checkpoints and carried by apply
 FAMILY_KEY, MODEL_KEY, NUM_CLASSES_KEY = CLASSIFIER_KEYS
 
 
-def torchvision_models() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def torchvision_models() -> tuple[str, ...]:
     """torchvision's classification models (lazy: imports torchvision)."""
     from torchvision import models
 
-    return sorted(models.list_models(module=models))
+    return tuple(sorted(models.list_models(module=models)))
 
 
 def classifier_models() -> list[str]:
-    return sorted(CIFAR_MODELS) + torchvision_models()
+    return sorted(CIFAR_MODELS) + list(torchvision_models())
 
 
 def __getattr__(name: str):
@@ -77,12 +80,31 @@ def _cifar_resnet(base: str, num_classes: int):
     import torch.nn as nn
     from torchvision.models import resnet
 
-    block, layers = _CIFAR_RESNETS[base]
-    model = resnet.ResNet(getattr(resnet, block), layers, num_classes=num_classes)
+    block_name, layers, width = _CIFAR_RESNETS[base]
+    block = getattr(resnet, block_name)
+    model = _resnet_of_width(resnet, block, layers, num_classes, width)
     # the small-input stem: 3x3 stride 1, no max-pool (32-px images would otherwise shrink to 8x8 at once)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
+    return model
+
+
+def _resnet_of_width(resnet, block, layers, num_classes: int, width: int):
+    """torchvision's ResNet with stage widths ``width`` x (1, 2, 4, 8) (64 is torchvision's own)."""
+    if width == 64:
+        return resnet.ResNet(block, layers, num_classes=num_classes)
+    import torch.nn as nn
+
+    class NarrowResNet(resnet.ResNet):
+        def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+            if planes == 64:  # the first stage: its input is the stem's `width` channels
+                self.inplanes = width
+            return super()._make_layer(block, planes * width // 64, blocks, stride, dilate)
+
+    model = NarrowResNet(block, layers, num_classes=num_classes)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.fc = nn.Linear(width * 8 * block.expansion, num_classes)
     return model
 
 
