@@ -55,7 +55,7 @@ def finetune(
     schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = "cosine",
     device: opt.Device = "auto",
 ) -> None:
-    """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
+    """Fine-tune a CLIP image encoder against the frozen zero-shot head, or train a classifier, once per grid point.
 
     The sweep is the product of the grid options. Re-running skips finished points; under torchrun
     it trains data-parallel (NCCL on GPUs, gloo on CPU).

@@ -29,10 +29,13 @@ _EXPORTS = {
     "Grid": "finetuning",
     "evaluate": "evaluation",
     "search_coefficient": "evaluation",
+    "search_coefficients": "evaluation",
     "require_choice": "evaluation",
     "check_eval_mode": "evaluation",
     "EvalOptions": "evaluation",
     "SearchOptions": "evaluation",
+    # results as tables and figures
+    "make_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)
