@@ -20,7 +20,7 @@ def family_of(model_name: str) -> str:
     if _is_clip_name(model_name):
         return "clip"
     raise UsageError(
-        f"{errors.option('model')} {model_name!r}: unknown model (e.g. ViT-B-32, negmerge-tiny, resnet18, "
+        f"unknown model '{model_name}' for {errors.option('model')} (e.g. ViT-B-32, negmerge-tiny, resnet18, "
         "resnet18-cifar, resnet8-cifar)"
     )
 
