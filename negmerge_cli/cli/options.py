@@ -35,6 +35,11 @@ QuickGelu = Annotated[Optional[bool], typer.Option(
 Precision = Annotated[str, typer.Option(
     "--precision", help="fp32 (the paper's), or bf16 / fp16 autocast (faster on GPUs; numbers move).")]
 CacheMemory = Annotated[str, typer.Option("--cache-memory", help="Memory for decoded, preprocessed images (uint8).")]
+# classifier family (negmerge_cli/classifier/)
+NumClasses = Annotated[Optional[int], typer.Option(
+    "--num-classes", help="Classifier models: number of classes (default: the dataset's).", min=2)]
+ForgetSplitFile = Annotated[Optional[Path], typer.Option(
+    "--forget-split", help="Classifier data: forget/retain split JSON written by `negmerge split`.", dir_okay=False)]
 
 
 # -- option groups -----------------------------------------------------------------------------

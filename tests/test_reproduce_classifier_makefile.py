@@ -1,0 +1,73 @@
+"""The classifier reproduction Makefile (docs/reproduce/classifier/Makefile) stays valid: every
+`negmerge` command of `make -n` is parsed by the real CLI, and the pipeline has every stage."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_reproduce_makefile import MARK, _negmerge_commands
+
+MAKEFILE = Path(__file__).resolve().parents[1] / "docs" / "reproduce" / "classifier" / "Makefile"
+# Options of the classifier `eval` (the lambda search and the unlearning metrics), built on branch
+# cls-eval, not on this one: skipped here until that branch merges, which removes this exemption.
+PENDING_EVAL_OPTIONS = {"--num-classes", "--forget-split", "--reference", "--select", "--data", "--checkpoint"}
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _dry_run(tmp_path: Path, **variables: str) -> list[list[str]]:
+    settings = {"OUT": str(tmp_path / "out"), "NEGMERGE": MARK, "FT_EPOCHS": "40 50", "FT_WD": "1e-4",
+                "FT_LS": "0 0.1", **variables}
+    done = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(MAKEFILE), "all",
+                           *(f"{k}={v}" for k, v in settings.items())], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return _negmerge_commands(done.stdout)
+
+
+def test_every_negmerge_command_parses_against_the_cli(tmp_path):
+    import typer
+
+    from negmerge_cli.cli.app import app
+
+    commands = typer.main.get_command(app).commands
+    for argv in _dry_run(tmp_path):
+        name, args = argv[0], argv[1:]
+        if name == "report":  # guarded by `negmerge report --help` in the Makefile (branch report)
+            continue
+        known = {o for p in commands[name].params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
+        pending = PENDING_EVAL_OPTIONS if name == "eval" else set()
+        for token in args:
+            flag = token.split("=", 1)[0]
+            if re.fullmatch(r"--?[A-Za-z][\w-]*", flag) and flag not in pending:
+                assert flag in known, f"`negmerge {name}` has no option {flag}: {' '.join(argv)}"
+        if name != "eval" or pending <= known:
+            commands[name].make_context(name, list(args))
+
+
+def test_the_pipeline_has_every_stage(tmp_path):
+    commands = _dry_run(tmp_path)
+    by_name = lambda n: [c for c in commands if c[0] == n]
+    finetunes = by_name("finetune")
+    subsets = [c[c.index("--subset") + 1] for c in finetunes]
+    assert subsets == ["all", "retain"] + ["forget"] * 4  # 2 epochs x 1 wd x 2 label smoothings
+    assert sorted(c[c.index("--point") + 1] for c in finetunes if "--point" in c) == ["0", "1", "2", "3"]
+    assert sorted(c[c.index("-m") + 1] for c in by_name("merge")) == ["magmax", "mean", "negmerge", "ties"]
+    assert len(by_name("apply")) == 5 + 1  # 4 merges + best single, and the loop over single vectors
+    assert all(c[c.index("--scale") + 1].startswith("-") for c in by_name("apply"))
+    assert len(by_name("split")) == 1 and len(by_name("vector")) == 1
+
+
+def test_grid_size_matches_finetune_points(tmp_path):
+    """The Makefile's point count is the size of the grid `finetune` expands."""
+    from negmerge_cli.sweep import Grid, expand_grid
+
+    commands = _dry_run(tmp_path, FT_EPOCHS="40 50 60", FT_WD="1e-4 5e-5 1e-5", FT_LS="0 0.05 0.1")
+    points = [c for c in commands if c[0] == "finetune" and "--point" in c]
+    grid = expand_grid(Grid(lr=[0.01], epochs=[40, 50, 60], wd=[1e-4, 5e-5, 1e-5], label_smoothing=[0, 0.05, 0.1]))
+    assert len(points) == len(grid) == 27
