@@ -52,14 +52,18 @@ def _bytes(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: SubsetImages, device: torch.device, progress=None) -> Predictions:
+def predict(model: torch.nn.Module, images: SubsetImages, device: torch.device, precision: str = "fp32",
+            progress=None) -> Predictions:
     """Per-sample true-label confidence and correctness, in the subset's order (eval mode, no grad)."""
     from negmerge_cli.classifier.metrics import predictions_from_logits
+    from negmerge_cli.clip.precision import autocast
 
     model.eval()
     parts = []
     for batch, labels in images.batches():
-        parts.append(predictions_from_logits(model(batch.to(device, non_blocking=True)), labels))
+        with autocast(precision, device):
+            logits = model(batch.to(device, non_blocking=True))
+        parts.append(predictions_from_logits(logits, labels))
         if progress is not None:
             progress(len(labels))
     return concatenate(parts)
@@ -95,9 +99,10 @@ class UnlearningSets:
     def n_images(self) -> int:
         return len(self.retain) + len(self.forget) + len(self.test)
 
-    def evaluate(self, model: torch.nn.Module, device: torch.device, description: str) -> UnlearningMetrics:
+    def evaluate(self, model: torch.nn.Module, device: torch.device, description: str,
+                 precision: str = "fp32") -> UnlearningMetrics:
         from negmerge_cli.output import output
 
-        with output().progress(description, total=self.n_images) as advance:
-            predictions = [predict(model, s, device, advance) for s in (self.retain, self.forget, self.test)]
+        with output().progress(description, total=self.n_images, unit="images") as advance:
+            predictions = [predict(model, s, device, precision, advance) for s in (self.retain, self.forget, self.test)]
         return unlearning_metrics(*predictions)
