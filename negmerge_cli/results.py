@@ -294,18 +294,22 @@ class ClassifierEvaluation:
 
 @dataclass(frozen=True)
 class ClassifierSearchPoint:
-    """The four metrics of original - coef * tau, and its Avg. Gap when there is a reference."""
+    """The four metrics of original - coef * tau, and its Avg. Gap when there is a reference;
+    ``metrics`` is None (and ``error`` says why) when the model's outputs were NaN/Inf there."""
 
     coef: float
-    metrics: UnlearningMetrics
+    metrics: Optional[UnlearningMetrics]
     avg_gap: Optional[float] = None
+    error: Optional[str] = None
 
     def to_json(self) -> dict:
-        return {"coef": self.coef, **self.metrics.to_json(), "avg_gap_points": self.avg_gap}
+        values = self.metrics.to_json() if self.metrics else {}
+        return {"coef": self.coef, **values, "avg_gap_points": self.avg_gap, **({"error": self.error} if self.error else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "ClassifierSearchPoint":
-        return cls(data["coef"], UnlearningMetrics.from_json(data), data.get("avg_gap_points"))
+        metrics = UnlearningMetrics.from_json(data) if "dr_acc" in data else None
+        return cls(data["coef"], metrics, data.get("avg_gap_points"), data.get("error"))
 
 
 @dataclass

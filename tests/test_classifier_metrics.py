@@ -120,3 +120,12 @@ def test_select_rules_are_checked():
     with pytest.raises(UsageError, match="reference"):
         check_select("gap", False)
     check_select("retain-bar", False)
+
+
+def test_points_without_metrics_are_never_chosen_and_round_trip():
+    broken = ClassifierSearchPoint(1.0, None, None, "the model's outputs on Dr hold NaN or Inf")
+    curve = CURVE[:-1] + [broken]
+    assert select_retain_bar(curve, 0.90).coef == 0.5
+    assert select_gap(curve).coef == 0.5
+    assert ClassifierSearchPoint.from_json(broken.to_json()) == broken
+    assert ClassifierSearchPoint.from_json(CURVE[2].to_json()) == CURVE[2]

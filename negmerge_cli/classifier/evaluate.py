@@ -13,7 +13,12 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from negmerge_cli.classifier.metrics import Predictions, concatenate, unlearning_metrics
+from negmerge_cli.errors import NegmergeError
 from negmerge_cli.results import UnlearningMetrics
+
+
+class NonFiniteOutputs(NegmergeError):
+    """NaN/Inf logits: e.g. a BatchNorm running_var pushed below zero by a negated vector."""
 
 
 class SubsetImages:
@@ -63,6 +68,8 @@ def predict(model: torch.nn.Module, images: SubsetImages, device: torch.device, 
     for batch, labels in images.batches():
         with autocast(precision, device):
             logits = model(batch.to(device, non_blocking=True))
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteOutputs(f"the model's outputs on {images.label} hold NaN or Inf")
         parts.append(predictions_from_logits(logits, labels))
         if progress is not None:
             progress(len(labels))

@@ -34,16 +34,21 @@ def check_select(select: str, has_reference: bool) -> None:
 
 def retain_limit(points: Sequence[ClassifierSearchPoint], threshold: float) -> float:
     """threshold x the Dr accuracy of the unmodified model (the point at lambda 0)."""
-    base = [p for p in points if p.coef == 0]
+    base = [p for p in points if p.coef == 0 and p.metrics is not None]
     if not base:
         raise UsageError(f"{option('coefs')}: the retain-bar rule needs lambda 0 (the original) in the grid")
     return threshold * base[0].metrics.dr_acc
 
 
+def _evaluated(points: Sequence[ClassifierSearchPoint]) -> list[ClassifierSearchPoint]:
+    """Points with metrics, by lambda (a point whose outputs were NaN/Inf cannot be chosen)."""
+    return sorted((p for p in points if p.metrics is not None), key=lambda p: p.coef)
+
+
 def select_retain_bar(points: Sequence[ClassifierSearchPoint], threshold: float) -> Optional[ClassifierSearchPoint]:
     limit = retain_limit(points, threshold)
     best = None
-    for point in sorted(points, key=lambda p: p.coef):
+    for point in _evaluated(points):
         if point.metrics.dr_acc >= limit and (best is None or point.metrics.df_acc < best.metrics.df_acc):
             best = point
     return best
@@ -51,7 +56,7 @@ def select_retain_bar(points: Sequence[ClassifierSearchPoint], threshold: float)
 
 def select_gap(points: Sequence[ClassifierSearchPoint]) -> Optional[ClassifierSearchPoint]:
     best = None
-    for point in sorted(points, key=lambda p: p.coef):
+    for point in _evaluated(points):
         if point.avg_gap is None:
             raise UsageError(f"{option('select')} gap: lambda {point.coef:g} has no Avg. Gap (no reference)")
         if best is None or point.avg_gap < best.avg_gap:

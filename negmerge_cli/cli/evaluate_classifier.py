@@ -70,6 +70,9 @@ def search_table(result):
     for column in ("lambda", "Dr acc %", "Df acc %", "Dtest acc %", "MIA-efficacy %", "Avg. Gap", ""):
         table.add_column(column, justify="right")
     for p in result.points:
+        if p.metrics is None:
+            table.add_row(f"{p.coef:g}", *["-"] * 5, "NaN/Inf outputs")
+            continue
         below = result.retain_limit is not None and p.metrics.dr_acc < result.retain_limit
         mark = "chosen" if p.coef == chosen else ("below bar" if below else "")
         gap = "-" if p.avg_gap is None else f"{p.avg_gap:.2f}"

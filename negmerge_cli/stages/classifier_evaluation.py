@@ -108,8 +108,7 @@ def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions,
         points = []
         for coef in search.coefs:
             negated.set(coef)
-            metrics = session.evaluate(model, f"lambda {coef:g}")
-            points.append(ClassifierSearchPoint(coef, metrics, _gap(metrics, reference)))
+            points.append(_search_point(session, model, coef, reference))
         chosen = rules.select(points, search.select, search.threshold)
         limit = rules.retain_limit(points, search.threshold) if search.select == "retain-bar" else None
         result = ClassifierSearchResult(
@@ -123,6 +122,17 @@ def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions,
         if chosen is None:
             output().log("no coefficient keeps Dr accuracy at the threshold; nothing chosen")
         return result
+
+
+def _search_point(session, model, coef: float, reference) -> ClassifierSearchPoint:
+    from negmerge_cli.classifier.evaluate import NonFiniteOutputs
+
+    try:
+        metrics = session.evaluate(model, f"lambda {coef:g}")
+    except NonFiniteOutputs as error:  # recorded, never chosen; the other lambdas still count
+        output().warn(f"lambda {coef:g}: {error}")
+        return ClassifierSearchPoint(coef, None, None, str(error))
+    return ClassifierSearchPoint(coef, metrics, _gap(metrics, reference))
 
 
 def _gap(metrics, reference: Optional[ReferenceMetrics]) -> Optional[float]:
