@@ -1,0 +1,2 @@
+"""The standard-classifier family (torchvision classifiers): models, data, forget splits,
+evaluation (the unlearning metrics) and the lambda rules."""
