@@ -51,25 +51,26 @@ def setup(tmp_path_factory):
         save_state_dict(retrain.state_dict(), paths["retrain"], metadata)
         finetuned = _train(original, data.train, split.forget_indices, 5, 2)
         save_state_dict(finetuned.state_dict(), paths["finetuned"], metadata)
-    assert run_cli("vector", "--base", paths["original"], paths["finetuned"], "-o", root / "tau.safetensors",
-                   "-q").returncode == 0
+    from negmerge_cli.stages import make_vector
+
+    make_vector(paths["original"], paths["finetuned"], root / "tau.safetensors")
     return root, paths, split
 
 
-def _eval(setup, *extra):
+def _eval(setup, *extra, run=run_cli):
     root, paths, _ = setup
-    return run_cli("eval", "-m", MODEL, "--num-classes", 10, "-c", paths["original"], "--data", "digits",
+    return run("eval", "-m", MODEL, "--num-classes", 10, "-c", paths["original"], "--data", "digits",
                    "--forget-split", root / "forget.json", "--device", "cpu", "-j", "0", *extra)
 
 
-def test_eval_metrics_and_gap_through_the_cli(setup):
+def test_eval_metrics_and_gap_through_the_cli(setup, cli):
     from negmerge_cli.classifier.data import open_classifier_data
     from negmerge_cli.classifier.metrics import accuracy, predictions_from_logits
     from negmerge_cli.classifier.models import load_classifier
 
     root, paths, split = setup
     out, reference_json = root / "original.json", root / "retrain.json"
-    first = run_cli("eval", "-m", MODEL, "-c", paths["retrain"], "--data", "digits", "--forget-split",
+    first = cli("eval", "-m", MODEL, "-c", paths["retrain"], "--data", "digits", "--forget-split",
                     root / "forget.json", "--json", reference_json, "-j", "0", "--device", "cpu")
     assert first.returncode == 0, first.stderr
     result = _eval(setup, "--reference", paths["retrain"], "--json", out)
@@ -94,43 +95,43 @@ def test_eval_metrics_and_gap_through_the_cli(setup):
     by_hand = sum(abs(100 * ours[k] - 100 * theirs[k]) for k in ours) / 4
     assert found["avg_gap_points"] == pytest.approx(by_hand, abs=1e-5)
     assert theirs["df_acc"] == 0.0  # the retrained model never saw a 3
-    from_json = _eval(setup, "--reference", reference_json)
+    from_json = _eval(setup, "--reference", reference_json, run=cli)
     assert from_json.returncode == 0, from_json.stderr
     assert json.loads(from_json.stdout)["avg_gap_points"] == found["avg_gap_points"]
 
 
-def test_lambda_search_prints_lambda_alone(setup):
+def test_lambda_search_prints_lambda_alone(setup, cli):
     root, paths, _ = setup
     out = root / "search.json"
     result = _eval(setup, "--vector", root / "tau.safetensors", "--coefs", "0,0.5,1,2", "--select", "gap",
-                   "--reference", paths["retrain"], "--json", out, "-q")
+                   "--reference", paths["retrain"], "--json", out, "-q", run=cli)
     assert result.returncode == 0, result.stderr
     search = json.loads(out.read_text())
     gaps = {p["coef"]: p["avg_gap_points"] for p in search["points"]}
     assert float(result.stdout.strip()) == min(gaps, key=lambda c: (gaps[c], c))
     assert search["chosen"]["coef"] == float(result.stdout)
-    bar = _eval(setup, "--vector", root / "tau.safetensors", "--coefs", "0,0.5,1,2", "-q")
+    bar = _eval(setup, "--vector", root / "tau.safetensors", "--coefs", "0,0.5,1,2", "-q", run=cli)
     assert bar.returncode == 0, bar.stderr
     assert float(bar.stdout.strip()) in gaps
 
 
-def test_bad_inputs_fail_cleanly(setup, tmp_path):
+def test_bad_inputs_fail_cleanly(setup, tmp_path, cli):
     root, paths, _ = setup
     out = tmp_path / "out.json"
-    assert_clean_failure(_eval(setup, "--num-classes", 100, "--json", out), "--num-classes 100", "10 classes")
-    assert_clean_failure(_eval(setup, "--select", "gap", "--vector", root / "tau.safetensors"), "--reference")
+    assert_clean_failure(_eval(setup, "--num-classes", 100, "--json", out, run=cli), "--num-classes 100", "10 classes")
+    assert_clean_failure(_eval(setup, "--select", "gap", "--vector", root / "tau.safetensors", run=cli), "--reference")
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**json.loads((root / "forget.json").read_text()),
                                  "dataset": {"name": "cifar10", "n_train": 50000}}))
-    assert_clean_failure(run_cli("eval", "-m", MODEL, "-c", paths["original"], "--data", "digits", "--forget-split",
-                                 other, "--json", out), "another dataset", "cifar10")
-    assert_clean_failure(_eval(setup, "--reference", other, "--json", out), "not a classifier eval JSON")
-    assert_clean_failure(_eval(setup, "--forget", "digits"), "--forget", "CLIP")
-    assert_clean_failure(run_cli("eval", "-m", MODEL, "-c", paths["original"], "--data", "digits"), "--forget-split")
+    assert_clean_failure(cli("eval", "-m", MODEL, "-c", paths["original"], "--data", "digits", "--forget-split",
+                             other, "--json", out), "another dataset", "cifar10")
+    assert_clean_failure(_eval(setup, "--reference", other, "--json", out, run=cli), "not a classifier eval JSON")
+    assert_clean_failure(_eval(setup, "--forget", "digits", run=cli), "--forget", "CLIP")
+    assert_clean_failure(cli("eval", "-m", MODEL, "-c", paths["original"], "--data", "digits"), "--forget-split")
     assert not out.exists()
 
 
-def test_class_count_mismatch_names_the_tensor(setup, tmp_path):
+def test_class_count_mismatch_names_the_tensor(setup, tmp_path, cli):
     from negmerge_cli import files
     from negmerge_cli.checkpoint import save_state_dict
     from negmerge_cli.classifier.models import create_classifier
@@ -139,5 +140,5 @@ def test_class_count_mismatch_names_the_tensor(setup, tmp_path):
     wide = tmp_path / "wide.safetensors"
     with files.operation():
         save_state_dict(create_classifier(MODEL, 100).state_dict(), wide)
-    assert_clean_failure(run_cli("eval", "-m", MODEL, "-c", wide, "--data", "digits", "--forget-split",
+    assert_clean_failure(cli("eval", "-m", MODEL, "-c", wide, "--data", "digits", "--forget-split",
                                  root / "forget.json"), "wide.safetensors", "fc.weight has 100 rows")
