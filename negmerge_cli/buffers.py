@@ -3,9 +3,9 @@
 ``running_mean`` and ``running_var`` are floating-point tensors of a state dict, so a plain
 difference of checkpoints would put them in the vector; ``num_batches_tracked`` is an integer and
 never is. Measured on the classifier demo (docs/vector.md, "BatchNorm running statistics"):
-negating the running statistics with the weights scales the variances by (1 + lambda x the
-fine-tunes' relative change), which turns some negative for moderate lambdas (NaN outputs), and
-is worse at every lambda before that. So vectors made from checkpoints leave them out by default
+negating the running statistics with the weights sets each variance to var0 - lambda x (var_ft -
+var0), negative once lambda > var0 / (var_ft - var0) (NaN outputs from lambda 0.8 there), and is
+worse at every lambda before that. So vectors made from checkpoints leave them out by default
 (``exclude``): ``apply`` and the lambda search then keep the original's statistics. ``include``
 keeps the plain difference. The rule is by name: the last component is ``running_mean`` or
 ``running_var``.
