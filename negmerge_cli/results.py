@@ -8,11 +8,16 @@ from typing import Optional
 
 ZEROSHOT_TASK = "zeroshot_classification"
 SEARCH_TASK = "coefficient_search"
+DEMO_TASK = "demo"
 SEARCH_RULE = "lowest forget acc1 among coefs with retain acc1 >= threshold x base retain acc1; ties to the smallest coef"
 
 
 def _without_none(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,28 @@ class DatasetEvaluation:
     precision: str = "fp32"
     quick_gelu: bool = False  # the activation the evaluated model used
     split_source: Optional[str] = None  # where the split's images come from
+    classes: Optional[dict[str, str]] = None  # image folders: class folder -> the name the prompts use, label order
+    extra_metrics: dict[str, float] = field(default_factory=dict)  # beyond accuracy, e.g. mia (other scenarios)
 
     def to_json(self) -> dict:
         source = {"split_source": self.split_source} if self.split_source else {}
+        classes = {"classes": dict(self.classes)} if self.classes else {}
         return {"dataset": self.dataset, **source, "model": self.model, "pretrained": self.pretrained,
-                "task": self.task, "metrics": self.metrics.to_json(), "n_images": self.n_images,
-                "n_classes": self.n_classes, "n_templates": self.n_templates, "seconds": self.seconds,
-                "images_per_s": self.images_per_s, "precision": self.precision, "quick_gelu": self.quick_gelu}
+                "task": self.task, "metrics": {**self.metrics.to_json(), **self.extra_metrics},
+                "n_images": self.n_images, "n_classes": self.n_classes, "n_templates": self.n_templates,
+                "seconds": self.seconds, "images_per_s": self.images_per_s, "precision": self.precision,
+                "quick_gelu": self.quick_gelu, **classes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DatasetEvaluation":
+        metrics = data["metrics"]
+        known = {f.name for f in fields(Metrics)}
+        extra = {k: v for k, v in metrics.items() if k not in known and _is_number(v)}
+        return cls(data["dataset"], data["model"], data.get("pretrained"), Metrics.from_json(metrics),
+                   data["n_images"], data["n_classes"], data["n_templates"], data["seconds"], data["images_per_s"],
+                   task=data.get("task", ZEROSHOT_TASK), precision=data.get("precision", "fp32"),
+                   quick_gelu=data.get("quick_gelu", False), split_source=data.get("split_source"),
+                   classes=data.get("classes"), extra_metrics=extra)
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,13 @@ class SearchRun:
         return {"chosen": self.chosen.to_json() if self.chosen else None,
                 "points": [p.to_json() for p in self.points], "n_new_evaluations": self.new_evaluations,
                 "n_points": len(self.points), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SearchRun":
+        chosen = data.get("chosen")
+        return cls(SearchPoint.from_json(chosen) if chosen else None,
+                   [SearchPoint.from_json(p) for p in data["points"]], data.get("n_new_evaluations", 0),
+                   data.get("seconds", 0.0))
 
 
 @dataclass
@@ -159,6 +186,21 @@ class SearchResult:
         if agreement is not None:
             result["agreement"] = agreement
         return result
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SearchResult":
+        base = data["base"]
+        runs = {kind: SearchRun.from_json(run) for kind, run in data["runs"].items()}
+        return cls(
+            model=data["model"], checkpoint=data.get("checkpoint"), vector=data["vector"], forget=data["forget"],
+            retain=data["retain"], threshold=data["threshold"], retain_limit=data["retain_limit"],
+            search=data["search"], coefs=list(data["coefs"]),
+            base=SearchPoint(0.0, base["forget_acc1"], base["retain_acc1"]),
+            n_forget_images=base["n_forget_images"], n_retain_images=base["n_retain_images"], runs=runs,
+            evaluations=data["n_evaluations"], heads_rebuilt=data["heads"].startswith("rebuilt"),
+            seconds=data["seconds"], base_retain=data["base_retain_acc1"],
+            base_retain_source=data["base_retain_source"], precision=data.get("precision", "fp32"),
+            quick_gelu=data.get("quick_gelu", False), split_sources=data.get("split_sources"))
 
 
 @dataclass
@@ -353,3 +395,85 @@ class ClassifierSearchResult:
                    data["select"], data["rule"], data["threshold"], data.get("retain_limit"),
                    [ClassifierSearchPoint.from_json(p) for p in data["points"]], chosen, reference,
                    data["counts"], data["seconds"])
+@dataclass(frozen=True)
+class Accuracies:
+    """Forget and retain top-1 of one model (test split unless said otherwise)."""
+
+    forget: float
+    retain: float
+
+    def to_json(self) -> dict:
+        return {"forget": self.forget, "retain": self.retain}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Accuracies":
+        return cls(data["forget"], data["retain"])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One way of unlearning: the lambda chosen on Val and the test accuracies at it."""
+
+    coef: float  # 0 when no lambda kept the retain bar (nothing was negated)
+    forget: Optional[float]
+    retain: Optional[float]
+    feasible: bool = True
+    val_forget: Optional[float] = None
+    val_retain: Optional[float] = None
+    search: Optional[str] = None  # the search's JSON, relative to the results file
+    nonzero_fraction: Optional[float] = None  # of the vector's float elements
+    kept: Optional[float] = None  # NegMerge: its non-zero elements out of those the mean's vector has
+    vector: Optional[str] = None  # the best single vector: which one
+
+    def to_json(self) -> dict:
+        optional = _without_none({"search": self.search, "nonzero_fraction": self.nonzero_fraction,
+                                  "kept": self.kept, "vector": self.vector})
+        return {"lambda": self.coef, "forget": self.forget, "retain": self.retain, "val_forget": self.val_forget,
+                "val_retain": self.val_retain, "feasible": self.feasible, **optional}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Outcome":
+        return cls(data["lambda"], data["forget"], data["retain"], data["feasible"], data.get("val_forget"),
+                   data.get("val_retain"), data.get("search"), data.get("nonzero_fraction"), data.get("kept"),
+                   data.get("vector"))
+
+
+@dataclass
+class DemoResults:
+    """``negmerge demo``'s results.json: the start, every method under the paper's rule (the
+    headline), and every method at matched retain accuracy (the extended lambda grid)."""
+
+    model: str
+    forget_dataset: str
+    retain_dataset: str
+    threshold: float
+    k: int
+    start: Accuracies
+    chance: Accuracies
+    methods: dict[str, Outcome]
+    matched: dict[str, Outcome]
+    matched_coefs: list[float]
+    settings: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def matched_label(self) -> str:
+        """How the second table's lambdas were chosen, for titles."""
+        return f"matched retain (lambda {min(self.matched_coefs):g} to {max(self.matched_coefs):g})"
+
+    def to_json(self) -> dict:
+        return {"task": DEMO_TASK, "model": self.model, "forget_dataset": self.forget_dataset,
+                "retain_dataset": self.retain_dataset, "threshold": self.threshold, "k": self.k,
+                "start": self.start.to_json(), "chance": self.chance.to_json(),
+                "methods": {name: o.to_json() for name, o in self.methods.items()},
+                "matched": {"coefs": list(self.matched_coefs),
+                            "methods": {name: o.to_json() for name, o in self.matched.items()}},
+                "settings": self.settings, "timings": self.timings}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DemoResults":
+        outcomes = lambda table: {name: Outcome.from_json(o) for name, o in table.items()}
+        return cls(data["model"], data["forget_dataset"], data["retain_dataset"], data["threshold"], data["k"],
+                   Accuracies.from_json(data["start"]), Accuracies.from_json(data["chance"]),
+                   outcomes(data["methods"]), outcomes(data["matched"]["methods"]), list(data["matched"]["coefs"]),
+                   data.get("settings", {}), data.get("timings", {}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils.data import random_split
@@ -124,3 +126,27 @@ def test_bad_folders_and_files(tmp_path):
         datasets.load_dataset(str(root), "test", templates_file=wrong)
     with pytest.raises(UsageError, match="3 classes"):
         datasets.load_dataset(str(root), "test", classnames_file=wrong)
+
+
+def test_classnames_by_folder_in_any_order(tmp_path):
+    """FOLDER<TAB>NAME lines map names by folder, so their order cannot swap classes."""
+    root = make_image_folder(tmp_path / "shapes", per_class=4)  # folders sort blue_stripes, green_disc, red_square
+    names = tmp_path / "names.tsv"
+    names.write_text("red_square\tsquare\nblue_stripes\tstripes\ngreen_disc\tdisc\n")
+    loaded = datasets.load_dataset(str(root), "test", classnames_file=names)
+    assert loaded.classnames == ("stripes", "disc", "square")
+    assert loaded.class_mapping == {"blue_stripes": "stripes", "green_disc": "disc", "red_square": "square"}
+    assert datasets.load_dataset(str(root), "test").class_mapping["green_disc"] == "green disc"
+    assert datasets.load_dataset("digits", "test").class_mapping is None  # not an image folder
+
+    for text, fragment in (("red_square\tsquare\nblue_stripes\tstripes\n", "does not name class folder(s) green_disc"),
+                           ("red_square\ta\nred_square\tb\nblue_stripes\tc\ngreen_disc\td\n", "'red_square' twice"),
+                           ("red_circle\ta\nblue_stripes\tb\ngreen_disc\tc\n", "'red_circle', which is not a class folder"),
+                           ("red_square\t\nblue_stripes\tb\ngreen_disc\tc\n", "names.tsv:1: --classnames line is not FOLDER<TAB>NAME")):
+        names.write_text(text)
+        with pytest.raises(UsageError, match=re.escape(fragment)) as error:
+            datasets.load_dataset(str(root), "test", classnames_file=names)
+        assert "\n" not in str(error.value)
+    names.write_text("\n".join(f"{d}\t{d}" for d in "0123456789"))
+    with pytest.raises(UsageError, match="need an image-folder dataset"):
+        datasets.load_dataset("digits", "test", classnames_file=names)

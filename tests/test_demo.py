@@ -1,16 +1,29 @@
-"""`negmerge demo --quick` end to end: real pretraining, fine-tunes, merges, searches, evals."""
+"""`negmerge demo --quick` end to end: real pretraining, fine-tunes, merges, searches, evals; and
+`negmerge report` on the demo's folder."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+
+import pytest
 
 from helpers import assert_clean_failure, run_cli
 
 
-def test_quick_demo_forgets_digits_and_keeps_textures(tmp_path):
-    workdir, cache = tmp_path / "demo", tmp_path / "cache"
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One quick demo for every test of this module: (workdir, cache folder, the CLI run)."""
+    root = tmp_path_factory.mktemp("demo")
+    workdir, cache = root / "demo", root / "cache"
     result = run_cli("demo", "--quick", "--workdir", workdir, "--cache-dir", cache, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, cache, result
+
+
+def test_quick_demo_forgets_digits_and_keeps_textures(quick_demo):
+    workdir, cache, result = quick_demo
     assert "Traceback" not in result.stderr
 
     results = json.loads((workdir / "results.json").read_text())
@@ -30,6 +43,58 @@ def test_quick_demo_forgets_digits_and_keeps_textures(tmp_path):
     assert len(list(cache.glob("negmerge-demo-*.safetensors"))) == 1
     assert "negmerge merge --method negmerge" in (workdir / "commands.sh").read_text()
     assert "negmerge" in result.stderr and "best_single" in result.stderr  # the table
+
+
+def test_matched_retain_table_searches_the_extended_grid(quick_demo):
+    """The second table: each method's lowest Val forget accuracy over lambda 0 to 3 at the same
+    retain bar, so it can only forget as much as or more than under the paper's grid (0 to 1)."""
+    workdir, _, result = quick_demo
+    results = json.loads((workdir / "results.json").read_text())
+    matched = results["matched"]
+    assert matched["coefs"][0] == 0 and matched["coefs"][-1] == 3 and set(matched["coefs"]) > {i / 20 for i in range(21)}
+    assert set(matched["methods"]) == set(results["methods"])
+    for method, headline in results["methods"].items():
+        extended = matched["methods"][method]
+        search = json.loads((workdir / extended["search"]).read_text())
+        assert search["coefs"] == matched["coefs"] and search["chosen"]["coef"] == extended["lambda"]
+        assert extended["val_forget"] <= headline["val_forget"], method
+        assert extended["val_retain"] >= search["retain_limit"]
+        paper = json.loads((workdir / headline["search"]).read_text())
+        assert paper["retain_limit"] == search["retain_limit"]  # the same bar
+        assert max(paper["coefs"]) == 1.0
+    assert "matched retain (lambda 0 to 3)" in result.stderr
+    assert (workdir / "tradeoff.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_report_of_the_demo_folder_in_every_format(quick_demo, cli, tmp_path):
+    workdir, _, _ = quick_demo
+    results = json.loads((workdir / "results.json").read_text())
+    markdown = cli("report", workdir)
+    assert markdown.returncode == 0, markdown.stderr
+    headline, matched = markdown.stdout.split("### matched retain (lambda 0 to 3)")
+    negmerge = results["methods"]["negmerge"]
+    assert f"| NegMerge | {100 * negmerge['forget']:.2f} | {100 * negmerge['retain']:.2f} |" in headline
+    assert f"| NegMerge | {negmerge['lambda']:.2f} ({100 * negmerge['nonzero_fraction']:.1f}% kept) |" in headline
+    start = results["start"]
+    assert f"| Pretrained | {100 * start['forget']:.2f} | {100 * start['retain']:.2f} |" in headline
+    mean = results["matched"]["methods"]["mean"]
+    assert f"| Uniform Merge (mean) | {100 * mean['forget']:.2f} | {100 * mean['retain']:.2f} |" in matched
+
+    data = json.loads(cli("report", workdir, "--format", "json").stdout)
+    assert data["settings"] == ["paper", "matched retain (lambda 0 to 3)"] and data["retain_dataset"] == "textures"
+    rows = {(r["setting"], r["method"]): r for r in data["rows"]}
+    for method, outcome in results["methods"].items():
+        row = rows["paper", method]
+        assert (row["forget_acc1"], row["retain_acc1"], row["lambda"]) == (outcome["forget"], outcome["retain"],
+                                                                           outcome["lambda"])
+    table = list(csv.DictReader(io.StringIO(cli("report", workdir, "--format", "csv").stdout)))
+    best = next(r for r in table if r["setting"] != "paper" and r["method"] == "best_single")
+    assert float(best["forget_acc1"]) == results["matched"]["methods"]["best_single"]["forget"]
+    assert best["vector"] == results["matched"]["methods"]["best_single"]["vector"]
+
+    plot = tmp_path / "tradeoff.svg"
+    assert cli("report", workdir, "--plot", plot, "-q").returncode == 0
+    assert plot.read_bytes().startswith(b"<?xml") and b"best_single" in plot.read_bytes()
 
 
 def test_demo_refuses_a_file_as_workdir(tmp_path, cli):

@@ -103,3 +103,25 @@ def test_json_and_plot_outputs_are_replaced_only_with_force(files, tmp_path, cli
         assert cli(*args, "--force").returncode in (0, 1)  # 1: no lambda chosen, results still written
         assert out.read_text() != "keep" and json.loads(out.read_text())
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_eval_records_class_folders_and_names_them_by_folder(files, tmp_path, cli):
+    """eval's JSON says which name each class folder got, and a FOLDER<TAB>NAME file in any order
+    gives the same accuracies as the names in label order."""
+    shapes = files / "shapes"
+    common = ["eval", "-m", TINY, "-c", files / "base.safetensors", "-d", shapes, "-j", "0"]
+    in_order = tmp_path / "names.txt"
+    in_order.write_text("stripes\ndisc\nsquare\n")
+    by_folder = tmp_path / "names.tsv"
+    by_folder.write_text("red_square\tsquare\ngreen_disc\tdisc\nblue_stripes\tstripes\n")
+    plain, ordered, mapped = (cli(*common, *extra) for extra in ([], ["--classnames", in_order],
+                                                                 ["--classnames", by_folder]))
+    assert plain.returncode == ordered.returncode == mapped.returncode == 0, mapped.stderr
+    rows = [json.loads(r.stdout)[0] for r in (plain, ordered, mapped)]
+    assert rows[0]["classes"] == {"blue_stripes": "blue stripes", "green_disc": "green disc", "red_square": "red square"}
+    assert rows[1]["classes"] == rows[2]["classes"] == {"blue_stripes": "stripes", "green_disc": "disc",
+                                                        "red_square": "square"}
+    assert rows[1]["metrics"] == rows[2]["metrics"]
+    assert "class names (folder -> name): blue_stripes -> stripes, green_disc -> disc, red_square -> square" in mapped.stderr
+    by_folder.write_text("red_square\tsquare\ngreen_disc\tdisc\n")
+    assert_clean_failure(cli(*common, "--classnames", by_folder), "names.tsv", "does not name class folder(s) blue_stripes")

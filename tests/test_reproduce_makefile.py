@@ -3,7 +3,7 @@
 `make -n` on the tiny model and one forget dataset prints every command the Makefile would run; each
 `negmerge SUBCOMMAND ...` line is parsed by the real Typer/Click command (unknown options, bad values
 and missing required options fail), the checkpoint names the Makefile predicts are those `finetune`
-writes, and the two helper scripts work on outputs shaped like the ones `negmerge eval` writes.
+writes, and best_single.py and `negmerge report` work on the files the Makefile's rules write.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 REPRO = Path(__file__).resolve().parents[1] / "docs" / "reproduce"
 MAKEFILE = REPRO / "Makefile"
 MARK = "negmerge"  # NEGMERGE as the Makefile runs it
-SUBCOMMANDS = {"finetune", "vector", "merge", "apply", "inspect", "eval"}
+SUBCOMMANDS = {"finetune", "vector", "merge", "apply", "inspect", "eval", "report"}
 TARGETS = ["all", "finetune", "vectors", "merges", "singles", "search", "apply", "test", "table",
            "print-points", "help", "finetune-mnist", "mnist"]
 
@@ -124,12 +124,19 @@ def test_the_pipeline_has_every_stage_per_dataset(tmp_path):
     assert all(c[c.index("--scale") + 1].startswith("-") for c in applies)
     tests = [c for c in by_name("eval") if "--vector" not in c]
     assert len(tests) == 6  # pretrained, best single, 4 merges
-    assert "best_single.py" in dry_run and "table.py" in dry_run
+    assert "best_single.py" in dry_run
+    reports = by_name("report")
+    assert len(reports) == 2 and all(c[1:2] == [str(tmp_path / "out" / "mnist")] for c in reports)
+    assert all("--published" in c for c in reports)  # the paper's model: its figures beside ours
+    assert {c[c.index("-o") + 1] for c in reports} == {str(tmp_path / "out" / n) for n in ("table.md", "table.json")}
+    assert any(c[c.index("--plot") + 1].endswith("tradeoff.png") for c in reports if "--plot" in c)
 
 
 def test_the_stored_retain_base_is_only_for_the_papers_model(tmp_path):
     searches = [c for c in _negmerge_commands(_make(tmp_path, "-n", "search")) if c[0] == "eval"]  # tiny model
     assert searches and all("--base-retain" not in c for c in searches)
+    reports = [c for c in _negmerge_commands(_make(tmp_path, "-n", "all")) if c[0] == "report"]
+    assert reports and all("--published" not in c for c in reports)
 
 
 def test_targets_exist_and_reruns_are_file_based(tmp_path):
@@ -165,15 +172,21 @@ def test_checkpoint_names_match_finetune(tmp_path):
 
 
 def _search(path: Path, vector: str, coef: float, forget: float, retain: float) -> None:
-    point = {"coef": coef, "forget_acc1": forget, "retain_acc1": retain}
+    """search.json and lambda.txt as `negmerge eval --vector ... --json` writes them."""
+    from negmerge_cli.results import SearchPoint, SearchResult, SearchRun
+
+    base, chosen = SearchPoint(0.0, 0.9, 0.8), SearchPoint(coef, forget, retain)
+    result = SearchResult(
+        model="negmerge-tiny", checkpoint="base.safetensors", vector=vector, forget="mnist:/data:val",
+        retain="imagenet:/data/imagenet:val", threshold=0.95, retain_limit=0.76, search="grid", coefs=[0.0, coef],
+        base=base, n_forget_images=100, n_retain_images=100, runs={"grid": SearchRun(chosen, [base, chosen], 2, 1.0)},
+        evaluations=2, heads_rebuilt=False, seconds=1.0, base_retain=0.8, base_retain_source="evaluated (lambda = 0)")
     path.mkdir(parents=True, exist_ok=True)
-    (path / "search.json").write_text(json.dumps({
-        "task": "coefficient_search", "model": "negmerge-tiny", "vector": vector, "threshold": 0.95,
-        "base": {"forget_acc1": 0.9, "retain_acc1": 0.8}, "points": [point], "chosen": point, "feasible": True}))
+    (path / "search.json").write_text(json.dumps(result.to_json()))
     (path / "lambda.txt").write_text(f"{coef:g}\n")
 
 
-def test_best_single_and_table_scripts(tmp_path):
+def test_best_single_script_and_the_report(tmp_path, cli):
     out = tmp_path / "out"
     vectors = tmp_path / "vectors"
     vectors.mkdir()
@@ -191,8 +204,9 @@ def test_best_single_and_table_scripts(tmp_path):
     assert json.loads((best / "choice.json").read_text())["chosen"]["name"] == "c"
 
     def test_json(method: str, forget: float, retain: float) -> None:
-        entry = lambda d, a: {"dataset": d, "model": "negmerge-tiny", "pretrained": "x", "task": "zeroshot_classification",
-                              "metrics": {"acc1": a, "acc5": 1.0, "mean_per_class_recall": a}, "n_images": 10}
+        from negmerge_cli.results import DatasetEvaluation, Metrics
+
+        entry = lambda d, a: DatasetEvaluation(d, "negmerge-tiny", "x", Metrics(a, 1.0, a), 10, 10, 1, 1.0, 10.0).to_json()
         folder = out / "mnist" / method
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "test.json").write_text(json.dumps([entry(f"mnist:{tmp_path}:test", forget),
@@ -202,13 +216,22 @@ def test_best_single_and_table_scripts(tmp_path):
     test_json("best_single", 0.3, 0.77)
     test_json("negmerge", 0.2, 0.76)
     _search(out / "mnist" / "negmerge", "tau", 0.85, 0.21, 0.77)
-    (out / "mnist" / "negmerge" / "inspect.json").write_text(json.dumps({"nonzero_fraction": 0.25}))
-    done = subprocess.run([sys.executable, str(REPRO / "table.py"), "--out", str(out), "--datasets", "mnist",
-                           "--methods", "pretrained best_single negmerge", "--json", str(out / "table.json")],
-                          check=True, capture_output=True, text=True, timeout=30)
-    assert "| NegMerge | 20.00 | 76.00 | 20.00 | 76.00 |" in done.stdout
-    assert "| Pretrained | 90.00 | 80.00 |" in done.stdout
-    assert "0.85 (25.0% kept)" in done.stdout
-    table = json.loads((out / "table.json").read_text())
-    assert table["rows"]["best_single"]["datasets"]["mnist"]["lambda"] == 0.7
-    assert table["rows"]["negmerge"]["average"] == {"forget": 0.2, "retain": 0.76, "n_datasets": 1, "complete": True}
+    (out / "mnist" / "negmerge" / "inspect.json").write_text(json.dumps({"tensors": [], "nonzero_fraction": 0.25}))
+    # the Makefile's two report commands, as `make` would run them
+    table, figures = out / "table.md", out / "table.json"
+    assert cli("report", out / "mnist", "--published", "--format", "json", "-o", figures, "-f").returncode == 0
+    done = cli("report", out / "mnist", "--published", "-o", table, "-f")
+    assert done.returncode == 0, done.stderr
+    text = table.read_text()
+    assert "| NegMerge | 20.00 | 76.00 | 20.00 (20.76) | 76.00 (60.36) |" in text
+    assert "| Pretrained | 90.00 | 80.00 | 90.00 (48.13) | 80.00 (63.33) |" in text
+    assert "| Task Arithmetic (best single) | 0.70 |" in text  # its lambda, from best_single/search.json
+    assert "| NegMerge | 0.85 (25.0% kept) |" in text
+    assert "Df = forget set (lower is better), Dr = ImageNet." in text
+    report = json.loads(figures.read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert rows["best_single"]["lambda"] == 0.7 and rows["best_single"]["vector"] == "c"
+    assert rows["negmerge"]["split"] == "test" and rows["negmerge"]["kept"] == 0.25
+    averages = {a["method"]: a for a in report["averages"]}
+    assert averages["negmerge"] == {"setting": "paper", "method": "negmerge", "forget_acc1": 0.2, "retain_acc1": 0.76,
+                                    "n_datasets": 1, "complete": True}

@@ -34,8 +34,10 @@ def demo(
         raise UsageError(f"{option('scenario')} {scenario!r}: choose clip or classifier")
     settings = DemoSettings.quick() if quick else DemoSettings.full()
     results = run_demo(workdir, settings, cache_dir or default_cache_dir(), force=force)
-    output().show(results_table(results))
-    output().log(f"results: {workdir / 'results.json'}   trade-off plot: {workdir / 'tradeoff.png'}")
+    for table in results_tables(results):
+        output().show(table)
+    output().log(f"results: {workdir / 'results.json'}   trade-off of every method: {workdir / 'tradeoff.png'}   "
+                 f"as Markdown: negmerge report {workdir}")
     _print_commands(workdir / "commands.sh")
 
 
@@ -56,20 +58,26 @@ def _print_commands(script: Path) -> None:
     output().log("\n".join(shown))
 
 
-def results_table(results: dict) -> Table:
-    start, chance = results["start"], results["chance"]
-    table = Table(title=f"Unlearning digits (forget) while keeping textures (retain), k = {results['k']}",
-                  caption=f"test accuracy; chance: forget {chance['forget']:.1%}, retain {chance['retain']:.1%}; "
-                          "lambda chosen on Val by the paper's rule")
-    for column in ("method", "lambda", "forget acc", "retain acc", "kept by NegMerge"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    table.add_row("start (no unlearning)", "-", f"{start['forget']:.1%}", f"{start['retain']:.1%}", "-")
-    for name, row in results["methods"].items():
-        kept = f"{row['kept']:.1%}" if "kept" in row else "-"
-        forget = f"{row['forget']:.1%}" if row["forget"] is not None else "-"
-        retain = f"{row['retain']:.1%}" if row["retain"] is not None else "-"
-        table.add_row(name, f"{row['lambda']:.2f}", forget, retain, kept)
-    return table
+def results_tables(results) -> list[Table]:
+    """The headline (the paper's rule on its grid) and the same methods at matched retain accuracy."""
+    start, chance = results.start, results.chance
+    kept = results.methods["negmerge"].kept
+    caption = (f"test accuracy; chance: forget {chance.forget:.1%}, retain {chance.retain:.1%}; lambda chosen on Val: "
+               f"lowest forget accuracy with retain >= {results.threshold:g} x the start's; non-zero: of the vector's "
+               f"elements" + (f" (NegMerge kept {kept:.1%} of those the fine-tunes changed)" if kept is not None else ""))
+    title = f"Unlearning {results.forget_dataset} (forget) while keeping {results.retain_dataset} (retain), k = {results.k}"
+    tables = []
+    for subtitle, outcomes in (("the paper's rule, lambda 0 to 1", results.methods), (results.matched_label, results.matched)):
+        table = Table(title=f"{title}: {subtitle}", caption=caption)
+        for column in ("method", "lambda", "forget acc", "retain acc", "non-zero"):
+            table.add_column(column, justify="left" if column == "method" else "right")
+        table.add_row("start (no unlearning)", "-", f"{start.forget:.1%}", f"{start.retain:.1%}", "-")
+        for name, row in outcomes.items():
+            percent = lambda value: "-" if value is None else f"{value:.1%}"
+            table.add_row(name, f"{row.coef:.2f}" if row.feasible else "none", percent(row.forget), percent(row.retain),
+                          percent(row.nonzero_fraction))
+        tables.append(table)
+    return tables
 
 
 def register(app: typer.Typer) -> None:

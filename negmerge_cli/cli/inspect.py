@@ -33,7 +33,9 @@ def inspect(
 
 
 def _print_tables(summary) -> None:
-    """The summary is this command's result: it goes to stdout (unlike logs, which go to stderr)."""
+    """The summary is this command's result: it goes to stdout (unlike logs, which go to stderr).
+    Names are never cut: a name too long for the terminal (or a pipe's 80 columns) is wrapped at
+    its dots, and folded only where one component is longer than the column."""
     from rich.console import Console
     from rich.table import Table
 
@@ -43,17 +45,25 @@ def _print_tables(summary) -> None:
     console = Console(highlight=False)
 
     counted = summary.nonzero_fraction is not None
-    table = Table(title=printable(summary.path), title_justify="left")
-    for column in ("tensor", "dtype", "shape", "elements") + (("non-zero",) if counted else ()):
-        table.add_column(column, justify="right" if column in ("elements", "non-zero") else "left",
-                         overflow="fold")
+    columns = ("tensor", "dtype", "shape", "elements") + (("non-zero",) if counted else ())
+    rows = []
     for tensor in summary.tensors:
         fraction = tensor.nonzero_fraction
-        row = [printable(tensor.name), tensor.dtype, str(tuple(tensor.shape)), f"{tensor.numel:,}"]
-        table.add_row(*row, *((f"{fraction:.2%}" if fraction is not None else "-",) if counted else ()))
+        rows.append([printable(tensor.name), tensor.dtype, str(tuple(tensor.shape)), f"{tensor.numel:,}",
+                     *((f"{fraction:.2%}" if fraction is not None else "-",) if counted else ())])
+    name_width = _name_width(console.width, columns, rows)
+    table = Table(title=printable(summary.path), title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("elements", "non-zero") else "left",
+                         overflow="fold")
+    for name, *rest in rows:
+        table.add_row(wrap_name(name, name_width), *rest)
     console.print(table)
+    console.print(_prefix_table(summary, counted))
     if summary.metadata:
         meta = Table("key", "value", title="metadata", title_justify="left")
+        for column in meta.columns:
+            column.overflow = "fold"
         for key, value in summary.metadata.items():
             if key == ZERO_TENSORS_KEY:  # can be long: the tensors are summarised below instead
                 value = f"{len(json.loads(value))} tensors (see --json)"
@@ -76,6 +86,43 @@ def _totals(summary, counted: bool) -> str:
     if counted:
         line += f"; non-zero {summary.nonzero_fraction:.2%} of float elements"
     return line
+
+
+def _prefix_table(summary, counted: bool):
+    from rich.table import Table
+
+    from negmerge_cli.output import printable
+
+    table = Table(title="by name prefix", title_justify="left")
+    for column in ("prefix", "tensors", "elements") + (("non-zero",) if counted else ()):
+        table.add_column(column, justify="left" if column == "prefix" else "right", overflow="fold")
+    for group in summary.prefixes():
+        fraction = group.nonzero_fraction
+        table.add_row(printable(group.pattern), f"{group.tensors:,}",
+                      f"{group.numel:,}", *((f"{fraction:.2%}" if fraction is not None else "-",) if counted else ()))
+    return table
+
+
+def _name_width(width: int, columns: tuple[str, ...], rows: list[list[str]]) -> int:
+    """What the name column can have once the other columns and the borders (3 characters per
+    column, plus 1) have theirs."""
+    others = sum(max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns) if i)
+    return max(16, width - others - 3 * len(columns) - 1)
+
+
+def wrap_name(name: str, width: int) -> str:
+    """``name`` on lines of at most ``width`` characters, broken after dots where it is too long."""
+    if len(name) <= width:
+        return name
+    lines, line = [], ""
+    for part in name.split("."):
+        piece = part if not line and not lines else "." + part
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = piece
+        else:
+            line += piece
+    return "\n".join(lines + [line])
 
 
 def register(app: typer.Typer) -> None:

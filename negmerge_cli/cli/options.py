@@ -22,7 +22,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, ta
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 Model = Annotated[str, typer.Option("--model", "-m", help="OpenCLIP model name (e.g. ViT-B-32, or the shipped negmerge-tiny).")]
 Templates = Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)]
-Classnames = Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one per line, in label order.", dir_okay=False)]
+Classnames = Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one name per line in label order (image folders: the sorted class folders), or FOLDER<TAB>NAME lines in any order.", dir_okay=False)]
 Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.", min=0)]
 QuickGelu = Annotated[Optional[bool], typer.Option(
     "--quick-gelu/--no-quick-gelu",

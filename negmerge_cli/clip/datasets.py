@@ -194,6 +194,7 @@ class ImageSet(torch.utils.data.Dataset):
     templates: tuple[str, ...] = ()
     transform: Optional[Callable] = field(default=None, repr=False)
     split_source: str = ""  # where this split's images come from, e.g. "EuroSAT_splits/val folder"
+    class_folders: tuple[str, ...] = ()  # image folders: the class folder of each label (sorted)
 
     def __len__(self) -> int:
         return len(self.indices) if self.indices is not None else len(self.source)
@@ -205,6 +206,11 @@ class ImageSet(torch.utils.data.Dataset):
 
     def with_transform(self, transform: Optional[Callable]) -> "ImageSet":
         return replace(self, transform=transform)
+
+    @property
+    def class_mapping(self) -> Optional[dict[str, str]]:
+        """Class folder -> the name the prompts use, in label order (image folders only)."""
+        return dict(zip(self.class_folders, self.classnames)) if self.class_folders else None
 
     @property
     def label(self) -> str:
@@ -224,6 +230,7 @@ class Sources:
     test_from: Optional[str] = None
     val: Optional[object] = None  # a separate Val folder; None: the seeded hold-out of train
     val_from: Optional[str] = None
+    folders: Sequence[str] = ()  # the class folder of each label, where classes are folders
 
 
 def load_dataset(
@@ -239,9 +246,14 @@ def load_dataset(
     source, indices, split, origin = _select_split(spec, found, spec.split or default_split)
     classnames = found.classnames
     if classnames_file is not None:
-        classnames = _checked_classnames(prompts.read_classnames(classnames_file), classnames, classnames_file)
+        given = prompts.read_classnames(classnames_file)
+        classnames = _checked_classnames(given, classnames, found.folders, classnames_file)
     templates = prompts.read_templates(templates_file) if templates_file else prompts.templates_for(spec.kind)
-    return ImageSet(spec, split, source, indices, tuple(classnames), tuple(templates), split_source=origin)
+    loaded = ImageSet(spec, split, source, indices, tuple(classnames), tuple(templates), split_source=origin,
+                      class_folders=tuple(found.folders))
+    if classnames_file is not None and loaded.class_mapping:
+        _log_mapping(loaded)
+    return loaded
 
 
 def _select_split(spec: DatasetSpec, found: Sources, split: str):
@@ -263,10 +275,45 @@ def _select_split(spec: DatasetSpec, found: Sources, split: str):
     return found.train, train_idx, "train", f"{found.train_from} minus the Val hold-out"
 
 
-def _checked_classnames(given: Sequence[str], found: Sequence[str], path: Path) -> Sequence[str]:
+def _checked_classnames(given: Sequence[str], found: Sequence[str], folders: Sequence[str], path: Path) -> Sequence[str]:
+    """Names in label order: plain lines are taken in label order (for image folders, the sorted
+    class folders); ``FOLDER<TAB>NAME`` lines name each class folder, in any order."""
+    if any("\t" in line for line in given):
+        return _names_by_folder(given, folders, path)
     if len(given) != len(found):
         raise UsageError(f"{path}: --classnames has {len(given)} names but the dataset has {len(found)} classes")
     return given
+
+
+def _names_by_folder(lines: Sequence[str], folders: Sequence[str], path: Path) -> tuple[str, ...]:
+    if not folders:
+        raise UsageError(f"{path}: --classnames FOLDER<TAB>NAME lines need an image-folder dataset; "
+                         "give one name per line in label order")
+    named: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        folder, tab, name = line.partition("\t")
+        folder, name = folder.strip(), name.strip()
+        if not tab or not folder or not name:
+            raise UsageError(f"{path}:{number}: --classnames line is not FOLDER<TAB>NAME: {line!r}")
+        if folder in named:
+            raise UsageError(f"{path}:{number}: --classnames names class folder {folder!r} twice")
+        if folder not in folders:
+            raise UsageError(f"{path}:{number}: --classnames names {folder!r}, which is not a class folder "
+                             f"(folders: {', '.join(folders[:8])}{', ...' if len(folders) > 8 else ''})")
+        named[folder] = name
+    missing = [f for f in folders if f not in named]
+    if missing:
+        raise UsageError(f"{path}: --classnames does not name class folder(s) {', '.join(missing[:8])}"
+                         f"{', ...' if len(missing) > 8 else ''}")
+    return tuple(named[f] for f in folders)
+
+
+def _log_mapping(loaded: ImageSet) -> None:
+    """Say which name each class folder got: a list in the wrong order would go unnoticed."""
+    from negmerge_cli.output import output
+
+    pairs = ", ".join(f"{folder} -> {name}" for folder, name in loaded.class_mapping.items())
+    output().log(f"{loaded.label}: class names (folder -> name): {pairs}")
 
 
 def _open_source(spec: DatasetSpec) -> Sources:
@@ -294,14 +341,14 @@ def _open_folder_dataset(root: Path, to_classname: Callable[[str], str], test_na
         raise NegmergeError(f"{root}: dataset folder does not exist")
     if not (root / "train").is_dir():
         train, classes = _scan_class_folders(root)
-        return Sources(train, None, tuple(to_classname(c) for c in classes), f"{root.name} folder")
+        return Sources(train, None, tuple(to_classname(c) for c in classes), f"{root.name} folder", folders=classes)
     train, classes = _scan_class_folders(root / "train")
     test_dir = next((root / s for s in test_names if (root / s).is_dir()), None)
     val_dir = root / val_name if val_name and (root / val_name).is_dir() else None
     scan = lambda folder: _scan_class_folders(folder, classes)[0] if folder else None
     describe = lambda folder: f"{root.name}/{folder.name} folder" if folder else None
     return Sources(train, scan(test_dir), tuple(to_classname(c) for c in classes), describe(root / "train"),
-                   describe(test_dir), scan(val_dir), describe(val_dir))
+                   describe(test_dir), scan(val_dir), describe(val_dir), folders=classes)
 
 
 def _scan_class_folders(root: Path, classes: Optional[Sequence[str]] = None):
@@ -389,7 +436,7 @@ def _open_dtd_lists(spec) -> Sources:
         raise NegmergeError(f"{base / 'labels' / 'test1.txt'}: class {stray!r} has no training images")
     source = lambda listed: _FileSource([(str(base / "images" / c / f), label[c]) for c, f in listed])
     return Sources(source(train), source(test), tuple(names.folder_name(c) for c in classes),
-                   "dtd labels/train1.txt + val1.txt", "dtd labels/test1.txt")
+                   "dtd labels/train1.txt + val1.txt", "dtd labels/test1.txt", folders=classes)
 
 
 def _dtd_list(base: Path, name: str) -> list[tuple[str, str]]:
@@ -447,7 +494,7 @@ def _open_resisc45(spec) -> Sources:
         return _FileSource([s for s in every.samples if Path(s[0]).name in keep])
 
     return Sources(split("train"), split("test"), tuple(names.folder_name(c) for c in classes),
-                   "resisc45-train.txt", "resisc45-test.txt")
+                   "resisc45-train.txt", "resisc45-test.txt", folders=classes)
 
 
 def _open_sun397(spec) -> Sources:

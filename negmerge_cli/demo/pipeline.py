@@ -6,17 +6,28 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional, Sequence
 
 from negmerge_cli import files
 from negmerge_cli.demo import tasks
 from negmerge_cli.demo.pretrain import MODEL, PretrainRecipe, pretrained_checkpoint
+from negmerge_cli.report.plots import save
+from negmerge_cli.report.rows import Curve
+from negmerge_cli.results import Accuracies, DemoResults, Outcome, SearchResult
 
 METHODS = ("negmerge", "mean", "ties", "magmax")
+FORGET, RETAIN = "digits", "textures"
 CHANCE = {"forget": 1 / len(tasks.DIGIT_CLASSES), "retain": 1 / len(tasks.TEXTURE_CLASSES)}
+THRESHOLD = 0.95
+PAPER_COEFS = [round(i / 20, 10) for i in range(21)]  # 0, 0.05, ..., 1: the paper's grid
+# The second table's grid, 0 to 3 (the paper's, then steps of 0.1): the methods' vectors differ in
+# norm, so the end of the paper's grid stops some of them before the retain bar binds.
+EXTENDED_COEFS = PAPER_COEFS + [round(1 + i / 10, 10) for i in range(1, 21)]
 
 
 @dataclass(frozen=True)
@@ -72,7 +83,7 @@ def log(message: str) -> None:
     output().log(f"demo: {message}")
 
 
-def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, force: bool = False) -> dict:
+def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, force: bool = False) -> DemoResults:
     """Run every stage into ``workdir``; return results.json's content (also written there).
 
     An earlier demo's results in ``workdir`` are replaced only with ``force``."""
@@ -82,7 +93,7 @@ def run_demo(workdir: Path, settings: DemoSettings, cache_dir: Path, force: bool
         return _run(Workdir(Path(workdir)), settings, cache_dir, force)
 
 
-def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) -> dict:
+def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) -> DemoResults:
     from negmerge_cli.clip.templates import GENERIC
 
     started = time.perf_counter()
@@ -102,26 +113,43 @@ def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) ->
     timings["finetune_s"] = round(time.perf_counter() - started - timings["pretrain_s"], 1)
 
     start = _test_accuracies(work, base)
-    results = {"start": start, "chance": dict(CHANCE), "methods": {}, "k": len(finetuned),
-               "settings": {"randaug": list(settings.randaug), "steps": settings.steps, "lr": settings.lr}}
-    nonzero = {}
+    headline, matched, nonzero = {}, {}, {}
     for method in METHODS:
-        log(f"{method}: merge, choose lambda on Val, test")
+        log(f"{method}: merge, choose lambda on Val (the paper's grid, then 0 to {EXTENDED_COEFS[-1]:g}), test")
         vector = work / "merged" / f"{method}.safetensors"
         nonzero[method] = _merge(method, finetuned, base, vector, commands, force)
-        results["methods"][method] = _unlearn(work, method, base, vector, commands, force)
-        results["methods"][method]["nonzero_fraction"] = nonzero[method].kept_fraction
+        fraction = {"nonzero_fraction": nonzero[method].kept_fraction}
+        outcome, extended = _unlearn_both(work, method, base, vector, commands, force)
+        headline[method], matched[method] = replace(outcome, **fraction), replace(extended, **fraction)
     # what NegMerge kept, out of the elements the fine-tunes changed (non-zero in their mean)
-    results["methods"]["negmerge"]["kept"] = nonzero["negmerge"].nonzero / max(1, nonzero["mean"].nonzero)
+    kept = nonzero["negmerge"].nonzero / max(1, nonzero["mean"].nonzero)
+    headline["negmerge"], matched["negmerge"] = (replace(o, kept=kept) for o in (headline["negmerge"], matched["negmerge"]))
     log("best single task vector: search each of the k vectors")
-    results["methods"]["best_single"] = _best_single(work, base, finetuned, commands, force)
+    headline["best_single"], matched["best_single"] = _best_single(work, base, finetuned, commands, force)
     timings["total_s"] = round(time.perf_counter() - started, 1)
-    results["timings"] = timings
+    results = DemoResults(
+        MODEL, FORGET, RETAIN, THRESHOLD, len(finetuned), Accuracies(start["forget"], start["retain"]),
+        Accuracies(CHANCE["forget"], CHANCE["retain"]), headline, matched, list(EXTENDED_COEFS),
+        settings={"randaug": list(settings.randaug), "steps": settings.steps, "lr": settings.lr,
+                  "seeds": list(settings.seeds)}, timings=timings)
+    figure = _tradeoff_figure(work, results)
     with files.deferred_commits():  # the three results together, or none of them
-        files.write_bytes(work / "tradeoff.png", (work / "search" / "negmerge.png").read_bytes(), force=force)
-        files.write_json(work / "results.json", results, force=force)
+        save(figure, work / "tradeoff.png", force=force)
+        files.write_json(work / "results.json", results.to_json(), force=force)
         files.write_text(work / "commands.sh", "#!/bin/sh\nset -e\n" + "\n".join(commands) + "\n", force=force)
     return results
+
+
+def _tradeoff_figure(work: Workdir, results: DemoResults):
+    """Every method's trade-off, drawn from the demo's own files the way ``negmerge report`` does."""
+    from negmerge_cli.report.plots import tradeoff
+
+    curves = []
+    for setting, outcomes in (("", results.methods), (results.matched_label, results.matched)):
+        for method, outcome in outcomes.items():
+            search = SearchResult.from_json(json.loads((work / outcome.search).read_text()))
+            curves.append(Curve(method, FORGET, search, setting))
+    return tradeoff(curves, f"{MODEL}: unlearning {FORGET}, keeping {RETAIN} (Val)")
 
 
 def _write_tasks(work: Workdir) -> None:
@@ -171,17 +199,27 @@ def _merge(method: str, finetuned: list[Path], base: Path, output: Path, command
     return result
 
 
-def _unlearn(work: Workdir, name: str, base: Path, vector: Path, commands: list[str], force: bool) -> dict:
-    """Choose lambda on Val, apply it, and measure test accuracy."""
+def _unlearn_both(work: Workdir, name: str, base: Path, vector: Path, commands: list[str],
+                  force: bool) -> tuple[Outcome, Outcome]:
+    """The paper's rule on its grid (the headline), and the same rule on the extended grid."""
+    paper, extended = _searches(work, name, base, vector, force, commands, plot=True)
+    headline = _unlearn(work, name, base, vector, paper, commands, force)
+    return headline, _unlearn(work, f"{name}-matched", base, vector, extended, commands, force, same_as=headline)
+
+
+def _unlearn(work: Workdir, name: str, base: Path, vector: Path, searched: tuple[SearchResult, Path],
+             commands: list[str], force: bool, same_as: Optional[Outcome] = None) -> Outcome:
+    """Apply the lambda a search chose and measure test accuracy (unless ``same_as`` was tested at
+    the same lambda)."""
     from negmerge_cli.stages import StreamOptions, apply_vector
 
-    search = _search(work, name, base, vector, force, plot=True)
-    commands.append(
-        f"negmerge eval --model {MODEL} --checkpoint {base} --vector {vector} --forget {work.digits}:val "
-        f"--retain {work.textures}:val --json {work / 'search' / (name + '.json')} --plot {work / 'search' / (name + '.png')}"
-    )
+    search, json_path = searched
     chosen = search.chosen
     coef = chosen.coef if chosen else 0.0
+    found = {"coef": coef, "feasible": chosen is not None, "val_forget": chosen and chosen.forget,
+             "val_retain": chosen and chosen.retain, "search": str(json_path.relative_to(work.root))}
+    if same_as is not None and same_as.coef == coef:
+        return Outcome(forget=same_as.forget, retain=same_as.retain, **found)
     unlearned = work / "unlearned" / f"{name}.safetensors"
     apply_vector(base, vector, -coef, unlearned, StreamOptions(device="cpu", force=force))
     commands.append(f"negmerge apply --base {base} --vector {vector} --scale -{coef:g} -o {unlearned}")
@@ -189,37 +227,52 @@ def _unlearn(work: Workdir, name: str, base: Path, vector: Path, commands: list[
     commands.append(
         f"negmerge eval --model {MODEL} --checkpoint {unlearned} --data {work.digits}:test --data {work.textures}:test"
     )
-    return {"lambda": coef, "forget": test["forget"], "retain": test["retain"],
-            "val_forget": chosen.forget if chosen else None, "feasible": chosen is not None}
+    return Outcome(forget=test["forget"], retain=test["retain"], **found)
 
 
-def _search(work: Workdir, name: str, base: Path, vector: Path, force: bool, plot: bool):
-    from negmerge_cli.stages import SearchOptions, search_coefficient
+def _searches(work: Workdir, name: str, base: Path, vector: Path, force: bool, commands: list[str],
+              plot: bool = False) -> list[tuple[SearchResult, Path]]:
+    """Lambda on the paper's grid (``search/NAME.json``) and on the extended one
+    (``search/NAME-matched.json``), each lambda evaluated once for both."""
+    from negmerge_cli.stages import SearchOptions, search_coefficients
 
     folder = work / "search"
-    options = SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val")
-    return search_coefficient(_eval_options(base), options, json_out=folder / f"{name}.json",
-                              plot=folder / f"{name}.png" if plot else None, force=force)
+    grids = [SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val", coefs=list(coefs),
+                           threshold=THRESHOLD) for coefs in (PAPER_COEFS, EXTENDED_COEFS)]
+    paths = [folder / f"{name}.json", folder / f"{name}-matched.json"]
+    plot_path = folder / f"{name}.png"
+    results = search_coefficients(_eval_options(base), grids, json_outs=paths,
+                                  plots=[plot_path if plot else None, None], force=force)
+    search = (f"negmerge eval --model {MODEL} --checkpoint {base} --vector {vector} --forget {work.digits}:val "
+              f"--retain {work.textures}:val")
+    commands.append(f"{search} --json {paths[0]}" + (f" --plot {plot_path}" if plot else ""))
+    commands.append(f"{search} --coefs {','.join(f'{c:g}' for c in EXTENDED_COEFS)} --json {paths[1]}")
+    return list(zip(results, paths))
 
 
-def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: list[str], force: bool) -> dict:
+def _best_single(work: Workdir, base: Path, finetuned: list[Path], commands: list[str],
+                 force: bool) -> tuple[Outcome, Outcome]:
     """The paper's 'best single task vector': of the k vectors, the one whose chosen lambda gives
-    the lowest Val forget accuracy (under the same retain rule)."""
+    the lowest Val forget accuracy (under the same retain rule), on each grid."""
     from negmerge_cli.stages import StreamOptions, make_vectors
 
     folder = work / "vectors"
     make_vectors(base, finetuned, folder, StreamOptions(device="cpu", force=force))
     commands.append(f"negmerge vector --base {base} --out-dir {folder} {_points_glob(base)}")
-    best = None
-    for path in finetuned:
-        vector = folder / path.name
-        chosen = _search(work, f"single-{path.stem}", base, vector, force, plot=False).chosen
-        if chosen and (best is None or chosen.forget < best[1].forget):
-            best = (vector, chosen)
-    if best is None:
-        return {"lambda": 0.0, "forget": None, "retain": None, "feasible": False}
-    vector, _ = best
-    return _unlearn(work, "best_single", base, vector, commands, force) | {"vector": vector.name}
+    searched = [(folder / path.name, _searches(work, f"single-{path.stem}", base, folder / path.name, force, commands))
+                for path in finetuned]
+    outcomes = []
+    for grid, suffix in ((0, ""), (1, "-matched")):
+        searches = [(vector, found[grid]) for vector, found in searched]
+        feasible = [(vector, found) for vector, found in searches if found[0].chosen is not None]
+        if not feasible:
+            outcomes.append(Outcome(0.0, None, None, feasible=False))
+            continue
+        vector, found = min(feasible, key=lambda pair: pair[1][0].chosen.forget)  # ties: the first
+        same_as = outcomes[0] if outcomes and outcomes[0].vector == vector.name else None
+        outcome = _unlearn(work, f"best_single{suffix}", base, vector, found, commands, force, same_as)
+        outcomes.append(replace(outcome, vector=vector.name))
+    return outcomes[0], outcomes[1]
 
 
 def _eval_options(checkpoint: Path):

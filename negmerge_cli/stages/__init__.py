@@ -27,6 +27,7 @@ _EXPORTS = {
     "Grid": "finetuning",
     "evaluate": "evaluation",
     "search_coefficient": "evaluation",
+    "search_coefficients": "evaluation",
     "require_choice": "evaluation",
     "check_eval_mode": "evaluation",
     "EvalOptions": "evaluation",
@@ -36,6 +37,8 @@ _EXPORTS = {
     "search_unlearning_coefficient": "classifier_evaluation",
     "UnlearningEvalOptions": "classifier_evaluation",
     "UnlearningSearchOptions": "classifier_evaluation",
+    # results as tables and figures
+    "make_report": "report",
 }
 
 __all__ = sorted(_EXPORTS)

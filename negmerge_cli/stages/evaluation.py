@@ -89,8 +89,10 @@ def check_eval_mode(vector: Optional[str], data: Sequence[str], forget: Optional
                          f"{option('retain')}")
     if not (forget and retain):
         raise UsageError(f"the coefficient search needs {option('vector')}, {option('forget')} and {option('retain')}")
-    if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise UsageError(f"{option('plot')} {plot}: the plot is a PNG file (name it *.png)")
+    if plot is not None:
+        from negmerge_cli.report.plots import check_plot_path
+
+        check_plot_path(Path(plot))
 
 
 # -- plain evaluation ----------------------------------------------------------------------------
@@ -130,7 +132,8 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
     seconds = time.perf_counter() - started
     return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
                              len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2),
-                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model), split_source=data.split_source)
+                             precision=options.precision, quick_gelu=models.uses_quick_gelu(model), split_source=data.split_source,
+                             classes=data.class_mapping)
 
 
 def _load_model(options: EvalOptions):
@@ -191,6 +194,37 @@ def search_coefficient(model_options: EvalOptions, options: SearchOptions, *, js
         if result.chosen is None:
             output().log("no coefficient keeps retain accuracy at the threshold; nothing chosen")
         return result
+
+
+def search_coefficients(model_options: EvalOptions, grids: Sequence[SearchOptions], *,
+                        json_outs: Optional[Sequence[Optional[Path]]] = None,
+                        plots: Optional[Sequence[Optional[Path]]] = None, force: bool = False) -> list[SearchResult]:
+    """Several searches of one vector on the same sets (e.g. the paper's grid and a longer one): one
+    model, one image cache, and every lambda evaluated once for all of them. Each result is what
+    :func:`search_coefficient` gives for its options; ``n_evaluations`` counts its own points (lambda 0 included)."""
+    json_outs = list(json_outs or [None] * len(grids))
+    plots = list(plots or [None] * len(grids))
+    same = {(o.vector, o.forget, o.retain, o.base_retain) for o in grids}
+    if len(same) != 1 or len(json_outs) != len(grids) or len(plots) != len(grids):
+        raise UsageError("the searches must share the vector, the forget and retain sets and the retain base")
+    with files.operation():
+        for options, plot in zip(grids, plots):
+            check_eval_mode(options.vector, (), options.forget, options.retain, plot, options.base_retain)
+        first = grids[0]
+        _check_outputs([*json_outs, *plots], force, model_options, [first.forget, first.retain], first.vector,
+                       first.base_retain)
+        search = _Search(model_options, grids[0])
+        results = []
+        for options, json_out, plot in zip(grids, json_outs, plots):
+            search.options = options
+            result = search.run()
+            result.evaluations = len({p.coef for run in result.runs.values() for p in run.points} | {0.0})
+            if json_out:
+                files.write_json(json_out, result.to_json(), force=force)
+            if plot:
+                _draw(result, Path(plot), force)
+            results.append(result)
+        return results
 
 
 def require_choice(result: SearchResult, where: Optional[Path] = None) -> SearchPoint:
@@ -346,7 +380,6 @@ def _check_fraction(value: float, where: str) -> float:
 
 
 def _draw(result: SearchResult, path: Path, force: bool) -> None:
-    from negmerge_cli.clip.plot import draw_tradeoff
+    from negmerge_cli.report.plots import save, search_curve
 
-    title = f"{result.model}: forget {result.forget} / retain {result.retain}"
-    draw_tradeoff(result.points, result.base_retain, result.threshold, result.chosen, path, title=title, force=force)
+    save(search_curve(result), path, force=force)

@@ -5,7 +5,7 @@ limits the tensors shown and every total to the selected ones."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from negmerge_cli.checkpoint.format import DTYPE_CODES, count_nonzero, is_float
@@ -59,16 +59,74 @@ class CheckpointSummary:
         total = sum(t.numel for t in counted + self.zero_tensors)
         return sum(t.nonzero for t in counted) / total if total else 0.0
 
+    def prefixes(self) -> list["PrefixSummary"]:
+        """Totals per name prefix: the first dotted component (``visual``, ``transformer``...), or
+        more components while every tensor shares them (``model.layers`` in LLM checkpoints)."""
+        counting = any(t.nonzero is not None for t in self.tensors)
+        omitted = [replace(t, nonzero=0 if counting else None) for t in self.zero_tensors]  # zeros, not unknowns
+        everything = [*self.tensors, *omitted]
+        depth = _prefix_depth([t.name for t in everything])
+        groups: dict[str, PrefixSummary] = {}
+        for tensor in everything:
+            prefix = ".".join(tensor.name.split(".")[:depth])
+            group = groups.setdefault(prefix, PrefixSummary(prefix))
+            group.add(tensor)
+        return list(groups.values())
+
     def to_json(self) -> dict:
         tensors = [{**asdict(t), "nonzero_fraction": t.nonzero_fraction} for t in self.tensors]
         return {
             "path": self.path, "files": self.files, "metadata": self.metadata,
             "is_task_vector": self.is_task_vector, "tensor_count": len(self.tensors),
             "numel": self.numel, "total_bytes": self.total_bytes, "tensor_bytes": self.tensor_bytes,
-            "params_by_dtype": self.dtypes, "nonzero_fraction": self.nonzero_fraction, "tensors": tensors,
+            "params_by_dtype": self.dtypes, "nonzero_fraction": self.nonzero_fraction,
+            "prefixes": [p.to_json() for p in self.prefixes()], "tensors": tensors,
             "zero_tensors": [asdict(t) for t in self.zero_tensors],
             "include": list(self.selection.include), "exclude": list(self.selection.exclude),
         }
+
+
+@dataclass
+class PrefixSummary:
+    """The tensors whose names start with ``prefix``: how many, their elements, and (when counted)
+    their non-zero float elements."""
+
+    prefix: str
+    tensors: int = 0
+    numel: int = 0
+    counted: int = 0  # elements of the tensors whose non-zeros were counted
+    nonzero: int | None = None
+    only_itself: bool = True  # the prefix is the one tensor's whole name (no ``.*``)
+
+    @property
+    def pattern(self) -> str:
+        return self.prefix if self.only_itself else self.prefix + ".*"
+
+    def add(self, tensor: TensorSummary) -> None:
+        self.only_itself = self.only_itself and tensor.name == self.prefix
+        self.tensors += 1
+        self.numel += tensor.numel
+        if tensor.nonzero is not None:
+            self.counted += tensor.numel
+            self.nonzero = (self.nonzero or 0) + tensor.nonzero
+
+    @property
+    def nonzero_fraction(self) -> float | None:
+        if self.nonzero is None:
+            return None
+        return self.nonzero / self.counted if self.counted else 0.0
+
+    def to_json(self) -> dict:
+        return {"prefix": self.pattern, "tensor_count": self.tensors, "numel": self.numel, "nonzero": self.nonzero,
+                "nonzero_fraction": self.nonzero_fraction}
+
+
+def _prefix_depth(names: list[str], most: int = 3) -> int:
+    depth = 1
+    while depth < most and len({".".join(n.split(".")[:depth]) for n in names}) == 1 and \
+            any(n.count(".") >= depth for n in names):
+        depth += 1
+    return depth
 
 
 def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None,

@@ -1,0 +1,51 @@
+"""Reports of results: tables of methods x datasets (Markdown, CSV, JSON) and figures.
+
+``readers`` turns the JSON the tool writes into :class:`~negmerge_cli.report.rows.ResultRow` s,
+``render`` prints them, ``plots`` draws the search curve and the methods' trade-off, and
+``published`` holds the paper's figures. The library call is ``negmerge_cli.stages.make_report``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from negmerge_cli.errors import UsageError
+from negmerge_cli.report.readers import Found, read_path
+from negmerge_cli.report.rows import DATASET_ORDER, METHOD_ORDER, Report, ResultRow
+
+
+def collect(paths: Sequence[Path]) -> Report:
+    """Every row and curve the paths hold; the same method on the same dataset twice is refused
+    unless the two complement each other (a search and the test of the model it chose)."""
+    if not paths:
+        raise UsageError("give at least one results file or folder")
+    found = Found()
+    for path in paths:
+        found.add(read_path(Path(path)))
+    rows = _combined(found.rows)
+    return Report(rows, found.curves, _joined(found.models), _joined(found.retain))
+
+
+def _combined(rows: list[ResultRow]) -> list[ResultRow]:
+    table: dict[tuple, ResultRow] = {}
+    for row in rows:
+        have = table.get(row.key)
+        if have is None:
+            table[row.key] = row
+        elif have.forget is not None and row.forget is not None and have.split == row.split:
+            raise UsageError(f"two results for {row.method} on {row.dataset}: {have.sources[0]} and "
+                             f"{row.sources[0]}; report them separately")
+        else:
+            table[row.key] = have.merged(row)
+    return sorted(table.values(), key=_row_order)
+
+
+def _row_order(row: ResultRow):
+    rank = lambda name, known: known.index(name) if name in known else len(known)
+    return row.setting != "", rank(row.method, METHOD_ORDER), rank(row.dataset, DATASET_ORDER)
+
+
+def _joined(names: list[str]):
+    unique = list(dict.fromkeys(n for n in names if n))
+    return ", ".join(unique) if unique else None

@@ -1,0 +1,280 @@
+"""Reading the JSON the tool writes into report rows, through the typed results.
+
+What a PATH may be:
+
+- ``eval --vector --json`` (a search): the chosen lambda and its Val accuracies, and the curve;
+- ``eval --json`` (a list of zero-shot results): test accuracies of one model, forget set first
+  (or the one not named ``imagenet``), then the retain set;
+- a demo folder (``results.json``, and the searches it names);
+- a method folder of the reproduction layout (``search.json``, ``test.json``, ``inspect.json``,
+  ``choice.json``: the method is the folder's name), or a folder holding method folders one or two
+  levels down (``OUT/DS/<method>``, ``OUT``); the per-vector searches under ``single/`` are the
+  best-single baseline's candidates, not rows.
+
+A method's row takes test accuracies where an eval result is there, else the search's Val ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from negmerge_cli import files
+from negmerge_cli.errors import CheckpointError, UsageError
+from negmerge_cli.report.rows import Curve, ResultRow
+from negmerge_cli.results import (DEMO_TASK, SEARCH_TASK, ZEROSHOT_TASK, DatasetEvaluation, DemoResults, Outcome,
+                                  SearchResult)
+
+SPLITS = ("train", "val", "test")
+GENERIC_STEMS = {"search", "test", "results", "eval", "result"}  # the Makefile's names: the folder names the method
+METHOD_FILES = ("search.json", "test.json")
+SKIPPED_FOLDERS = {"single"}  # OUT/DS/single/<point>/: the best single vector's candidates
+RETAIN_KIND = "imagenet"  # the paper's retain set
+MAX_JSON_BYTES = 64 << 20
+NOT_OURS = "not a negmerge result (expected eval --json, eval --vector --json, a demo or reproduction folder)"
+
+
+@dataclass
+class Found:
+    rows: list[ResultRow] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    retain: list[str] = field(default_factory=list)
+
+    def add(self, other: "Found") -> "Found":
+        self.rows += other.rows
+        self.curves += other.curves
+        self.models += other.models
+        self.retain += other.retain
+        return self
+
+
+def read_path(path: Path) -> Found:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or folder")
+    return _read_folder(path) if path.is_dir() else _read_file(path)
+
+
+def dataset_name(label: str) -> str:
+    """``cars:/data:val`` -> ``cars``; ``/runs/data/digits:test`` -> ``digits``; ``digits`` -> ``digits``."""
+    head, _, tail = label.rpartition(":")
+    body = head if head and tail in SPLITS else label
+    kind, sep, _ = body.partition(":")
+    if sep and kind and "/" not in kind and "\\" not in kind:
+        return kind.lower()  # NAME:ROOT
+    return Path(body).name or body
+
+
+def short_label(label: str) -> str:
+    """A dataset label without its root folder: ``cars:/data:val`` -> ``cars:val``."""
+    split = label.rpartition(":")[2]
+    return f"{dataset_name(label)}:{split}" if split in SPLITS and ":" in label else dataset_name(label)
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def load_json(path: Path):
+    from negmerge_cli.checkpoint.reader import open_regular
+
+    try:
+        fd = open_regular(path)
+    except CheckpointError as error:
+        raise UsageError(str(error)) from None
+    files.register_input(fd)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise UsageError(f"{path}: {NOT_OURS}: larger than {MAX_JSON_BYTES >> 20} MiB")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError(f"{path}: {NOT_OURS}: not JSON") from None
+
+
+def kind_of(data) -> Optional[str]:
+    if isinstance(data, dict):
+        task = data.get("task")
+        if task in (SEARCH_TASK, DEMO_TASK):
+            return task
+        if "tensors" in data and "nonzero_fraction" in data:
+            return "inspect"
+        if "chosen" in data and "candidates" in data:
+            return "choice"
+    if isinstance(data, list) and data and all(isinstance(e, dict) and e.get("task") == ZEROSHOT_TASK for e in data):
+        return ZEROSHOT_TASK
+    return None
+
+
+def _typed(path: Path, data, reader):
+    """``reader(data)``, with a result of the right kind but the wrong shape as one line."""
+    try:
+        return reader(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise UsageError(f"{path}: {NOT_OURS}: {detail}") from None
+
+
+def _read_file(path: Path) -> Found:
+    data = load_json(path)
+    kind = kind_of(data)
+    method = _label(path)
+    if kind == SEARCH_TASK:
+        return _from_search(path, _typed(path, data, SearchResult.from_json), method)
+    if kind == ZEROSHOT_TASK:
+        return _from_evals(path, _typed(path, data, _evaluations), method)
+    if kind == DEMO_TASK:
+        return _from_demo(path, _typed(path, data, DemoResults.from_json))
+    if kind in ("inspect", "choice"):
+        raise UsageError(f"{path}: holds no accuracies; give the method folder that holds it")
+    raise UsageError(f"{path}: {NOT_OURS}")
+
+
+def _label(path: Path) -> str:
+    stem = path.stem
+    return path.resolve().parent.name if stem in GENERIC_STEMS else stem
+
+
+def _evaluations(data: list) -> list[DatasetEvaluation]:
+    return [DatasetEvaluation.from_json(entry) for entry in data]
+
+
+def _from_search(path: Path, result: SearchResult, method: str, setting: str = "") -> Found:
+    dataset = dataset_name(result.forget)
+    chosen = result.chosen
+    row = ResultRow(method, dataset, chosen.forget if chosen else None, chosen.retain if chosen else None,
+                    split="val", coef=chosen.coef if chosen else None, setting=setting, sources=(str(path),))
+    return Found([row], [Curve(method, dataset, result, setting)], [result.model], [dataset_name(result.retain)])
+
+
+def _from_evals(path: Path, evaluations: list[DatasetEvaluation], method: str,
+                search: Optional[SearchResult] = None) -> Found:
+    forget, retain = _forget_and_retain(path, evaluations, search)
+    extra = {k: v for e in evaluations for k, v in e.extra_metrics.items()}
+    row = ResultRow(method, dataset_name(forget.dataset), forget.metrics.acc1,
+                    retain.metrics.acc1 if retain else None, metrics=extra, sources=(str(path),))
+    return Found([row], [], [forget.model], [dataset_name(retain.dataset)] if retain else [])
+
+
+def _forget_and_retain(path: Path, evaluations: list[DatasetEvaluation], search: Optional[SearchResult]):
+    names = [dataset_name(e.dataset) for e in evaluations]
+    if search is not None:
+        wanted = dataset_name(search.forget), dataset_name(search.retain)
+        found = [next((e for e, n in zip(evaluations, names) if n == w), None) for w in wanted]
+        if found[0] is None:
+            raise UsageError(f"{path}: no result for the search's forget set {wanted[0]} (has {', '.join(names)})")
+        return found[0], found[1]
+    if len(evaluations) > 2:
+        raise UsageError(f"{path}: {len(evaluations)} datasets; a row needs the forget set then the retain set")
+    retain_index = names.index(RETAIN_KIND) if RETAIN_KIND in names else (1 if len(evaluations) == 2 else None)
+    forget = next(e for i, e in enumerate(evaluations) if i != retain_index)
+    return forget, evaluations[retain_index] if retain_index is not None else None
+
+
+# -- folders -------------------------------------------------------------------------------------
+
+
+def _read_folder(folder: Path) -> Found:
+    if (folder / "results.json").is_file():
+        return _read_file(folder / "results.json")
+    if _is_method_folder(folder):
+        return _read_method_folder(folder)
+    found = Found()
+    for method_folder in _method_folders(folder):
+        found.add(_read_method_folder(method_folder))
+    if not found.rows:
+        raise UsageError(f"{folder}: no results found (no results.json, and no method folder with "
+                         f"{' or '.join(METHOD_FILES)} one or two levels down)")
+    return found
+
+
+def _is_method_folder(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in METHOD_FILES)
+
+
+def _method_folders(folder: Path) -> list[Path]:
+    found = []
+    for child in _subfolders(folder):
+        if _is_method_folder(child):
+            found.append(child)
+        else:
+            found += [grandchild for grandchild in _subfolders(child) if _is_method_folder(grandchild)]
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in SKIPPED_FOLDERS)
+
+
+def _read_method_folder(folder: Path) -> Found:
+    """``search.json`` (lambda, Val), ``test.json`` (test), ``inspect.json`` (kept), ``choice.json``."""
+    method, found = folder.name, Found()
+    search = None
+    if (folder / "search.json").is_file():
+        path = folder / "search.json"
+        search = _expect(path, SEARCH_TASK, SearchResult.from_json)
+        found.add(_from_search(path, search, method))
+    if (folder / "test.json").is_file():
+        path = folder / "test.json"
+        found.add(_from_evals(path, _expect(path, ZEROSHOT_TASK, _evaluations), method, search))
+    row = found.rows[0]
+    for other in found.rows[1:]:
+        row = row.merged(other) if other.dataset == row.dataset else _mismatch(folder, row, other)
+    return Found([_with_inspection(folder, row)], found.curves, found.models, found.retain)
+
+
+def _mismatch(folder: Path, row: ResultRow, other: ResultRow):
+    raise UsageError(f"{folder}: search.json is about {row.dataset} but test.json about {other.dataset}")
+
+
+def _expect(path: Path, kind: str, reader):
+    data = load_json(path)
+    if kind_of(data) != kind:
+        raise UsageError(f"{path}: {NOT_OURS}")
+    return _typed(path, data, reader)
+
+
+def _with_inspection(folder: Path, row: ResultRow) -> ResultRow:
+    from dataclasses import replace
+
+    updates = {}
+    if (folder / "inspect.json").is_file():
+        inspected = load_json(folder / "inspect.json")
+        if kind_of(inspected) != "inspect":
+            raise UsageError(f"{folder / 'inspect.json'}: not a negmerge inspect --json result")
+        updates["kept"] = inspected["nonzero_fraction"]
+    if (folder / "choice.json").is_file():
+        choice = load_json(folder / "choice.json")
+        if kind_of(choice) != "choice":
+            raise UsageError(f"{folder / 'choice.json'}: not a best-single choice")
+        updates["vector"] = _typed(folder / "choice.json", choice, lambda c: str(c["chosen"]["name"]))
+    return replace(row, **updates) if updates else row
+
+
+# -- the demo ------------------------------------------------------------------------------------
+
+
+def _from_demo(path: Path, results: DemoResults) -> Found:
+    folder = path.parent
+    found = Found(models=[results.model], retain=[results.retain_dataset])
+    dataset = results.forget_dataset
+    for setting, outcomes in ((None, results.methods), (results.matched_label, results.matched)):
+        found.rows.append(ResultRow("pretrained", dataset, results.start.forget, results.start.retain,
+                                    setting=setting or "", sources=(str(path),)))
+        for method, outcome in outcomes.items():
+            found.rows.append(_outcome_row(path, method, dataset, outcome, setting or ""))
+            if outcome.search:
+                search_path = folder / outcome.search
+                search = _expect(search_path, SEARCH_TASK, SearchResult.from_json)
+                found.curves.append(Curve(method, dataset, search, setting or ""))
+    return found
+
+
+def _outcome_row(path: Path, method: str, dataset: str, outcome: Outcome, setting: str) -> ResultRow:
+    return ResultRow(method, dataset, outcome.forget, outcome.retain, coef=outcome.coef if outcome.feasible else None,
+                     kept=outcome.nonzero_fraction, setting=setting, vector=outcome.vector, sources=(str(path),))

@@ -1,0 +1,208 @@
+"""A report as Markdown (the paper's table: percent), CSV or JSON (one row per method and dataset,
+fractions, as every JSON the tool writes)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Optional
+
+from negmerge_cli.errors import UsageError, option
+from negmerge_cli.report import published as paper
+from negmerge_cli.report.rows import HEADLINE, OPTIONAL_METRICS, Average, Report, ResultRow
+
+FORMATS = ("markdown", "csv", "json")
+HEADLINE_TITLE = "lambda chosen by the paper's rule"
+SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json"}
+DATASET_TITLES = {"cars": "Cars", "dtd": "DTD", "eurosat": "EuroSAT", "gtsrb": "GTSRB", "mnist": "MNIST",
+                  "resisc45": "RESISC45", "sun397": "SUN397", "svhn": "SVHN", "imagenet": "ImageNet"}
+METHOD_TITLES = {"pretrained": "Pretrained", "best_single": "Task Arithmetic (best single)",
+                 "mean": "Uniform Merge (mean)", "sum": "Task Arithmetic (sum)", "ties": "TIES-Merging",
+                 "dare": "DARE", "magmax": "MagMax", "negmerge": "NegMerge"}
+
+
+def check_format(name: str) -> str:
+    if name not in FORMATS:
+        raise UsageError(f"{option('format')} {name!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
+    return name
+
+
+def render(report: Report, form: str, with_published: bool = False) -> str:
+    return {"markdown": markdown, "csv": to_csv, "json": to_json}[check_format(form)](report, with_published)
+
+
+# -- Markdown ------------------------------------------------------------------------------------
+
+
+def markdown(report: Report, with_published: bool = False) -> str:
+    parts = []
+    for setting in report.settings:
+        if setting != HEADLINE or len(report.settings) > 1:
+            parts.append(f"### {HEADLINE_TITLE if setting == HEADLINE else setting}\n")
+        parts.append(_accuracy_table(report, setting, with_published))
+        parts.append(_lambda_table(report, setting, with_published))
+        parts.append(_metrics_table(report, setting))
+    return "\n".join(p for p in parts if p)
+
+
+def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
+    datasets, methods = report.datasets, report.methods(setting)
+    averages = len(datasets) > 1 or with_published
+    splits = {r.split for r in report.rows if r.setting == setting and r.forget is not None}
+    what = {frozenset({"test"}): "Test accuracy", frozenset({"val"}): "Val accuracy at the chosen lambda"}.get(
+        frozenset(splits), "Test accuracy (Val where marked v: no test result given)")
+    retain = DATASET_TITLES.get(report.retain_dataset, report.retain_dataset) if report.retain_dataset else "retain set"
+    model = f" ({report.model})" if report.model else ""
+    lines = [f"{what} (%){model}: Df = forget set (lower is better), Dr = {retain}.", ""]
+    header = ["Method"] + [f"{_title(d)} {x}" for d in datasets for x in ("Df", "Dr")]
+    header += ["Avg Df", "Avg Dr"] if averages else []
+    lines += _header(header)
+    for method in methods:
+        cells = [METHOD_TITLES.get(method, method)]
+        for dataset in datasets:
+            row = report.row(setting, method, dataset)
+            known = paper.cell(method, dataset) if with_published and setting == HEADLINE else None
+            cells += [_accuracy(row, "forget", known and known.forget), _accuracy(row, "retain", known and known.retain)]
+        if averages:
+            cells += _average_cells(report.average(setting, method),
+                                    paper.average(method) if with_published and setting == HEADLINE else None)
+        lines.append(_line(cells))
+    notes = []
+    if averages and any(a and not a.complete for a in (report.average(setting, m) for m in methods)):
+        notes.append("\\* average over the datasets present so far.")
+    if with_published and setting == HEADLINE:
+        notes.append(f"In parentheses: published ({paper.MODEL}, 30 fine-tunes; averages over the paper's "
+                     f"{paper.N_FORGET_SETS} forget sets).")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def _accuracy(row: Optional[ResultRow], which: str, published: Optional[float]) -> str:
+    value = getattr(row, which) if row else None
+    text = _pct(value) + ("v" if row and value is not None and row.split == "val" else "")
+    return text + (f" ({_pct(published)})" if published is not None else "")
+
+
+def _average_cells(average: Optional[Average], published) -> list[str]:
+    mark = "" if average is None or average.complete else "*"
+    cells = [_pct(average and average.forget) + mark, _pct(average and average.retain) + mark]
+    if published is not None:
+        cells = [f"{cells[0]} ({_pct(published.forget)})", f"{cells[1]} ({_pct(published.retain)})"]
+    return cells
+
+
+def _lambda_table(report: Report, setting: str, with_published: bool) -> str:
+    datasets = report.datasets
+    methods = [m for m in report.methods(setting)
+               if any(r.coef is not None or r.kept is not None for r in report.rows if r.key[:2] == (setting, m))]
+    if not methods:
+        return ""
+    lines = ["Chosen lambda (on Val), and the fraction of the vector's elements kept (non-zero):", ""]
+    lines += _header(["Method"] + [_title(d) for d in datasets])
+    for method in methods:
+        cells = [METHOD_TITLES.get(method, method)]
+        for dataset in datasets:
+            row = report.row(setting, method, dataset)
+            text = "-" if row is None or row.coef is None else f"{row.coef:.2f}"
+            if row is not None and row.kept is not None:
+                text += f" ({100 * row.kept:.1f}% kept)"
+            known = paper.cell(method, dataset) if with_published and setting == HEADLINE else None
+            if known is not None and known.coef is not None:
+                text += f" (paper {known.coef:.2f})"
+            cells.append(text)
+        lines.append(_line(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _metrics_table(report: Report, setting: str) -> str:
+    keys = report.metric_keys()
+    rows = [r for r in report.rows if r.setting == setting and r.metrics]
+    if not keys or not rows:
+        return ""
+    datasets = report.datasets
+    lines = _header(["Method"] + [f"{_title(d)} {OPTIONAL_METRICS.get(k, k)}" for d in datasets for k in keys])
+    for method in report.methods(setting):
+        cells = [METHOD_TITLES.get(method, method)]
+        for dataset in datasets:
+            row = report.row(setting, method, dataset)
+            cells += [_number(row.metrics.get(k) if row else None) for k in keys]
+        lines.append(_line(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _title(dataset: str) -> str:
+    return DATASET_TITLES.get(dataset, dataset)
+
+
+def _header(columns: list[str]) -> list[str]:
+    return [_line(columns), "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
+
+
+def _line(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+# -- CSV and JSON --------------------------------------------------------------------------------
+
+
+def _records(report: Report, with_published: bool) -> list[dict]:
+    """One flat record per row, then per average (dataset ``average``): the CSV's lines."""
+    keys = report.metric_keys()
+    records = []
+    for setting in report.settings:
+        for method in report.methods(setting):
+            for dataset in report.datasets:
+                row = report.row(setting, method, dataset)
+                if row is None:
+                    continue
+                record = {"setting": setting or "paper", "method": method, "dataset": dataset, "split": row.split,
+                          "lambda": row.coef, "forget_acc1": row.forget, "retain_acc1": row.retain, "kept": row.kept,
+                          "n_datasets": None, **{k: row.metrics.get(k) for k in keys}, "vector": row.vector}
+                if with_published:
+                    record.update(_published_fields(paper.cell(method, dataset) if setting == HEADLINE else None))
+                records.append(record)
+            average = report.average(setting, method)
+            if average is not None:
+                record = {"setting": setting or "paper", "method": method, "dataset": "average",
+                          "split": "/".join(sorted(report.splits())), "lambda": None, "forget_acc1": average.forget,
+                          "retain_acc1": average.retain, "kept": None, "n_datasets": average.datasets,
+                          **{k: None for k in keys}, "vector": None}
+                if with_published:
+                    record.update(_published_fields(paper.average(method) if setting == HEADLINE else None))
+                records.append(record)
+    return records
+
+
+def _published_fields(known) -> dict:
+    return {"published_lambda": known and known.coef, "published_forget_acc1": known and known.forget,
+            "published_retain_acc1": known and known.retain}
+
+
+def to_csv(report: Report, with_published: bool = False) -> str:
+    records = _records(report, with_published)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    return buffer.getvalue()
+
+
+def to_json(report: Report, with_published: bool = False) -> str:
+    data = {"task": "report", "model": report.model, "retain_dataset": report.retain_dataset,
+            "units": "fractions (acc1)", "datasets": report.datasets,
+            "settings": [s or "paper" for s in report.settings],
+            "rows": [r.to_json() for r in report.rows],
+            "averages": [a.to_json() for s in report.settings for m in report.methods(s)
+                         if (a := report.average(s, m)) is not None]}
+    if with_published:
+        data["published"] = paper.to_json()
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"

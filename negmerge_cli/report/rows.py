@@ -1,0 +1,127 @@
+"""What a report holds: one row per method and forget dataset, the search curves behind them, and
+the averages over datasets. Accuracies are fractions (as every JSON the tool writes); renderers
+turn them into percent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from negmerge_cli.results import SearchResult
+
+HEADLINE = ""  # the setting of rows chosen by the paper's rule on its grid
+# Optional metrics (keys in the JSON -> column titles): scenarios beyond CLIP (the classifier
+# scenario's Avg. Gap and MIA-efficacy) write them, in points or fractions as their docs say.
+OPTIONAL_METRICS = {"avg_gap": "Avg. Gap", "mia": "MIA"}
+METHOD_ORDER = ("pretrained", "best_single", "sum", "mean", "ties", "dare", "magmax", "negmerge")
+DATASET_ORDER = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One method on one forget dataset under one setting (how lambda was chosen)."""
+
+    method: str
+    dataset: str
+    forget: Optional[float] = None  # forget top-1 (lower is better)
+    retain: Optional[float] = None  # retain top-1
+    split: str = "test"  # where the two accuracies come from: test (eval), or val (the search's chosen point)
+    coef: Optional[float] = None  # the chosen lambda; None for the unmodified model
+    kept: Optional[float] = None  # non-zero fraction of the vector's float elements
+    metrics: dict[str, float] = field(default_factory=dict)  # optional metrics (OPTIONAL_METRICS keys)
+    setting: str = HEADLINE
+    vector: Optional[str] = None  # the best single vector's name
+    sources: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.setting, self.method, self.dataset
+
+    def merged(self, other: "ResultRow") -> "ResultRow":
+        """This row completed by ``other`` (same key): test accuracies win over Val ones."""
+        take_accuracy = self.forget is None or (self.split == "val" and other.split == "test" and other.forget is not None)
+        accuracy = {"forget": other.forget, "retain": other.retain, "split": other.split} if take_accuracy else {}
+        return replace(self, **accuracy,
+                       coef=self.coef if self.coef is not None else other.coef,
+                       kept=self.kept if self.kept is not None else other.kept,
+                       metrics={**other.metrics, **self.metrics}, vector=self.vector or other.vector,
+                       sources=self.sources + other.sources)
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting or "paper", "method": self.method, "dataset": self.dataset,
+                "split": self.split, "lambda": self.coef, "forget_acc1": self.forget, "retain_acc1": self.retain,
+                "kept": self.kept, "metrics": dict(self.metrics), "vector": self.vector, "sources": list(self.sources)}
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A search (every lambda evaluated) behind a row, for the plots."""
+
+    method: str
+    dataset: str
+    search: SearchResult
+    setting: str = HEADLINE
+
+
+@dataclass(frozen=True)
+class Average:
+    """A method's mean forget and retain accuracy over the datasets where both are known."""
+
+    setting: str
+    method: str
+    forget: float
+    retain: float
+    datasets: int
+    complete: bool  # every dataset of the report counted
+
+    def to_json(self) -> dict:
+        return {"setting": self.setting or "paper", "method": self.method, "forget_acc1": self.forget,
+                "retain_acc1": self.retain, "n_datasets": self.datasets, "complete": self.complete}
+
+
+@dataclass
+class Report:
+    rows: list[ResultRow]
+    curves: list[Curve] = field(default_factory=list)
+    model: Optional[str] = None
+    retain_dataset: Optional[str] = None
+
+    @property
+    def settings(self) -> list[str]:
+        return _unique(r.setting for r in self.rows)
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted(_unique(r.dataset for r in self.rows), key=_order(DATASET_ORDER))
+
+    def methods(self, setting: str) -> list[str]:
+        return sorted(_unique(r.method for r in self.rows if r.setting == setting), key=_order(METHOD_ORDER))
+
+    def row(self, setting: str, method: str, dataset: str) -> Optional[ResultRow]:
+        return next((r for r in self.rows if r.key == (setting, method, dataset)), None)
+
+    def metric_keys(self) -> list[str]:
+        """The optional metrics some row has, in OPTIONAL_METRICS order, then any others."""
+        present = _unique(key for r in self.rows for key in r.metrics)
+        return sorted(present, key=_order(tuple(OPTIONAL_METRICS)))
+
+    def average(self, setting: str, method: str) -> Optional[Average]:
+        rows = [r for r in self.rows if r.setting == setting and r.method == method]
+        complete = [r for r in rows if r.forget is not None and r.retain is not None]
+        if not complete:
+            return None
+        return Average(setting, method, sum(r.forget for r in complete) / len(complete),
+                       sum(r.retain for r in complete) / len(complete), len(complete),
+                       len(complete) == len(self.datasets))
+
+    def splits(self) -> set[str]:
+        return {r.split for r in self.rows if r.forget is not None}
+
+
+def _unique(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def _order(known: tuple[str, ...]):
+    """Sort key: the known names in their order, then the others as first seen (stable sort)."""
+    return lambda name: known.index(name) if name in known else len(known)
