@@ -142,3 +142,15 @@ def test_class_count_mismatch_names_the_tensor(setup, tmp_path, cli):
         save_state_dict(create_classifier(MODEL, 100).state_dict(), wide)
     assert_clean_failure(cli("eval", "-m", MODEL, "-c", wide, "--data", "digits", "--forget-split",
                                  root / "forget.json"), "wide.safetensors", "fc.weight has 100 rows")
+
+
+def test_report_reads_the_classifier_eval_json(setup, cli, tmp_path):
+    root, paths, _ = setup
+    out = tmp_path / "negmerge.json"
+    assert _eval(setup, "--reference", paths["retrain"], "--json", out, "-q", run=cli).returncode == 0
+    found = json.loads(out.read_text())
+    table = cli("report", out)
+    assert table.returncode == 0, table.stderr
+    assert "Dtest %" in table.stdout and "MIA-efficacy %" in table.stdout and "Avg. Gap" in table.stdout
+    assert f"{found['avg_gap_points']:.2f}" in table.stdout
+    assert f"{100 * found['metrics']['df_acc']:.2f}" in table.stdout
