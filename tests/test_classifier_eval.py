@@ -17,7 +17,8 @@ def _train(model, dataset, indices, steps: int, seed: int):
     """A few real SGD steps (the test's own setup: the checkpoints need to differ meaningfully)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    images, labels = dataset.tensors
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = dataset.labels
     indices = torch.tensor(indices)
     model.train()
     for _ in range(steps):
@@ -34,7 +35,7 @@ def setup(tmp_path_factory):
     from negmerge_cli import files
     from negmerge_cli.checkpoint import save_state_dict
     from negmerge_cli.classifier.data import open_classifier_data
-    from negmerge_cli.classifier.models import classifier_metadata, create_classifier
+    from negmerge_cli.classifier.models import architecture_metadata, create_classifier
     from negmerge_cli.classifier.split import make_forget_split
 
     torch.manual_seed(0)
@@ -42,14 +43,15 @@ def setup(tmp_path_factory):
     data = open_classifier_data("digits")
     split = make_forget_split(data, classes=[3])
     paths = {name: root / f"{name}.safetensors" for name in ("original", "retrain", "finetuned")}
-    metadata = classifier_metadata(MODEL, 10)
+    metadata = architecture_metadata(MODEL, 10)
     with files.operation():
         split.save(root / "forget.json")
-        original = _train(create_classifier(MODEL, 10), data.train, range(len(data.train)), 40, 0)
+        train = data.train_eval_view()
+        original = _train(create_classifier(MODEL, 10), train, range(len(train)), 40, 0)
         save_state_dict(original.state_dict(), paths["original"], metadata)
-        retrain = _train(create_classifier(MODEL, 10), data.train, split.retain_indices, 40, 1)
+        retrain = _train(create_classifier(MODEL, 10), train, split.retain_indices, 40, 1)
         save_state_dict(retrain.state_dict(), paths["retrain"], metadata)
-        finetuned = _train(original, data.train, split.forget_indices, 5, 2)
+        finetuned = _train(original, train, split.forget_indices, 5, 2)
         save_state_dict(finetuned.state_dict(), paths["finetuned"], metadata)
     from negmerge_cli.stages import make_vector
 
@@ -83,10 +85,13 @@ def test_eval_metrics_and_gap_through_the_cli(setup, cli):
     # accuracies against a direct computation with the same weights
     data = open_classifier_data("digits")
     model = load_classifier(MODEL, 10, paths["original"], "cpu")
-    images, labels = data.train.tensors
+    train, test_set = data.train_eval_view(), data.test
+    forget_images = torch.stack([train[i][0] for i in split.forget_indices])
+    test_images = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    model.eval()
     with torch.no_grad():
-        forget = predictions_from_logits(model(images[split.forget_indices]), labels[split.forget_indices])
-        test = predictions_from_logits(model(data.test.tensors[0]), data.test.tensors[1])
+        forget = predictions_from_logits(model(forget_images), train.labels[list(split.forget_indices)])
+        test = predictions_from_logits(model(test_images), test_set.labels)
     assert found["metrics"]["df_acc"] == accuracy(forget)
     assert found["metrics"]["dtest_acc"] == accuracy(test)
 

@@ -12,7 +12,9 @@ HASH_PLACEHOLDER = "0" * 64  # same length as a SHA-256 hex digest, filled in af
 # What rebuilding a checkpoint's model needs beyond its model name: written by every stage that
 # builds a model, and carried from the base to any checkpoint derived from it (``apply``).
 QUICK_GELU = PREFIX + "quick_gelu"  # "true" or "false"
-ARCHITECTURE_KEYS = (QUICK_GELU,)
+# classifier checkpoints (classifier/models.py): family, torchvision/-cifar model name, class count
+CLASSIFIER_KEYS = (PREFIX + "family", PREFIX + "model", PREFIX + "num_classes")
+ARCHITECTURE_KEYS = (QUICK_GELU, *CLASSIFIER_KEYS)
 
 
 def architecture_of(metadata: dict[str, str]) -> dict[str, str]:

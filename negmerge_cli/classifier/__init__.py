@@ -1,2 +1,3 @@
-"""The standard-classifier family (torchvision classifiers): models, data, forget splits,
-evaluation (the unlearning metrics) and the lambda rules."""
+"""The image-classifier model family (NegMerge's CIFAR/Tiny-ImageNet experiments): torchvision
+classifiers and their small-input variants, class-labelled datasets, forget/retain splits and
+from-scratch training. Shares the sweep folder, vector, merge and apply stages with ``clip/``."""

@@ -1,49 +1,261 @@
-"""Classifier datasets: ``digits`` (shipped 8x8 scikit-learn digits, as 3-channel tensors)."""
+"""Class-labelled image data for the classifier family, held in memory as uint8 arrays.
+
+Specs (``--data``):
+
+- ``digits``: scikit-learn's 8x8 digits shipped with the package (1,438 train / 359 test), as
+  3-channel 8x8 images; for tests and the demo.
+- ``cifar10:ROOT`` / ``cifar100:ROOT``: torchvision's ``cifar-10-batches-py`` /
+  ``cifar-100-python`` folders under ROOT (or ROOT itself), or the binary ``cifar-10-batches-bin``.
+  The pickles are read by an allow-list unpickler that only rebuilds numpy arrays: anything else a
+  pickle asks for is refused before it runs.
+- ``PATH``: an image folder with ``train/`` and ``test/`` sub-folders of class folders (ImageFolder
+  order: sorted class names are labels 0..C-1); all images must have one size.
+
+Transforms: train = random crop with 4-pixel zero padding + horizontal flip (no flip for digits,
+whose mirror images are other shapes), then per-channel normalisation; test = normalisation only.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from negmerge_cli.errors import UsageError, option
+import numpy as np
 
-DIGITS_FILE = Path(__file__).resolve().parent.parent / "clip" / "data" / "digits.npz"
+from negmerge_cli import files
+from negmerge_cli.errors import NegmergeError, UsageError
+
+_DIGITS_FILE = Path(__file__).resolve().parent.parent / "clip" / "data" / "digits.npz"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+# Per-channel statistics of the training sets (the literature's constants for CIFAR)
+_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_DEFAULT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PAD = 4  # random-crop padding of the literature's CIFAR augmentation
+
+
+@dataclass
+class Augment:
+    crop: bool = True
+    flip: bool = True
+
+
+class ImageArrayDataset:
+    """(image tensor CxHxW float, label) pairs from uint8 NxHxWxC ``images``; ``augment`` draws from
+    torch's global generator (seeded by the trainer), so an epoch's crops are reproducible."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean, std, augment: Augment | None = None):
+        import torch
+
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # N,C,H,W uint8
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index].float().div_(255)
+        if self.augment is not None:
+            image = _augment(image, self.augment)
+        return (image - self.mean) / self.std, int(self.labels[index])
+
+    def with_augment(self, augment: Augment | None) -> "ImageArrayDataset":
+        view = object.__new__(ImageArrayDataset)
+        view.__dict__.update(self.__dict__, augment=augment)
+        return view
+
+
+def _augment(image, augment: Augment):
+    import torch
+    import torch.nn.functional as F
+
+    if augment.crop:
+        height, width = image.shape[1:]
+        padded = F.pad(image, (PAD, PAD, PAD, PAD))
+        top, left = (int(v) for v in torch.randint(0, 2 * PAD + 1, (2,)))
+        image = padded[:, top:top + height, left:left + width]
+    if augment.flip and bool(torch.rand(()) < 0.5):
+        image = image.flip(-1)
+    return image
 
 
 @dataclass
 class ClassifierData:
-    train: object
-    test: object
+    name: str
+    root: str | None
+    train: ImageArrayDataset
+    test: ImageArrayDataset
     num_classes: int
-    identity: dict
+    identity: dict = field(default_factory=dict)
 
-    def train_eval_view(self):
-        return self.train  # digits: no training-time augmentation, one transform
+    def train_eval_view(self) -> ImageArrayDataset:
+        """The train split with the test-time transform (for Dr/Df accuracy and MIA)."""
+        return self.train.with_augment(None)
+
+    @property
+    def train_labels(self) -> np.ndarray:
+        return self.train.labels.numpy()
 
 
 def open_classifier_data(spec: str) -> ClassifierData:
-    if spec != "digits":
-        raise UsageError(f"{option('data')} {spec!r}: unknown dataset spec (digits)")
-    return _digits()
+    name, root = _parse(spec)
+    if name == "digits":
+        arrays = _read_digits()
+    elif name in ("cifar10", "cifar100"):
+        arrays = _read_cifar(name, root)
+    else:
+        arrays = _read_folder(root)
+    return _assemble(name, root, *arrays)
 
 
-def _digits() -> ClassifierData:
-    import numpy as np
-    import torch
-    from torch.utils.data import TensorDataset
+def _parse(spec: str) -> tuple[str, Path | None]:
+    if spec == "digits":
+        return "digits", None
+    head, sep, rest = spec.partition(":")
+    if sep and head in ("cifar10", "cifar100"):
+        if not rest:
+            raise UsageError(f"--data {spec}: give the dataset root after '{head}:'")
+        return head, Path(rest)
+    if sep and head.isalpha() and len(head) > 1 and not Path(spec).exists():
+        raise UsageError(f"--data {spec}: unknown dataset '{head}' (classifier data: digits, cifar10:ROOT, cifar100:ROOT, PATH)")
+    return "folder", Path(spec)
 
-    with np.load(DIGITS_FILE) as arrays:  # shipped with the package
-        data = {k: arrays[k] for k in arrays.files}
 
-    def images(key):  # [n, 8, 8] uint8 -> [n, 3, 8, 8] in [-1, 1]
-        x = torch.from_numpy(data[key]).float().div(255).sub(0.5).div(0.5)
-        return x[:, None].repeat(1, 3, 1, 1)
+def _assemble(name, root, train_x, train_y, test_x, test_y, num_classes: int | None = None) -> ClassifierData:
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    mean, std = _STATS.get(name, _DEFAULT_STATS)
+    augment = Augment(crop=True, flip=name != "digits")
+    identity = {
+        "dataset": name,
+        "root": str(root) if root is not None else None,
+        "n_train": int(len(train_y)),
+        "n_test": int(len(test_y)),
+        "num_classes": num_classes,
+        "train_labels_sha256": hashlib.sha256(np.ascontiguousarray(train_y, dtype=np.int64).tobytes()).hexdigest(),
+    }
+    return ClassifierData(name, identity["root"], ImageArrayDataset(train_x, train_y, mean, std, augment),
+                          ImageArrayDataset(test_x, test_y, mean, std), num_classes, identity)
 
-    train_labels = torch.from_numpy(data["train_labels"]).long()
-    identity = {"name": "digits", "root": None, "n_train": len(train_labels), "n_test": len(data["test_labels"]),
-                "num_classes": 10,
-                "train_labels_sha256": hashlib.sha256(data["train_labels"].astype("int64").tobytes()).hexdigest()}
-    return ClassifierData(TensorDataset(images("train_images"), train_labels),
-                          TensorDataset(images("test_images"), torch.from_numpy(data["test_labels"]).long()),
-                          10, identity)
+
+def _read_digits():
+    with np.load(_DIGITS_FILE) as data:
+        as_rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731 -- 8x8 gray -> 8x8x3 uint8
+        return as_rgb(data["train_images"]), data["train_labels"], as_rgb(data["test_images"]), data["test_labels"]
+
+
+# -- CIFAR -------------------------------------------------------------------------------------
+
+_CIFAR_LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels", 100),
+}
+
+
+def _read_cifar(name: str, root: Path):
+    folder_name, train_files, test_file, label_key, num_classes = _CIFAR_LAYOUTS[name]
+    for folder in (root / folder_name, root):
+        if (folder / test_file).exists():
+            train = [_read_cifar_pickle(folder / f, label_key) for f in train_files]
+            test_x, test_y = _read_cifar_pickle(folder / test_file, label_key)
+            return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y,
+                    num_classes)
+    if name == "cifar10":
+        for folder in (root / "cifar-10-batches-bin", root):
+            if (folder / "test_batch.bin").exists():
+                train = [_read_cifar_binary(folder / f"data_batch_{i}.bin") for i in range(1, 6)]
+                test_x, test_y = _read_cifar_binary(folder / "test_batch.bin")
+                return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x,
+                        test_y, 10)
+    raise NegmergeError(f"{root}: no {folder_name}/{test_file} here (from --data {name}:{root})")
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists and numpy arrays; refuses every other global before it is called."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        from negmerge_cli.convert.unpickle import ForbiddenGlobal
+
+        if (module, name) not in self.ALLOWED:
+            raise ForbiddenGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_pickle(path: Path, label_key: str):
+    from negmerge_cli.convert.unpickle import ForbiddenGlobal
+
+    data = files.read_bytes(path, limit=1 << 30, what="a CIFAR batch")
+    try:
+        batch = NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except ForbiddenGlobal as refused:
+        raise NegmergeError(f"{path}: refused: its pickle asks for '{refused.qualified_name}' "
+                            "(a CIFAR batch holds only arrays; nothing was run)") from None
+    except Exception as exc:  # damaged pickles fail in many ways; all mean the same here
+        raise NegmergeError(f"{path}: not a readable CIFAR batch ({type(exc).__name__})") from None
+    return _cifar_arrays(batch, label_key, path)
+
+
+def _cifar_arrays(batch, label_key: str, path: Path):
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()} if isinstance(batch, dict) else None
+    if batch is None or "data" not in batch or label_key not in batch:
+        raise NegmergeError(f"{path}: not a CIFAR batch (expected a dict with 'data' and '{label_key}')")
+    images, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072 or labels.shape != (len(images),):
+        raise NegmergeError(f"{path}: 'data' must be uint8 N x 3072 with one label per row (got {images.dtype} {list(images.shape)})")
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def _read_cifar_binary(path: Path):
+    raw = np.frombuffer(files.read_bytes(path, limit=1 << 30, what="a CIFAR batch"), dtype=np.uint8)
+    if raw.size % 3073:
+        raise NegmergeError(f"{path}: size is not a multiple of 3,073 bytes (label + 32x32x3 image)")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0].astype(np.int64)
+
+
+# -- image folders -----------------------------------------------------------------------------
+
+
+def _read_folder(root: Path):
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise NegmergeError(f"{root}: not a dataset (expected a digits/cifar10:ROOT/cifar100:ROOT spec or a folder with train/ and test/)")
+    classes = sorted(e.name for e in (root / "train").iterdir() if e.is_dir() and not e.name.startswith("."))
+    train_x, train_y = _read_class_folders(root / "train", classes)
+    test_x, test_y = _read_class_folders(root / "test", classes)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise NegmergeError(f"{root}: train and test images differ in size")
+    return train_x, train_y, test_x, test_y, len(classes)
+
+
+def _read_class_folders(folder: Path, classes: list[str]):
+    from PIL import Image
+
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) if (folder / name).is_dir() else []:
+            try:
+                with Image.open(io.BytesIO(files.read_bytes(path, what="an image"))) as image:
+                    images.append(np.asarray(image.convert("RGB")))
+            except (OSError, ValueError):
+                raise NegmergeError(f"{path}: not a readable image") from None
+            if images[-1].shape != images[0].shape:
+                raise NegmergeError(f"{path}: size {images[-1].shape[1]}x{images[-1].shape[0]} differs from the first image's "
+                                    f"{images[0].shape[1]}x{images[0].shape[0]}")
+            labels.append(label)
+    if not images:
+        raise NegmergeError(f"{folder}: no images found (expected one sub-folder per class)")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)

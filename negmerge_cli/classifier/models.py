@@ -1,68 +1,138 @@
-"""torchvision classifiers, never downloading weights, and their small-input variants.
+"""Classifier models: torchvision's classifiers (``resnet18``, ``vgg16_bn``...) built with random
+weights (never downloaded), and small-input variants for 32-px data (``<resnet>-cifar``).
 
-``NAME-cifar`` (ResNets): the unlearning literature's CIFAR ResNet: a 3x3 stem conv with stride 1
-and padding 1, no max-pool. ``resnet8-cifar``: ResNet(BasicBlock, [1, 1, 1, 1]) small-input, a
-test/demo size. Checkpoints carry ``negmerge.family``, ``negmerge.model`` and
-``negmerge.num_classes``.
+``resnet18-cifar`` is the unlearning literature's CIFAR ResNet-18: torchvision's ResNet with a 3x3
+stride-1 stem and no max-pool, so a 32-px image keeps 32x32 feature maps in the first stage.
+``resnet8-cifar`` (one BasicBlock per stage) is a test/demo size, not a model from the papers.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-from negmerge_cli.checkpoint.provenance import PREFIX
-from negmerge_cli.errors import CheckpointError, UsageError, option
+from negmerge_cli import errors
+from negmerge_cli.checkpoint.provenance import CLASSIFIER_KEYS
+from negmerge_cli.errors import CheckpointError, UsageError
 
-TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "swin_t")
-SMALL_INPUT = ("resnet8-cifar", "resnet18-cifar", "resnet34-cifar", "resnet50-cifar")
-CLASSIFIER_MODELS = TORCHVISION_MODELS + SMALL_INPUT
-FAMILY, MODEL, NUM_CLASSES = PREFIX + "family", PREFIX + "model", PREFIX + "num_classes"
+CIFAR_SUFFIX = "-cifar"
+# Small-input ResNets: (block, layers) as torchvision's ResNet takes them
+_CIFAR_RESNETS = {
+    "resnet8": ("BasicBlock", [1, 1, 1, 1]),
+    "resnet18": ("BasicBlock", [2, 2, 2, 2]),
+    "resnet34": ("BasicBlock", [3, 4, 6, 3]),
+    "resnet50": ("Bottleneck", [3, 4, 6, 3]),
+}
+CIFAR_MODELS = tuple(name + CIFAR_SUFFIX for name in _CIFAR_RESNETS)
+# Metadata written by finetune into classifier checkpoints and carried by apply
+FAMILY_KEY, MODEL_KEY, NUM_CLASSES_KEY = CLASSIFIER_KEYS
+
+
+def torchvision_models() -> list[str]:
+    """torchvision's classification models (lazy: imports torchvision)."""
+    from torchvision import models
+
+    return sorted(models.list_models(module=models))
+
+
+def classifier_models() -> list[str]:
+    return sorted(CIFAR_MODELS) + torchvision_models()
+
+
+def __getattr__(name: str):
+    # CLASSIFIER_MODELS is computed on first use so importing this module stays cheap
+    if name == "CLASSIFIER_MODELS":
+        return tuple(classifier_models())
+    raise AttributeError(name)
 
 
 def is_classifier_name(name: str) -> bool:
-    return name in CLASSIFIER_MODELS
+    return name in CIFAR_MODELS or name in torchvision_models()
+
+
+def check_classifier_name(name: str) -> None:
+    if not is_classifier_name(name):
+        raise UsageError(
+            f"{errors.option('model')} {name!r}: not a classifier model (e.g. resnet18-cifar, resnet8-cifar, resnet18, "
+            "resnet50, vgg16_bn)"
+        )
+
+
+def check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise UsageError(f"{errors.option('num_classes')} {num_classes}: a classifier needs at least 2 classes")
 
 
 def create_classifier(name: str, num_classes: int):
-    import torch
-    from torchvision.models import get_model
-    from torchvision.models.resnet import BasicBlock, ResNet
+    """A randomly initialised classifier (seed torch first for a reproducible init)."""
+    check_classifier_name(name)
+    check_num_classes(num_classes)
+    if name in CIFAR_MODELS:
+        return _cifar_resnet(name[: -len(CIFAR_SUFFIX)], num_classes)
+    from torchvision import models
 
-    if name not in CLASSIFIER_MODELS:
-        raise UsageError(f"{option('model')} {name!r}: unknown classifier (e.g. {', '.join(CLASSIFIER_MODELS[:6])})")
-    if name == "resnet8-cifar":
-        model = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes)
-    else:
-        model = get_model(name.removesuffix("-cifar"), weights=None, num_classes=num_classes)
-    if name.endswith("-cifar"):  # 32-pixel inputs: keep the resolution in the stem
-        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        model.maxpool = torch.nn.Identity()
+    return models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _cifar_resnet(base: str, num_classes: int):
+    import torch.nn as nn
+    from torchvision.models import resnet
+
+    block, layers = _CIFAR_RESNETS[base]
+    model = resnet.ResNet(getattr(resnet, block), layers, num_classes=num_classes)
+    # the small-input stem: 3x3 stride 1, no max-pool (32-px images would otherwise shrink to 8x8 at once)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
     return model
 
 
-def classifier_metadata(name: str, num_classes: int) -> dict[str, str]:
-    return {FAMILY: "classifier", MODEL: name, NUM_CLASSES: str(num_classes)}
+def architecture_metadata(name: str, num_classes: int) -> dict[str, str]:
+    return {FAMILY_KEY: "classifier", MODEL_KEY: name, NUM_CLASSES_KEY: str(num_classes)}
 
 
-def load_classifier(name: str, num_classes: int, path: str | Path, device):
-    """The model with the checkpoint's weights; a class count or architecture that does not match
-    is refused with one line naming the file and the tensor."""
-    from negmerge_cli.checkpoint import load_state_dict
+def load_classifier(name: str, num_classes: int, path: str | os.PathLike, device="cpu"):
+    """The classifier ``name`` with the weights of safetensors ``path``; one line naming the file and
+    tensor when the architecture or class count does not match."""
+    from negmerge_cli.checkpoint.reader import open_checkpoint
 
     model = create_classifier(name, num_classes)
-    state = load_state_dict(path)
+    with open_checkpoint(path) as checkpoint:
+        _check_recorded(checkpoint.metadata, name, num_classes, path)
+        state = {key: checkpoint.read_tensor(key) for key in checkpoint.names}
+    check_fits(model, state, path, name, num_classes)
+    model.load_state_dict(state, strict=True)
+    return model.to(device)
+
+
+def _check_recorded(metadata: dict[str, str], name: str, num_classes: int, path) -> None:
+    recorded_model, recorded_classes = metadata.get(MODEL_KEY), metadata.get(NUM_CLASSES_KEY)
+    if metadata.get(FAMILY_KEY) not in (None, "classifier"):
+        raise CheckpointError(f"{path}: a {metadata[FAMILY_KEY]} checkpoint, not a classifier ({errors.option('model')} {name})")
+    if recorded_model is not None and recorded_model != name:
+        raise CheckpointError(f"{path}: written for model {recorded_model}; {errors.option('model')} is {name}")
+    if recorded_classes is not None and recorded_classes != str(num_classes):
+        raise CheckpointError(
+            f"{path}: written for {recorded_classes} classes; {errors.option('num_classes')} is {num_classes}")
+
+
+def check_fits(model, state: dict, path, name: str, num_classes: int) -> None:
+    """Exact names and shapes; the classifier head's row count is reported as a class count."""
     expected = model.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise CheckpointError(f"{path}: tensor '{key}' of {name} is missing (not a {name} checkpoint?)")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            if key.endswith(("fc.weight", "fc.bias", "head.weight", "head.bias")) or key.startswith("classifier."):
-                raise CheckpointError(f"{path}: {key} has {state[key].shape[0]} rows; {option('num_classes')} is "
-                                      f"{num_classes}")
-            raise CheckpointError(f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}; {name} needs "
-                                  f"{tuple(tensor.shape)}")
-    extra = sorted(set(state) - set(expected))
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: tensor {missing[0]} of model {name} is missing (another architecture?)")
+    extra = [key for key in state if key not in expected]
     if extra:
-        raise CheckpointError(f"{path}: tensor '{extra[0]}' is not part of {name}")
-    model.load_state_dict(state)
-    return model.to(device).eval()
+        raise CheckpointError(f"{path}: tensor {extra[0]} is not part of model {name} (another architecture?)")
+    for key, tensor in expected.items():
+        found = state[key]
+        if tuple(found.shape) != tuple(tensor.shape):
+            raise CheckpointError(_shape_message(path, key, tuple(found.shape), tuple(tensor.shape), num_classes))
+        if found.dtype.is_floating_point != tensor.dtype.is_floating_point:
+            raise CheckpointError(f"{path}: tensor {key} is {found.dtype}; model {name} has {tensor.dtype}")
+
+
+def _shape_message(path, key: str, found: tuple, wanted: tuple, num_classes: int) -> str:
+    if found[1:] == wanted[1:] and wanted and wanted[0] == num_classes:
+        return f"{path}: {key} has {found[0]} rows; {errors.option('num_classes')} is {num_classes}"
+    return f"{path}: tensor {key} has shape {list(found)}; the model needs {list(wanted)}"

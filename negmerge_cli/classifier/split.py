@@ -1,68 +1,137 @@
-"""Forget splits: which training indices to forget (seeded fraction or whole classes)."""
+"""Forget/retain splits of a classifier's training set (Df and Dr), saved as JSON.
+
+Random forgetting: a ``fraction`` of the training set drawn without replacement by numpy's PCG64
+generator seeded with ``seed`` (count = round(fraction x n_train)). Class forgetting: every train
+example whose label is in ``classes``. The file records the dataset identity (name, sizes, class
+count, SHA-256 of the train labels), so a split is refused for another dataset. Same arguments ->
+byte-identical file (sorted indices, sorted keys, no timestamps).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Sequence
 
-from negmerge_cli import files
-from negmerge_cli.errors import UsageError, option
+import numpy as np
+
+from negmerge_cli import errors, files
+from negmerge_cli.errors import NegmergeError, UsageError
+
+FORMAT = "negmerge.forget_split/1"
+# identity entries that must match between a split and the data it is used with (the root may move)
+_MATCHED = ("dataset", "n_train", "n_test", "num_classes", "train_labels_sha256")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ForgetSplit:
-    dataset: dict
-    seed: int
-    fraction: Optional[float]
-    classes: Optional[list[int]]
-    forget_indices: list[int]
-    n_train: int
+    identity: dict
+    seed: int | None
+    fraction: float | None
+    classes: tuple[int, ...] | None
+    forget_indices: tuple[int, ...]
 
     @property
-    def retain_indices(self) -> list[int]:
-        forget = set(self.forget_indices)
-        return [i for i in range(self.n_train) if i not in forget]
+    def n_train(self) -> int:
+        return int(self.identity["n_train"])
+
+    @property
+    def retain_indices(self) -> tuple[int, ...]:
+        forget = np.zeros(self.n_train, dtype=bool)
+        forget[list(self.forget_indices)] = True
+        return tuple(int(i) for i in np.flatnonzero(~forget))
+
+    @property
+    def counts(self) -> dict:
+        return {"forget": len(self.forget_indices), "retain": self.n_train - len(self.forget_indices),
+                "train": self.n_train}
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "seed": self.seed, "fraction": self.fraction, "classes": self.classes,
-                "counts": {"forget": len(self.forget_indices), "retain": self.n_train - len(self.forget_indices)},
-                "forget_indices": self.forget_indices}
+        return {"format": FORMAT, "dataset": self.identity, "seed": self.seed, "fraction": self.fraction,
+                "classes": list(self.classes) if self.classes is not None else None, "counts": self.counts,
+                "forget_indices": list(self.forget_indices)}
 
-    def save(self, path: str | Path, force: bool = False) -> Path:
-        return files.write_json(path, self.to_json(), force=force)
+    def text(self) -> str:
+        # one index list on one line keeps 5,000 indices readable and the file small
+        body = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return body + "\n"
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the saved bytes: what a sweep's identity records."""
+        return hashlib.sha256(self.text().encode()).hexdigest()
 
-def make_forget_split(data, fraction: Optional[float] = None, classes: Optional[Sequence[int]] = None,
-                      seed: int = 0) -> ForgetSplit:
-    import torch
-
-    labels = [int(label) for _, label in data.train] if classes is not None else None
-    n = data.identity["n_train"]
-    if classes is not None:
-        chosen = set(int(c) for c in classes)
-        indices = [i for i, label in enumerate(labels) if label in chosen]
-    else:
-        if fraction is None or not 0 < fraction < 1:
-            raise UsageError(f"{option('forget_fraction')} {fraction}: must be in (0, 1)")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        indices = sorted(order[: round(fraction * n)].tolist())
-    if not indices:
-        raise UsageError("the forget set is empty")
-    return ForgetSplit(data.identity, seed, fraction, sorted(classes) if classes is not None else None,
-                       indices, n)
+    def save(self, path: str | os.PathLike, force: bool = False):
+        return files.write_text(path, self.text(), force=force)
 
 
-def load_forget_split(path: str | Path, data) -> ForgetSplit:
-    text = files.read_text(path, error=UsageError, limit=1 << 26, what=f"{option('forget_split')} file")
+def make_forget_split(data, fraction: float | None = None, classes=None, seed: int = 0) -> ForgetSplit:
+    if (fraction is None) == (classes is None):
+        raise UsageError(f"give one of {errors.option('forget_fraction')} or {errors.option('forget_classes')}")
+    labels = np.asarray(data.train_labels)
+    if fraction is not None:
+        forget = _random_forget(len(labels), fraction, seed)
+        return ForgetSplit(dict(data.identity), seed, float(fraction), None, forget)
+    chosen = _check_classes(classes, data.num_classes)
+    forget = tuple(int(i) for i in np.flatnonzero(np.isin(labels, chosen)))
+    if not forget:
+        raise UsageError(f"{errors.option('forget_classes')} {','.join(map(str, chosen))}: no training example has these labels")
+    return ForgetSplit(dict(data.identity), None, None, chosen, forget)
+
+
+def _random_forget(n_train: int, fraction: float, seed: int) -> tuple[int, ...]:
+    if not (0 < fraction < 1):
+        raise UsageError(f"{errors.option('forget_fraction')} {fraction}: must lie strictly between 0 and 1")
+    count = int(round(fraction * n_train))
+    if count == 0:
+        raise UsageError(f"{errors.option('forget_fraction')} {fraction}: selects no example of {n_train} (empty Df)")
+    if count == n_train:
+        raise UsageError(f"{errors.option('forget_fraction')} {fraction}: selects all {n_train} examples (empty Dr)")
+    chosen = np.random.Generator(np.random.PCG64(seed)).choice(n_train, size=count, replace=False)
+    return tuple(int(i) for i in np.sort(chosen))
+
+
+def _check_classes(classes, num_classes: int) -> tuple[int, ...]:
+    chosen = tuple(sorted({int(c) for c in classes}))
+    if not chosen:
+        raise UsageError(f"{errors.option('forget_classes')}: give at least one class")
+    unknown = [c for c in chosen if not 0 <= c < num_classes]
+    if unknown:
+        raise UsageError(f"{errors.option('forget_classes')}: class {unknown[0]} does not exist (labels 0..{num_classes - 1})")
+    if len(chosen) == num_classes:
+        raise UsageError(f"{errors.option('forget_classes')}: all {num_classes} classes (nothing left to retain)")
+    return chosen
+
+
+def load_forget_split(path: str | os.PathLike, data) -> ForgetSplit:
+    """The split in ``path``, checked against ``data``; one line for anything wrong."""
+    text = files.read_text(path, limit=64 << 20, what="a forget split")
     try:
         raw = json.loads(text)
-        split = ForgetSplit(raw["dataset"], raw["seed"], raw.get("fraction"), raw.get("classes"),
-                            [int(i) for i in raw["forget_indices"]], int(raw["dataset"]["n_train"]))
-    except (ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{path}: not a forget split ({error})") from None
-    if split.dataset != data.identity:
-        raise UsageError(f"{path}: a forget split of another dataset ({split.dataset.get('name')}, "
-                         f"{split.dataset.get('n_train')} training images; {option('forget_split')})")
+        split = ForgetSplit(dict(raw["dataset"]), raw["seed"], raw["fraction"],
+                            tuple(raw["classes"]) if raw["classes"] is not None else None,
+                            tuple(int(i) for i in raw["forget_indices"]))
+        if raw.get("format") != FORMAT:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise NegmergeError(f"{path}: not a forget split written by `negmerge split`") from None
+    _check_same_dataset(split, data, path)
+    _check_indices(split, path)
     return split
+
+
+def _check_same_dataset(split: ForgetSplit, data, path) -> None:
+    for key in _MATCHED:
+        if split.identity.get(key) != data.identity.get(key):
+            raise UsageError(
+                f"{errors.option('forget_split')} {path}: made for another dataset ({key} "
+                f"{split.identity.get(key)!r} there, {data.identity.get(key)!r} in this --data)")
+
+
+def _check_indices(split: ForgetSplit, path) -> None:
+    indices = split.forget_indices
+    if not indices or list(indices) != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= split.n_train:
+        raise NegmergeError(f"{path}: forget_indices must be sorted, distinct, non-empty and within 0..{split.n_train - 1}")
+    if len(indices) == split.n_train:
+        raise NegmergeError(f"{path}: forgets every training example (empty Dr)")

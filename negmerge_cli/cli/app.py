@@ -15,7 +15,7 @@ import traceback
 import typer
 
 from negmerge_cli import __version__, files
-from negmerge_cli.cli import apply, convert, demo, evaluate, finetune, inspect, merge, report, vector
+from negmerge_cli.cli import apply, convert, demo, evaluate, finetune, inspect, merge, report, split, vector
 from negmerge_cli.errors import NegmergeError, use_cli_option_names
 from negmerge_cli.output import output
 
@@ -28,7 +28,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-for module in (finetune, convert, vector, merge, apply, inspect, evaluate, report, demo):
+for module in (split, finetune, convert, vector, merge, apply, inspect, evaluate, report, demo):
     module.register(app)
 
 

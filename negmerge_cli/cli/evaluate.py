@@ -37,7 +37,7 @@ def evaluate(
     device: opt.Device = "auto",
     force: opt.Force = False,
     num_classes: opt.NumClasses = None,
-    forget_split: opt.ForgetSplit = None,
+    forget_split: opt.ForgetSplitFile = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Classifiers: the retrained model (checkpoint, evaluated too, or its eval --json) for the Avg. Gap.")] = None,
     select: Annotated[str, typer.Option("--select", help="Classifiers with --vector: retain-bar (lowest Df acc with Dr acc >= threshold x the original's) or gap (smallest Avg. Gap to --reference).")] = "retain-bar",
 ) -> None:

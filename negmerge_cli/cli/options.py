@@ -34,9 +34,12 @@ Buffers = Annotated[Optional[str], typer.Option(
     "--buffers", metavar="exclude|include",
     help="BatchNorm running_mean/running_var in vectors made from checkpoints: exclude (default; the original's "
          "statistics are kept, docs/vector.md) or include (the plain difference).")]
-NumClasses = Annotated[Optional[int], typer.Option("--num-classes", help="Classifiers: number of classes (default: the dataset's).")]
-ForgetSplit = Annotated[Optional[str], typer.Option("--forget-split", help="Classifiers: the forget split JSON (negmerge split).")]
 CacheMemory = Annotated[str, typer.Option("--cache-memory", help="Memory for decoded, preprocessed images (uint8).")]
+# classifier family (negmerge_cli/classifier/)
+NumClasses = Annotated[Optional[int], typer.Option(
+    "--num-classes", help="Classifier models: number of classes (default: the dataset's).", min=2)]
+ForgetSplitFile = Annotated[Optional[Path], typer.Option(
+    "--forget-split", help="Classifier data: forget/retain split JSON written by `negmerge split`.", dir_okay=False)]
 
 
 # -- option groups -----------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def _finetune(work: Path, original: Path, data, forget, point, index: int) -> Pa
 def _sgd(model, data, indices, epochs: int, lr: float, wd: float, smoothing: float, seed: int, batch: int = 64):
     import torch
 
-    images, labels = data.train.tensors
+    images, labels = _tensors(data.train_eval_view())  # no augmentation: 8x8 digits
     indices = torch.tensor(list(indices))
     steps = epochs * -(-len(indices) // batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
@@ -134,12 +134,18 @@ def _sgd(model, data, indices, epochs: int, lr: float, wd: float, smoothing: flo
     return model.eval()
 
 
+def _tensors(dataset):
+    import torch
+
+    return torch.stack([dataset[i][0] for i in range(len(dataset))]), dataset.labels
+
+
 def _save(model, path: Path) -> Path:
     from negmerge_cli.checkpoint import save_state_dict
-    from negmerge_cli.classifier.models import classifier_metadata
+    from negmerge_cli.classifier.models import architecture_metadata
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return save_state_dict(state, path, classifier_metadata(MODEL, 10), force=True)
+    return save_state_dict(state, path, architecture_metadata(MODEL, 10), force=True)
 
 
 def _model_options(checkpoint: Path):

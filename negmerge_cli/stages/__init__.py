@@ -20,6 +20,8 @@ _EXPORTS = {
     "apply_vector": "apply",
     "inspect_checkpoint": "inspect",
     "CheckpointSummary": "inspect",
+    # classifier forget/retain splits
+    "make_split": "split",
     # OpenCLIP fine-tuning and evaluation
     "finetune": "finetuning",
     "plan": "finetuning",
