@@ -127,7 +127,8 @@ def test_bad_inputs_fail_cleanly(setup, tmp_path, cli):
     assert_clean_failure(_eval(setup, "--select", "gap", "--vector", root / "tau.safetensors", run=cli), "--reference")
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**json.loads((root / "forget.json").read_text()),
-                                 "dataset": {"name": "cifar10", "n_train": 50000}}))
+                                 "dataset": {**json.loads((root / "forget.json").read_text())["dataset"], "dataset": "cifar10",
+                                             "n_train": 50000}}))
     assert_clean_failure(cli("eval", "-m", MODEL, "-c", paths["original"], "--data", "digits", "--forget-split",
                              other, "--json", out), "another dataset", "cifar10")
     assert_clean_failure(_eval(setup, "--reference", other, "--json", out, run=cli), "not a classifier eval JSON")

@@ -169,7 +169,7 @@ def _from_classifier_eval(path: Path, evaluation: ClassifierEvaluation, method: 
     extra = {"dtest": 100 * m.dtest_acc, "mia": 100 * m.mia_efficacy}
     if evaluation.avg_gap is not None:
         extra["avg_gap"] = evaluation.avg_gap
-    row = ResultRow(method, str(evaluation.data.get("name", "?")), m.df_acc, m.dr_acc, metrics=extra,
+    row = ResultRow(method, str(evaluation.data.get("dataset", "?")), m.df_acc, m.dr_acc, metrics=extra,
                     sources=(str(path),))
     return Found([row], [], [evaluation.model], [])
 

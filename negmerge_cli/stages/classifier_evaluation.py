@@ -225,7 +225,7 @@ def _check_same_sets(stored: ClassifierEvaluation, session: _Session, source: st
     """A reference measured on another dataset or another forget set gives a meaningless gap."""
     if stored.data != session.data.identity:
         raise UsageError(f"{option('reference')} {source}: evaluated on another dataset "
-                         f"({stored.data.get('name', '?')}, {stored.data.get('n_train', '?')} training images)")
+                         f"({stored.data.get('dataset', '?')}, {stored.data.get('n_train', '?')} training images)")
     if stored.forget_split.get("sha256") != session.split_record["sha256"]:
         raise UsageError(f"{option('reference')} {source}: evaluated with another forget split "
                          f"({stored.forget_split.get('file')})")
