@@ -24,17 +24,17 @@ def finetune(
     data: Annotated[str, typer.Option("--data", "-d", help="Training data spec: digits, an image folder, or NAME:ROOT (trains on :train, the part outside Val).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Sweep folder: base.safetensors, one checkpoint per point, manifest.json.", file_okay=False)],
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip pretrained tag (needs network) or a local checkpoint; omitted: seeded random init.")] = None,
-    lr: Annotated[GridValues, _grid_option("--lr", "Learning rate(s) [default: 1e-5].")] = None,
+    lr: Annotated[GridValues, _grid_option("--lr", "Learning rate(s) [default: 1e-5; classifiers 0.1].")] = None,
     epochs: Annotated[GridValues, _grid_option("--epochs", "Epoch count(s) [default: the paper's for its datasets].")] = None,
     steps: Annotated[GridValues, _grid_option("--steps", "Optimizer step count(s), instead of --epochs.")] = None,
-    wd: Annotated[GridValues, _grid_option("--wd", "AdamW weight decay(s) [default: 0.1].")] = None,
+    wd: Annotated[GridValues, _grid_option("--wd", "Weight decay(s) [default: 0.1; classifiers 5e-4].")] = None,
     label_smoothing: Annotated[GridValues, _grid_option("--label-smoothing", "Label smoothing(s) [default: 0].")] = None,
     seed: Annotated[GridValues, _grid_option("--seed", "Seed(s) for shuffling and augmentation; with --seed-mode per-point, each point's own seed is derived from it [default: 0].")] = None,
     seed_mode: Annotated[str, typer.Option("--seed-mode", help="per-point: every grid point trains with its own seed, derived from --seed and the point (the released runs each had their own); shared: every point trains with its --seed value as given.")] = "per-point",
     randaug: Annotated[GridValues, _grid_option("--randaug", "timm RandAugment string(s) like rand-m1-n1-mstd0.5; 'none' for no augmentation [default]; 'paper' for the paper's 30.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).", min=1)] = 128,
     accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.", min=1)] = 1,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run).", min=0)] = 500,
+    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run) [default: 500; classifiers 0].", min=0)] = None,
     workers: opt.Workers = 2,
     point: Annotated[Optional[list[int]], typer.Option("--point", help="Run only grid point N (0-based; repeatable), e.g. one per Slurm array task.")] = None,
     list_points: Annotated[bool, typer.Option("--list-points", help="Print the grid (index, name) as JSON lines on stdout and exit.")] = False,
@@ -47,6 +47,12 @@ def finetune(
     precision: opt.Precision = "fp32",
     randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = "random",
     freeze: Annotated[Optional[list[str]], typer.Option("--freeze", metavar="GLOB", help="Keep the image-encoder parameters whose OpenCLIP state-dict names match GLOB at their base values (repeatable); the released code froze 'visual.transformer.resblocks.*.attn.*'.")] = None,
+    num_classes: opt.NumClasses = None,
+    forget_split: opt.ForgetSplitFile = None,
+    subset: Annotated[str, typer.Option("--subset", help="Classifiers: train on all of the train split, retain (Dr) or forget (Df); retain/forget need --forget-split.", rich_help_panel="Classifier models")] = "all",
+    objective: Annotated[str, typer.Option("--objective", help="Classifiers: ce (cross-entropy), ascent (gradient ascent), random-labels (CE against a random wrong class).", rich_help_panel="Classifier models")] = "ce",
+    optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd (momentum 0.9; the classifier default) or adamw (CLIP's, its only one).", rich_help_panel="Classifier models")] = None,
+    schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = "cosine",
     device: opt.Device = "auto",
 ) -> None:
     """Fine-tune the image encoder against the frozen zero-shot head, once per grid point.
@@ -55,14 +61,16 @@ def finetune(
     it trains data-parallel (NCCL on GPUs, gloo on CPU).
     """
     # (Long only for its option declarations; the work is in negmerge_cli.stages.finetuning.)
+    from negmerge_cli.families import family_of
     from negmerge_cli.stages import FinetuneOptions, Grid, plan
     from negmerge_cli.stages import finetune as run
 
+    classifier = family_of(model) == "classifier"
     grid = Grid(
-        lr=_values(lr, float, "--lr", [1e-5]),
+        lr=_values(lr, float, "--lr", [0.1 if classifier else 1e-5]),
         epochs=_values(epochs, int, "--epochs", []),
         steps=_values(steps, int, "--steps", []),
-        wd=_values(wd, float, "--wd", [0.1]),
+        wd=_values(wd, float, "--wd", [5e-4 if classifier else 0.1]),
         label_smoothing=_values(label_smoothing, float, "--label-smoothing", [0.0]),
         seed=_values(seed, int, "--seed", [0]),
         randaug=_values(randaug, str, "--randaug", ["none"]),
@@ -73,7 +81,8 @@ def finetune(
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
         quick_gelu=quick_gelu, precision=precision,
         randaug_interpolation=randaug_interpolation,
-        seed_mode=seed_mode, freeze=freeze or [],
+        seed_mode=seed_mode, freeze=freeze or [], num_classes=num_classes, forget_split=forget_split,
+        subset=subset, objective=objective, optimizer=optimizer, schedule=schedule,
     )
     if list_points:
         for p in plan(options):

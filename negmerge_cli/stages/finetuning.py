@@ -33,7 +33,7 @@ class FinetuneOptions:
     grid: Grid = field(default_factory=Grid)
     batch_size: int = 128
     accum_steps: int = 1
-    warmup_steps: int = 500
+    warmup_steps: Optional[int] = None  # None: the family's (CLIP 500, classifier 0)
     workers: int = 2
     point: Optional[Sequence[int]] = None  # run only these grid indices
     templates: Optional[Path] = None
@@ -48,11 +48,51 @@ class FinetuneOptions:
     randaug_interpolation: str = "random"  # RandAugment runs: timm's default, as the release left it
     seed_mode: str = PER_POINT  # per-point: each point's own seed from its --seed; shared: --seed as is
     freeze: Sequence[str] = ()  # globs of image-encoder parameters kept at their base values
+    # classifier family (negmerge_cli/classifier/sweep_run.py)
+    num_classes: Optional[int] = None  # None: the dataset's
+    forget_split: Optional[Path] = None  # `negmerge split` JSON; needed by subset retain/forget
+    subset: str = "all"  # all | retain (Dr) | forget (Df)
+    objective: str = "ce"  # ce | ascent | random-labels
+    optimizer: Optional[str] = None  # None: the family's (CLIP adamw, classifier sgd)
+    schedule: str = "cosine"  # classifier: cosine | step
+
+
+CLIP_WARMUP_STEPS = 500
+
+
+def _family(options: FinetuneOptions) -> str:
+    from negmerge_cli.families import family_of
+
+    return family_of(options.model)
+
+
+def _clip_warmup(options: FinetuneOptions) -> int:
+    return CLIP_WARMUP_STEPS if options.warmup_steps is None else options.warmup_steps
+
+
+def _check_clip_only(options: FinetuneOptions) -> None:
+    """Options of the classifier family a CLIP sweep cannot honour: refused, not ignored."""
+    extras = [("num_classes", options.num_classes is not None), ("forget_split", options.forget_split is not None),
+              ("subset", options.subset != "all"), ("objective", options.objective != "ce"),
+              ("schedule", options.schedule != "cosine"), ("optimizer", options.optimizer not in (None, "adamw"))]
+    given = [name for name, present in extras if present]
+    if given:
+        raise UsageError(f"{option(given[0])} is for classifier models; {option('model')} {options.model} is a CLIP model")
 
 
 def plan(options: FinetuneOptions) -> list[GridPoint]:
     """The grid points this call would run (after the ``point`` selection); validates the options."""
+    if _family(options) == "classifier":
+        from negmerge_cli.classifier import sweep_run
+
+        return sweep_run.plan(options)
+    return _plan_clip(options)
+
+
+def _plan_clip(options: FinetuneOptions) -> list[GridPoint]:
     from negmerge_cli.clip import datasets, freeze, models
+
+    _check_clip_only(options)
     from negmerge_cli.clip.precision import check_precision
 
     check_precision(options.precision)
@@ -89,9 +129,17 @@ def plan(options: FinetuneOptions) -> list[GridPoint]:
 
 def finetune(options: FinetuneOptions) -> Optional[SweepManifest]:
     """Run (or resume) the sweep into ``options.output``; returns the manifest (None off rank 0)."""
+    if _family(options) == "classifier":
+        from negmerge_cli.classifier import sweep_run
+
+        return sweep_run.finetune(options)
+    return _finetune_clip(options)
+
+
+def _finetune_clip(options: FinetuneOptions) -> Optional[SweepManifest]:
     from negmerge_cli.clip import train
 
-    points = plan(options)
+    points = _plan_clip(options)
     ranks = train.init_distributed()
     try:
         with files.operation(), (output().silenced() if not ranks.is_main else contextlib.nullcontext()):
@@ -256,7 +304,7 @@ def sweep_identity(options: FinetuneOptions, train_set=None, val_set=None) -> di
     train_set = train_set or datasets.load_dataset(options.data, "train", options.classnames, options.templates)
     val_set = val_set or datasets.load_dataset(_val_spec(options.data), "val", options.classnames, options.templates)
     identity = identity_of(
-        options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
+        options.model, options.pretrained, options.data, options.batch_size, _clip_warmup(options),
         options.templates, options.classnames, options.crop_scale, options.hflip, options.seed_mode,
         options.freeze, quick_gelu=_quick_gelu(options), precision=options.precision)
     # where train and Val come from and how RandAugment resamples are part of what a sweep is
@@ -276,7 +324,7 @@ def _settings(options: FinetuneOptions, point: GridPoint):
 
     return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
                          epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
-                         accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers,
+                         accum_steps=options.accum_steps, warmup_steps=_clip_warmup(options), workers=options.workers,
                          precision=options.precision, freeze=tuple(options.freeze))
 
 

@@ -1,0 +1,193 @@
+"""``finetune`` for the classifier family: the same sweep folder (grid, records, resume, ``--point``,
+per-point seeds) as the CLIP family, with a classifier, class-labelled data and an optional
+forget/retain subset.
+
+Without ``--pretrained`` the base is a random initialisation (seeded with 0) and every point trains
+from it: ``--subset all`` gives the original model, ``--subset retain`` the retrained one. With
+``--pretrained FILE`` (e.g. the original) the points fine-tune it, e.g. NegMerge's k fine-tunes on
+Df (``--subset forget``). Each point's Val metrics are its test-set accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict
+from pathlib import Path
+
+from negmerge_cli import errors, files
+from negmerge_cli.errors import UsageError
+from negmerge_cli.output import output
+from negmerge_cli.results import PointRecord
+from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of
+
+SUBSETS = ("all", "retain", "forget")
+BASE_INIT_SEED = 0
+# The classifier family's defaults where the CLIP family has its own (cli/finetune.py)
+DEFAULT_LR = 0.1  # cli/finetune.py uses these when --lr/--wd are not given
+DEFAULT_WD = 5e-4
+DEFAULT_WARMUP_STEPS = 0
+
+
+def check_options(options) -> None:
+    """Everything that can be refused before data or models are touched."""
+    from negmerge_cli.classifier import models, train
+
+    models.check_classifier_name(options.model)
+    if options.num_classes is not None:
+        models.check_num_classes(options.num_classes)
+    train.check_choices(options.optimizer or "sgd", options.schedule, options.objective)
+    if options.subset not in SUBSETS:
+        raise UsageError(f"{errors.option('subset')} {options.subset!r}: must be one of {', '.join(SUBSETS)}")
+    if options.subset != "all" and options.forget_split is None:
+        raise UsageError(f"{errors.option('subset')} {options.subset} needs {errors.option('forget_split')} "
+                         "(made by `negmerge split`)")
+    if [v for v in options.grid.randaug if v != NO_AUGMENTATION]:
+        raise UsageError(f"{errors.option('randaug')}: the classifier family trains with crop + flip; leave it out")
+    if options.freeze:
+        raise UsageError(f"{errors.option('freeze')} is for CLIP image encoders; classifiers train every parameter")
+
+
+def plan(options):
+    check_options(options)
+    grid = Grid(**{**asdict(options.grid), "randaug": [NO_AUGMENTATION]})
+    points = expand_grid(grid, None, options.seed_mode)
+    if options.point is not None:
+        bad = [i for i in options.point if not 0 <= i < len(points)]
+        if bad:
+            raise UsageError(f"{errors.option('point')} {bad[0]} is out of range: the grid has {len(points)} points "
+                             f"(0..{len(points) - 1})")
+        points = [points[i] for i in options.point]
+    return points
+
+
+def finetune(options):
+    points = plan(options)
+    with files.operation():
+        run = ClassifierSweepRun(options)
+        for point in run.prepare(points):
+            run.train_point(point)
+        return run.folder.rebuild_manifest()
+
+
+class ClassifierSweepRun:
+    def __init__(self, options):
+        from negmerge_cli.classifier.data import open_classifier_data
+        from negmerge_cli.classifier.split import load_forget_split
+        from negmerge_cli.units import resolve_device
+
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.data = open_classifier_data(options.data)
+        self.num_classes = options.num_classes or self.data.num_classes
+        if self.num_classes != self.data.num_classes:
+            raise UsageError(f"{errors.option('num_classes')} {self.num_classes}: {options.data} has "
+                             f"{self.data.num_classes} classes")
+        self.split = load_forget_split(options.forget_split, self.data) if options.forget_split else None
+        self.indices = self._subset_indices()
+        self.base_model = self._build_base() if options.pretrained else None  # refuse bad weights early
+        self.folder = SweepFolder(options.output, sweep_identity(options, self.data, self.split, self.num_classes))
+
+    def _subset_indices(self):
+        if self.options.subset == "all":
+            return range(len(self.data.train))
+        return self.split.forget_indices if self.options.subset == "forget" else self.split.retain_indices
+
+    def _build_base(self):
+        import torch
+
+        from negmerge_cli.classifier import models
+
+        if self.options.pretrained:
+            return models.load_classifier(self.options.model, self.num_classes, self.options.pretrained)
+        torch.manual_seed(BASE_INIT_SEED)
+        return models.create_classifier(self.options.model, self.num_classes)
+
+    def prepare(self, points):
+        from negmerge_cli.classifier import models
+
+        with self.folder.locked():
+            self.folder.check_identity()
+            if not self.folder.base.exists():
+                model = self.base_model or self._build_base()
+                save_classifier(model, self.folder.base, self._metadata(role="base"), self.options.model,
+                                self.num_classes)
+                output().log(f"wrote {self.folder.base}")
+        self.base = models.load_classifier(self.options.model, self.num_classes, self.folder.base)
+        self.base_state = {k: v.clone() for k, v in self.base.state_dict().items()}
+        if self.folder.base_metrics() is None:
+            self.folder.set_base_metrics(self._test_metrics(self.base))
+        todo = [p for p in points if not self.folder.finished(p)]
+        for point in points:
+            if point not in todo:
+                output().log(f"skip {point.name} (finished)")
+        return todo
+
+    def _metadata(self, **extra) -> dict:
+        from negmerge_cli.checkpoint import provenance
+
+        return provenance("finetune", kind="checkpoint", model=self.options.model, pretrained=self.options.pretrained,
+                          data=self.options.data, subset=self.options.subset, objective=self.options.objective,
+                          **extra)
+
+    def _test_metrics(self, model) -> Metrics:
+        from negmerge_cli.classifier.train import test_metrics
+
+        return test_metrics(model.to(self.device), self.data.test, self.num_classes, self.device)
+
+    def train_point(self, point) -> None:
+        from negmerge_cli.classifier.train import train_classifier
+
+        model = self.base
+        model.load_state_dict(self.base_state)
+        record = PointRecord(point.index, point.name, "running", point.hyperparameters(),
+                             host=socket.gethostname(), pid=os.getpid())
+        self.folder.write_record(record)
+        try:
+            stats = train_classifier(model, self.data.train, self.indices, settings_for(self.options, point),
+                                     self.device, description=f"[{point.index}] {point.name}")
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.folder.write_record(PointRecord(point.index, point.name, "failed", point.hyperparameters(),
+                                                 error=first_line))
+            raise
+        metrics = self._test_metrics(model)
+        path = self.folder.checkpoint(point)
+        save_classifier(model, path, self._metadata(base=self.folder.base.name, hyperparameters=point.hyperparameters(),
+                                                    test_acc1=f"{metrics.acc1:.6f}"),
+                        self.options.model, self.num_classes, force=True)
+        self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(), file=path.name,
+                                             val=metrics, train=stats))
+        output().log(f"{point.name}: test acc1 {100 * metrics.acc1:.2f}%  ({stats['images_per_s']:.0f} img/s)")
+
+
+def save_classifier(model, path: Path, metadata: dict, name: str, num_classes: int, force: bool = False) -> Path:
+    from negmerge_cli.checkpoint import save_state_dict
+    from negmerge_cli.classifier.models import architecture_metadata
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_state_dict(state, path, metadata={**metadata, **architecture_metadata(name, num_classes)}, force=force)
+
+
+def settings_for(options, point):
+    from negmerge_cli.classifier.train import ClassifierSettings
+
+    return ClassifierSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
+                              epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
+                              warmup_steps=warmup_steps(options), optimizer=options.optimizer or "sgd",
+                              schedule=options.schedule, objective=options.objective, workers=options.workers)
+
+
+def warmup_steps(options) -> int:
+    return DEFAULT_WARMUP_STEPS if options.warmup_steps is None else options.warmup_steps
+
+
+def sweep_identity(options, data, split, num_classes: int) -> dict:
+    """The shared identity (model, weights, data, batch, seed mode...) plus what makes a classifier
+    sweep: class count, dataset identity, subset, the forget split's digest, objective, optimizer."""
+    identity = identity_of(options.model, options.pretrained, options.data, options.batch_size, warmup_steps(options),
+                           None, None, seed_mode=options.seed_mode)
+    return {**identity, "family": "classifier", "num_classes": num_classes, "dataset": data.identity,
+            "subset": options.subset, "forget_split": split.digest if split else None,
+            "objective": options.objective, "optimizer": options.optimizer or "sgd", "schedule": options.schedule,
+            "augmentation": "random crop (pad 4)" + (" + horizontal flip" if data.name != "digits" else "")}

@@ -1,0 +1,122 @@
+"""finetune for the classifier family (issue 10): original / retrain / forget-set sweeps of the
+tiny resnet8-cifar on digits through the real CLI, resume and --point, the unlearning objectives,
+and bad inputs (one line, nothing created)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from negmerge_cli.checkpoint.reader import open_checkpoint
+from negmerge_cli.classifier.data import open_classifier_data
+from negmerge_cli.classifier.models import create_classifier, load_classifier
+from negmerge_cli.classifier.split import make_forget_split
+from negmerge_cli.classifier.train import ClassifierSettings, learning_rate, mean_loss, train_classifier
+from tests.helpers import assert_clean_failure, run_cli
+
+FAST = ["--model", "resnet8-cifar", "--data", "digits", "--batch-size", "64", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def split_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("split") / "forget.json"
+    make_forget_split(open_classifier_data("digits"), fraction=0.1, seed=0).save(path)
+    return path
+
+
+def test_original_retrain_and_forget_sweep_through_the_cli(tmp_path, split_file):
+    original = tmp_path / "original"
+    result = run_cli("finetune", *FAST, "--steps", "3", "--lr", "0.05", "-o", original)
+    assert result.returncode == 0, result.stderr
+    (trained,) = [p for p in original.glob("*.safetensors") if p.name != "base.safetensors"]
+    with open_checkpoint(trained) as checkpoint:
+        meta = checkpoint.metadata
+    assert (meta["negmerge.family"], meta["negmerge.model"], meta["negmerge.num_classes"]) == ("classifier", "resnet8-cifar", "10")
+    assert json.loads((original / "sweep.json").read_text())["identity"]["subset"] == "all"
+
+    retrain = run_cli("finetune", *FAST, "--steps", "2", "--subset", "retain", "--forget-split", split_file,
+                      "-o", tmp_path / "retrain")
+    assert retrain.returncode == 0, retrain.stderr
+    identity = json.loads((tmp_path / "retrain" / "sweep.json").read_text())["identity"]
+    assert identity["subset"] == "retain" and len(identity["forget_split"]) == 64
+
+    # NegMerge's fine-tunes on Df from the original: a 2-point grid over label smoothing, one point per job
+    forget = tmp_path / "forget"
+    common = [*FAST, "--steps", "2", "--lr", "0.01", "--label-smoothing", "0,0.1", "--subset", "forget",
+              "--forget-split", split_file, "--pretrained", trained, "-o", forget]
+    first = run_cli("finetune", *common, "--point", "1")
+    assert first.returncode == 0, first.stderr
+    records = json.loads((forget / "manifest.json").read_text())["points"]
+    assert [r["name"] for r in records] == ["lr0.01_st2_wd0.0005_ls0.1_seed0_noaug"]
+    rest = run_cli("finetune", *common[:-2], "-o", forget)  # resume: point 1 is skipped, point 0 trains
+    assert rest.returncode == 0, rest.stderr
+    manifest = json.loads((forget / "manifest.json").read_text())
+    assert sorted(r["status"] for r in manifest["points"]) == ["done", "done"]
+    base = load_classifier("resnet8-cifar", 10, forget / "base.safetensors")
+    assert torch.equal(base.state_dict()["fc.weight"], load_classifier("resnet8-cifar", 10, trained).state_dict()["fc.weight"])
+    other = run_cli("finetune", *common[:-2], "--objective", "ascent", "-o", forget)
+    assert_clean_failure(other, str(forget), "objective")
+
+
+def _forget_loss_after(objective: str, data, split, start) -> float:
+    model = create_classifier("resnet8-cifar", 10)
+    model.load_state_dict(start)
+    settings = ClassifierSettings(lr=0.01, wd=0.0, label_smoothing=0.0, seed=1, epochs=None, steps=4, batch_size=64,
+                                  objective=objective)
+    train_classifier(model, data.train_eval_view(), split.forget_indices, settings, "cpu")
+    return mean_loss(model, data.train_eval_view(), split.forget_indices)
+
+
+def test_objectives_move_the_forget_loss_the_right_way():
+    data = open_classifier_data("digits")
+    split = make_forget_split(data, fraction=0.1, seed=0)
+    torch.manual_seed(0)
+    model = create_classifier("resnet8-cifar", 10)
+    warm = ClassifierSettings(lr=0.05, wd=0.0, label_smoothing=0.0, seed=0, epochs=None, steps=15, batch_size=64)
+    train_classifier(model, data.train, range(len(data.train)), warm, "cpu")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    before = mean_loss(model, data.train_eval_view(), split.forget_indices)
+    assert _forget_loss_after("ce", data, split, start) < before
+    assert _forget_loss_after("ascent", data, split, start) > before
+    assert _forget_loss_after("random-labels", data, split, start) > before
+
+
+def test_schedules():
+    cosine = ClassifierSettings(lr=0.1, wd=0, label_smoothing=0, seed=0, epochs=None, steps=100, batch_size=1)
+    assert learning_rate(0, 100, cosine) == pytest.approx(0.1) and learning_rate(50, 100, cosine) == pytest.approx(0.05)
+    step = ClassifierSettings(**{**cosine.__dict__, "schedule": "step"})
+    assert [learning_rate(s, 100, step) for s in (49, 50, 75)] == pytest.approx([0.1, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--subset", "retain"], ["--subset retain needs --forget-split"]),
+    (["--subset", "everything"], ["--subset", "all, retain, forget"]),
+    (["--objective", "forget-harder"], ["--objective", "ce, ascent, random-labels"]),
+    (["--num-classes", "7"], ["--num-classes 7", "10 classes"]),
+    (["--model", "resnet-nope"], ["--model", "unknown model"]),
+])
+def test_finetune_bad_inputs_create_nothing(cli, tmp_path, extra, fragments):
+    target = tmp_path / "sweep"
+    result = cli("finetune", *FAST, "--steps", "1", *extra, "-o", target)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and not target.exists(), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and all(f in lines[0] for f in fragments), result.stderr
+
+
+def test_finetune_refuses_a_split_for_another_dataset_and_wrong_pretrained(cli, tmp_path):
+    from tests.test_classifier_data import _cifar10_python
+
+    _cifar10_python(tmp_path / "c10")
+    make_forget_split(open_classifier_data(f"cifar10:{tmp_path / 'c10'}"), fraction=0.5).save(tmp_path / "c10.json")
+    result = cli("finetune", *FAST, "--steps", "1", "--subset", "forget", "--forget-split", tmp_path / "c10.json",
+                 "-o", tmp_path / "a")
+    assert result.returncode != 0 and "made for another dataset" in result.stderr and not (tmp_path / "a").exists()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in create_classifier("resnet8-cifar", 100).state_dict().items()},
+              tmp_path / "c100.safetensors")
+    result = cli("finetune", *FAST, "--steps", "1", "--pretrained", tmp_path / "c100.safetensors", "-o", tmp_path / "b")
+    assert result.returncode != 0 and "fc.weight has 100 rows; --num-classes is 10" in result.stderr
+    assert not (tmp_path / "b").exists()
