@@ -19,6 +19,7 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Reduced setting (3 fine-tunes, fewer steps), for tests.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the pretrained tiny model is cached [default: ~/.cache/negmerge_cli].", file_okay=False)] = None,
     force: opt.Force = False,
+    scenario: Annotated[str, typer.Option("--scenario", help="clip (unlearn a task from a tiny CLIP) or classifier (forget a class of digits, ResNet; the unlearning metrics).")] = "clip",
 ) -> None:
     """Unlearn digits from a tiny CLIP that knows digits and textures: fine-tune k models, merge their
     task vectors (NegMerge and baselines), choose lambda on Val, report test accuracy."""
@@ -27,6 +28,10 @@ def demo(
 
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"{option('workdir')} {workdir}: exists and is not a folder")
+    if scenario == "classifier":
+        return _classifier_demo(workdir, quick, force)
+    if scenario != "clip":
+        raise UsageError(f"{option('scenario')} {scenario!r}: choose clip or classifier")
     settings = DemoSettings.quick() if quick else DemoSettings.full()
     results = run_demo(workdir, settings, cache_dir or default_cache_dir(), force=force)
     for table in results_tables(results):
@@ -34,6 +39,14 @@ def demo(
     output().log(f"results: {workdir / 'results.json'}   trade-off of every method: {workdir / 'tradeoff.png'}   "
                  f"as Markdown: negmerge report {workdir}")
     _print_commands(workdir / "commands.sh")
+
+
+def _classifier_demo(workdir: Path, quick: bool, force: bool) -> None:
+    from negmerge_cli.demo.classifier import ClassifierDemoSettings, results_table, run_classifier_demo
+
+    settings = ClassifierDemoSettings.quick() if quick else ClassifierDemoSettings.full()
+    output().show(results_table(run_classifier_demo(workdir, settings, force=force)))
+    output().log(f"results: {workdir / 'results.json'}   plot: {workdir / 'tradeoff.png'}")
 
 
 def _print_commands(script: Path) -> None:

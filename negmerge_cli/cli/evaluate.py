@@ -36,19 +36,39 @@ def evaluate(
     precision: opt.Precision = "fp32",
     device: opt.Device = "auto",
     force: opt.Force = False,
+    num_classes: opt.NumClasses = None,
+    forget_split: opt.ForgetSplitFile = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Classifiers: the retrained model (checkpoint, evaluated too, or its eval --json) for the Avg. Gap.")] = None,
+    select: Annotated[str, typer.Option("--select", help="Classifiers with --vector: retain-bar (lowest Df acc with Dr acc >= threshold x the original's) or gap (smallest Avg. Gap to --reference).")] = "retain-bar",
 ) -> None:
     """Zero-shot top-1/top-5/per-class recall on each --data; or, with --vector, choose lambda.
 
-    The coefficient search prints the chosen lambda alone on stdout (JSON goes to --json).
+    Classifiers (--model resnet18, resnet18-cifar, ...): accuracy on Dr, Df, Dtest and MIA-efficacy
+    for --forget-split, and the Avg. Gap to --reference. The coefficient search prints the chosen
+    lambda alone on stdout (JSON goes to --json).
     """
     from negmerge_cli.clip.search import parse_coefs
+    from negmerge_cli.families import family_of
     from negmerge_cli.stages import EvalOptions, SearchOptions, check_eval_mode, require_choice, search_coefficient
     from negmerge_cli.stages import evaluate as run_eval
 
-    check_eval_mode(vector, data or [], forget, retain, plot, base_retain)
+    classifier = family_of(model) == "classifier"
+    if not classifier:
+        _refuse_classifier_options(num_classes=num_classes, forget_split=forget_split, reference=reference,
+                                   select=select if select != "retain-bar" else None)
+        check_eval_mode(vector, data or [], forget, retain, plot, base_retain)
     options = EvalOptions(model=model, checkpoint=checkpoint, pretrained=pretrained, templates=templates,
                           classnames=classnames, device=device, batch_size=batch_size, workers=workers,
                           cache_memory=cache_memory, quick_gelu=quick_gelu, precision=precision)
+    if classifier:
+        from negmerge_cli.cli.evaluate_classifier import run_classifier_eval
+
+        run_classifier_eval(options, data=data or [], forget_split=forget_split, num_classes=num_classes,
+                            reference=reference, vector=vector, coefs=parse_coefs(coefs), select=select,
+                            threshold=threshold, json_out=json_out, force=force,
+                            search_only=dict(forget=forget, retain=retain, plot=plot, base_retain=base_retain,
+                                             search=search if search != "grid" else None))
+        return
     if vector is None:
         results = run_eval(data or [], options, json_out=json_out, force=force)
         if not json_out:
@@ -60,6 +80,14 @@ def evaluate(
     result = search_coefficient(options, search_options, json_out=json_out, plot=plot, force=force)
     _print_search_table(result)
     typer.echo(f"{require_choice(result, json_out).coef:g}")
+
+
+def _refuse_classifier_options(**given) -> None:
+    from negmerge_cli.errors import UsageError, option
+
+    for name, value in given.items():
+        if value is not None:
+            raise UsageError(f"{option(name)} belongs to classifier models (e.g. resnet18-cifar), not CLIP models")
 
 
 def _print_eval_table(results) -> None:

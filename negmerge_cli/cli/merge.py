@@ -42,6 +42,7 @@ def merge(
     method: Annotated[str, typer.Option("--method", "-m", help="Merge method (listed below).")] = "negmerge",
     base: Annotated[Optional[Path], typer.Option("--base", "-b", help="Form vectors on the fly as INPUT - BASE.")] = None,
     weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Per-input weight, once per input in order (sum, mean, dare).")] = None,
+    buffers: opt.Buffers = None,
     method_params=None,
     selection=None,
     stream=None,
@@ -51,7 +52,7 @@ def merge(
     from negmerge_cli.stages import merge_vectors
 
     result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, selection=selection,
-                           **method_params)
+                           buffers=buffers, **method_params)
     report(result, kept=True)
 
 

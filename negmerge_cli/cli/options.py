@@ -34,6 +34,10 @@ QuickGelu = Annotated[Optional[bool], typer.Option(
          "metadata) or, for random init, the config's own.")]
 Precision = Annotated[str, typer.Option(
     "--precision", help="fp32 (the paper's), or bf16 / fp16 autocast (faster on GPUs; numbers move).")]
+Buffers = Annotated[Optional[str], typer.Option(
+    "--buffers", metavar="exclude|include",
+    help="BatchNorm running_mean/running_var in vectors made from checkpoints: exclude (default; the original's "
+         "statistics are kept, docs/vector.md) or include (the plain difference).")]
 CacheMemory = Annotated[str, typer.Option("--cache-memory", help="Memory for decoded, preprocessed images (uint8).")]
 # classifier family (negmerge_cli/classifier/)
 NumClasses = Annotated[Optional[int], typer.Option(

@@ -17,14 +17,17 @@ def vector(
     base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint the fine-tunes started from.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (one input).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Output folder: one vector per input, named after it.")] = None,
+    buffers: opt.Buffers = None,
     selection=None,
     stream=None,
 ) -> None:
     """Write the task vector FINETUNED - BASE (floating-point tensors only; all-zero ones are left
-    out and listed in the metadata unless --keep-zero)."""
+    out and listed in the metadata unless --keep-zero; BatchNorm running statistics are left out
+    unless --buffers include)."""
     from negmerge_cli.stages import write_vectors
 
-    for result in write_vectors(base, finetuned, output=output, out_dir=out_dir, options=stream, selection=selection):
+    for result in write_vectors(base, finetuned, output=output, out_dir=out_dir, options=stream, selection=selection,
+                                buffers=buffers):
         report(result)
 
 

@@ -25,8 +25,8 @@ from typing import Optional
 from negmerge_cli import files
 from negmerge_cli.errors import CheckpointError, UsageError
 from negmerge_cli.report.rows import Curve, ResultRow
-from negmerge_cli.results import (DEMO_TASK, SEARCH_TASK, ZEROSHOT_TASK, DatasetEvaluation, DemoResults, Outcome,
-                                  SearchResult)
+from negmerge_cli.results import (CLASSIFIER_EVAL_TASK, DEMO_TASK, SEARCH_TASK, ZEROSHOT_TASK, ClassifierEvaluation,
+                                  DatasetEvaluation, DemoResults, Outcome, SearchResult)
 
 SPLITS = ("train", "val", "test")
 GENERIC_STEMS = {"search", "test", "results", "eval", "result"}  # the Makefile's names: the folder names the method
@@ -99,7 +99,7 @@ def load_json(path: Path):
 def kind_of(data) -> Optional[str]:
     if isinstance(data, dict):
         task = data.get("task")
-        if task in (SEARCH_TASK, DEMO_TASK):
+        if task in (SEARCH_TASK, DEMO_TASK, CLASSIFIER_EVAL_TASK):
             return task
         if "tensors" in data and "nonzero_fraction" in data:
             return "inspect"
@@ -129,6 +129,8 @@ def _read_file(path: Path) -> Found:
         return _from_evals(path, _typed(path, data, _evaluations), method)
     if kind == DEMO_TASK:
         return _from_demo(path, _typed(path, data, DemoResults.from_json))
+    if kind == CLASSIFIER_EVAL_TASK:
+        return _from_classifier_eval(path, _typed(path, data, ClassifierEvaluation.from_json), method)
     if kind in ("inspect", "choice"):
         raise UsageError(f"{path}: holds no accuracies; give the method folder that holds it")
     raise UsageError(f"{path}: {NOT_OURS}")
@@ -158,6 +160,18 @@ def _from_evals(path: Path, evaluations: list[DatasetEvaluation], method: str,
     row = ResultRow(method, dataset_name(forget.dataset), forget.metrics.acc1,
                     retain.metrics.acc1 if retain else None, metrics=extra, sources=(str(path),))
     return Found([row], [], [forget.model], [dataset_name(retain.dataset)] if retain else [])
+
+
+def _from_classifier_eval(path: Path, evaluation: ClassifierEvaluation, method: str) -> Found:
+    """A classifier's ``eval --json``: Df and Dr accuracy as forget/retain, Dtest and MIA-efficacy in
+    percent and the Avg. Gap in points as optional metrics."""
+    m = evaluation.metrics
+    extra = {"dtest": 100 * m.dtest_acc, "mia": 100 * m.mia_efficacy}
+    if evaluation.avg_gap is not None:
+        extra["avg_gap"] = evaluation.avg_gap
+    row = ResultRow(method, str(evaluation.data.get("dataset", "?")), m.df_acc, m.dr_acc, metrics=extra,
+                    sources=(str(path),))
+    return Found([row], [], [evaluation.model], [])
 
 
 def _forget_and_retain(path: Path, evaluations: list[DatasetEvaluation], search: Optional[SearchResult]):

@@ -12,7 +12,7 @@ from negmerge_cli.results import SearchResult
 HEADLINE = ""  # the setting of rows chosen by the paper's rule on its grid
 # Optional metrics (keys in the JSON -> column titles): scenarios beyond CLIP (the classifier
 # scenario's Avg. Gap and MIA-efficacy) write them, in points or fractions as their docs say.
-OPTIONAL_METRICS = {"avg_gap": "Avg. Gap", "mia": "MIA"}
+OPTIONAL_METRICS = {"dtest": "Dtest %", "mia": "MIA-efficacy %", "avg_gap": "Avg. Gap"}
 METHOD_ORDER = ("pretrained", "best_single", "sum", "mean", "ties", "dare", "magmax", "negmerge")
 DATASET_ORDER = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
 

@@ -34,6 +34,11 @@ _EXPORTS = {
     "check_eval_mode": "evaluation",
     "EvalOptions": "evaluation",
     "SearchOptions": "evaluation",
+    # classifier evaluation: the unlearning metrics and the lambda search
+    "evaluate_unlearning": "classifier_evaluation",
+    "search_unlearning_coefficient": "classifier_evaluation",
+    "UnlearningEvalOptions": "classifier_evaluation",
+    "UnlearningSearchOptions": "classifier_evaluation",
     # results as tables and figures
     "make_report": "report",
 }

@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from negmerge_cli import buffers as running_statistics
 from negmerge_cli import files
 from negmerge_cli.checkpoint.provenance import provenance
 from negmerge_cli.errors import UsageError, option
@@ -31,6 +32,7 @@ def merge_vectors(
     weights: Sequence[float] | None = None,
     options: StreamOptions | None = None,
     selection: TensorSelection = EVERYTHING,
+    buffers: str | None = None,
     **method_params: object,
 ) -> StreamResult:
     """Merge task vectors ``inputs`` into ``output`` with ``method``, over the selected tensors.
@@ -42,12 +44,14 @@ def merge_vectors(
     with ``/``) gets the weights in the base's layout, the base folder's other files and a model
     card (:mod:`negmerge_cli.model_folder`).
     """
+    running_statistics.check_choice(buffers)
     with files.operation():
-        return _merge(inputs, output, method, base, weights, options or StreamOptions(), selection, method_params)
+        return _merge(inputs, output, method, base, weights, options or StreamOptions(), selection, method_params,
+                      buffers)
 
 
 def _merge(inputs, output, method, base, weights, options: StreamOptions, selection: TensorSelection,
-           method_params: dict) -> StreamResult:
+           method_params: dict, running_stats: str | None = None) -> StreamResult:
     merger = method if isinstance(method, MergeMethod) else create_method(method, **method_params)
     if not inputs:
         raise UsageError("merge needs at least one input")
@@ -59,6 +63,9 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero, selection)
         has_base = base_checkpoint is not None
+        statistics = {}
+        if has_base:  # vectors made here from checkpoints follow vector's rule; given vectors are kept as made
+            jobs, statistics = running_statistics.apply_choice(jobs, running_stats)
         jobs, omitted = omit_zero_tensors(jobs, has_base, options, target.weights)
         buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)
         # methods that sum every input check one running sum per slice instead of every input
@@ -82,7 +89,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         metadata = provenance(
             "merge", kind="task_vector", method=merger.name, params=merger.settings,
             weights=list(weights) if weights else None,
-        ) | selection.metadata() | omitted
+        ) | selection.metadata() | statistics | omitted
         hashed = {"inputs": sources, **({"base": [base_checkpoint]} if has_base else {})}
         return target.write(lambda weights, shard_bytes: stream_to_file(
             weights, jobs, process, metadata, hashed, options,

@@ -11,6 +11,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from negmerge_cli import buffers as running_statistics
 from negmerge_cli import files
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import provenance
@@ -25,9 +26,11 @@ from negmerge_cli.streaming import Engine, TensorJob
 
 
 def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
-                options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING) -> StreamResult:
+                options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING,
+                buffers: str | None = None) -> StreamResult:
     """Write tau = finetuned - base over the selected tensors. Integer and bool tensors are not part
-    of a vector and are left out, and so (unless ``options.keep_zero``) are all-zero taus."""
+    of a vector and are left out, and so (unless ``options.keep_zero``) are all-zero taus and, unless
+    ``buffers="include"``, BatchNorm running statistics (:mod:`negmerge_cli.buffers`)."""
     options = options or StreamOptions()
     with files.operation(), ExitStack() as stack:
         finetuned_checkpoint = open_inputs(stack, [finetuned], options, adapters=True)[0]
@@ -38,12 +41,13 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
             check_against_base(finetuned_checkpoint, base_checkpoint)
         jobs = plan_merge([finetuned_checkpoint], None if from_adapter else base_checkpoint, options.torch_dtype,
                           options.missing_as_zero, selection)
+        jobs, statistics = running_statistics.apply_choice(jobs, buffers)
         jobs, omitted = omit_zero_tensors(jobs, not from_adapter, options, Path(output))
 
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
             return next(task_vectors(slices, has_base=not from_adapter))
 
-        metadata = {**provenance("vector", kind="task_vector"), **selection.metadata(), **omitted}
+        metadata = {**provenance("vector", kind="task_vector"), **selection.metadata(), **statistics, **omitted}
         hashed = {"inputs": [finetuned_checkpoint], "base": [base_checkpoint]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description=f"vector {Path(finetuned).name}")
@@ -66,7 +70,8 @@ def omit_zero_tensors(jobs: list[TensorJob], has_base: bool, options: StreamOpti
 
 
 def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str | Path,
-                 options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING) -> list[StreamResult]:
+                 options: StreamOptions | None = None, selection: TensorSelection = EVERYTHING,
+                 buffers: str | None = None) -> list[StreamResult]:
     """One task vector per fine-tuned checkpoint, written to ``out_dir`` under the input's name.
 
     All or nothing: the vectors are renamed into place together once every one is complete."""
@@ -75,7 +80,7 @@ def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str
     if len(set(targets)) != len(targets):
         raise UsageError(f"{option('out_dir')}: two inputs have the same name; their vectors would collide")
     with files.operation(), files.deferred_commits():
-        return [make_vector(base, f, t, options, selection) for f, t in zip(finetuned, targets)]
+        return [make_vector(base, f, t, options, selection, buffers) for f, t in zip(finetuned, targets)]
 
 
 def vector_file_name(finetuned: Path) -> str:
@@ -88,12 +93,13 @@ def vector_file_name(finetuned: Path) -> str:
 
 def write_vectors(base: str | Path, finetuned: Sequence[str | Path], *, output: str | Path | None = None,
                   out_dir: str | Path | None = None, options: StreamOptions | None = None,
-                  selection: TensorSelection = EVERYTHING) -> list[StreamResult]:
+                  selection: TensorSelection = EVERYTHING, buffers: str | None = None) -> list[StreamResult]:
     """``vector``'s two forms: one input to ``output``, or any number into ``out_dir``."""
+    running_statistics.check_choice(buffers)
     if (output is None) == (out_dir is None):
         raise UsageError(f"give exactly one of {option('output')} (one input) or {option('out_dir')} (any number of inputs)")
     if output is not None:
         if len(finetuned) != 1:
             raise UsageError(f"{option('output')} takes one input, got {len(finetuned)}; use {option('out_dir')} for several")
-        return [make_vector(base, finetuned[0], output, options, selection)]
-    return make_vectors(base, finetuned, out_dir, options, selection)
+        return [make_vector(base, finetuned[0], output, options, selection, buffers)]
+    return make_vectors(base, finetuned, out_dir, options, selection, buffers)

@@ -1,0 +1,255 @@
+"""``negmerge demo --scenario classifier``: the standard-classifier protocol on built-in digits.
+
+    original (all of train) and retrain (Dr only) -> k fine-tunes of the original on Df
+    -> vectors -> NegMerge and baselines -> lambda by the retain-bar rule -> apply -> metrics
+
+Df is a whole class (digit 3): with a random 10% of these easy digits, the retrained model already
+scores ~99% on Df (it generalises), so there is nothing to unlearn to show. The training loop here
+is plain SGD (momentum 0.9, cosine schedule), deterministic per seed; every other step is a library
+stage (vector, merge, the classifier eval and search, apply).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from negmerge_cli import files
+
+MODEL, FORGET_CLASSES = "resnet8-cifar", (3,)
+METHODS = ("negmerge", "mean", "ties", "magmax")
+
+
+@dataclass(frozen=True)
+class ClassifierDemoSettings:
+    epochs: int  # original and retrain
+    finetunes: tuple[tuple[int, float, float], ...]  # k x (epochs on Df, weight decay, label smoothing)
+    coefs: tuple[float, ...]
+    buffers_experiment: bool  # also NegMerge with BatchNorm running statistics in the vectors
+
+    @classmethod
+    def full(cls) -> "ClassifierDemoSettings":
+        grid = tuple((e, wd, ls) for e in (3, 5) for wd in (5e-4, 1e-4) for ls in (0.0, 0.1))
+        return cls(12, grid, tuple(round(i / 20, 10) for i in range(21)), True)
+
+    @classmethod
+    def quick(cls) -> "ClassifierDemoSettings":
+        return cls(3, ((3, 5e-4, 0.0), (5, 1e-4, 0.1), (3, 1e-4, 0.05)), tuple(i / 5 for i in range(6)), False)
+
+
+def log(message: str) -> None:
+    from negmerge_cli.output import output
+
+    output().log(f"demo: {message}")
+
+
+def run_classifier_demo(workdir: Path, settings: ClassifierDemoSettings, force: bool = False) -> dict:
+    """Run every step into ``workdir``; return results.json's content (also written there)."""
+    with files.operation():
+        for name in ("results.json", "tradeoff.png"):
+            files.check_target(Path(workdir) / name, force=force)
+        return _run(Path(workdir), settings, force)
+
+
+def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
+    from negmerge_cli.classifier.data import open_classifier_data
+    from negmerge_cli.classifier.split import make_forget_split
+
+    started = time.perf_counter()
+    data = open_classifier_data("digits")
+    split = make_forget_split(data, classes=list(FORGET_CLASSES))
+    split.save(work / "forget.json", force=True)
+    everything = list(range(len(data.train)))
+    log(f"training the original (all {len(everything)} images) and the retrained model (Dr only), "
+        f"{settings.epochs} epochs each")
+    original = _train_new(work / "original.safetensors", data, everything, settings.epochs, seed=0)
+    retrain = _train_new(work / "retrain.safetensors", data, split.retain_indices, settings.epochs, seed=1)
+    log(f"{len(settings.finetunes)} fine-tunes of the original on Df")
+    finetuned = [_finetune(work, original, data, split.forget_indices, point, i)
+                 for i, point in enumerate(settings.finetunes)]
+    timings = {"training_s": round(time.perf_counter() - started, 1)}
+    retrained = _evaluate(work, retrain, "retrain", None, force)
+    start = _evaluate(work, original, "original", work / "eval" / "retrain.json", force)
+    rows = {"original": _row(start, 0.0), "retrain": _row(retrained, None)}
+    curves = {}
+    for method in METHODS:
+        vector = work / "merged" / f"{method}.safetensors"
+        _merge(method, finetuned, original, vector, force)
+        rows[method], curves[method] = _unlearn(work, method, original, vector, settings, force)
+    rows["best_single"], curves["best_single"] = _best_single(work, original, finetuned, settings, force)
+    if settings.buffers_experiment:
+        vector = work / "merged" / "negmerge-buffers-include.safetensors"
+        _merge("negmerge", finetuned, original, vector, force, buffers="include")
+        name = "negmerge (buffers include)"
+        rows[name], curves[name] = _unlearn(work, "negmerge-buffers-include", original, vector, settings, force)
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+    results = {"scenario": "classifier", "model": MODEL, "data": "digits", "forget_classes": list(FORGET_CLASSES),
+               "k": len(finetuned), "rule": "retain-bar (threshold 0.95)", "rows": rows, "curves": curves,
+               "timings": timings}
+    with files.deferred_commits():
+        _plot(curves, rows, work / "tradeoff.png", force)
+        files.write_json(work / "results.json", results, force=force)
+    return results
+
+
+def _train_new(path: Path, data, indices, epochs: int, seed: int) -> Path:
+    import torch
+
+    from negmerge_cli.classifier.models import create_classifier
+
+    torch.manual_seed(seed)
+    model = create_classifier(MODEL, data.num_classes)
+    return _save(_sgd(model, data, indices, epochs, 0.05, 5e-4, 0.0, seed), path)
+
+
+def _finetune(work: Path, original: Path, data, forget, point, index: int) -> Path:
+    from negmerge_cli.classifier.models import load_classifier
+
+    epochs, wd, smoothing = point
+    model = load_classifier(MODEL, data.num_classes, original, "cpu")
+    name = f"ft{index}_e{epochs}_wd{wd:g}_ls{smoothing:g}.safetensors"
+    return _save(_sgd(model, data, forget, epochs, 0.01, wd, smoothing, 100 + index), work / "finetune" / name)
+
+
+def _sgd(model, data, indices, epochs: int, lr: float, wd: float, smoothing: float, seed: int, batch: int = 64):
+    import torch
+
+    images, labels = _tensors(data.train_eval_view())  # no augmentation: 8x8 digits
+    indices = torch.tensor(list(indices))
+    steps = epochs * -(-len(indices) // batch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = indices[torch.randperm(len(indices), generator=generator)]
+        for start in range(0, len(order), batch):
+            picked = order[start:start + batch]
+            loss = torch.nn.functional.cross_entropy(model(images[picked]), labels[picked], label_smoothing=smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+def _tensors(dataset):
+    import torch
+
+    return torch.stack([dataset[i][0] for i in range(len(dataset))]), dataset.labels
+
+
+def _save(model, path: Path) -> Path:
+    from negmerge_cli.checkpoint import save_state_dict
+    from negmerge_cli.classifier.models import architecture_metadata
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return save_state_dict(state, path, architecture_metadata(MODEL, 10), force=True)
+
+
+def _model_options(checkpoint: Path):
+    from negmerge_cli.stages import EvalOptions
+
+    return EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0)
+
+
+def _evaluate(work: Path, checkpoint: Path, name: str, reference: Path | None, force: bool):
+    from negmerge_cli.stages import UnlearningEvalOptions, evaluate_unlearning
+
+    options = UnlearningEvalOptions("digits", str(work / "forget.json"),
+                                    reference=str(reference) if reference else None)
+    return evaluate_unlearning(_model_options(checkpoint), options, json_out=work / "eval" / f"{name}.json",
+                               force=True)
+
+
+def _merge(method: str, finetuned, original: Path, output: Path, force: bool, buffers=None) -> None:
+    from negmerge_cli.stages import StreamOptions, merge_vectors
+
+    params = {"density": 0.2} if method == "ties" else {}
+    merge_vectors(finetuned, output, method, base=original, options=StreamOptions(device="cpu", force=True),
+                  buffers=buffers, **params)
+
+
+def _search(work: Path, name: str, original: Path, vector: Path, settings):
+    from negmerge_cli.stages import UnlearningEvalOptions, UnlearningSearchOptions, search_unlearning_coefficient
+
+    options = UnlearningEvalOptions("digits", str(work / "forget.json"), reference=str(work / "eval" / "retrain.json"))
+    search = UnlearningSearchOptions(str(vector), list(settings.coefs), "retain-bar")
+    return search_unlearning_coefficient(_model_options(original), options, search,
+                                         json_out=work / "search" / f"{name}.json", force=True)
+
+
+def _unlearn(work: Path, name: str, original: Path, vector: Path, settings, force: bool):
+    from negmerge_cli.classifier.search import select_gap
+    from negmerge_cli.stages import StreamOptions, apply_vector
+
+    result = _search(work, name, original, vector, settings)
+    coef = result.chosen.coef if result.chosen else 0.0
+    unlearned = work / "unlearned" / f"{name}.safetensors"
+    apply_vector(original, vector, -coef, unlearned, StreamOptions(device="cpu", force=True))
+    evaluation = _evaluate(work, unlearned, name, work / "eval" / "retrain.json", force)
+    oracle = select_gap(result.points)
+    curve = [p.to_json() for p in result.points]
+    return _row(evaluation, coef) | {"oracle_lambda": oracle.coef, "oracle_gap": oracle.avg_gap}, curve
+
+
+def _best_single(work: Path, original: Path, finetuned, settings, force: bool):
+    """The paper's 'best single task vector': the one whose chosen lambda gives the lowest Df acc."""
+    from negmerge_cli.stages import StreamOptions, make_vectors
+
+    folder = work / "vectors"
+    make_vectors(original, finetuned, folder, StreamOptions(device="cpu", force=True))
+    best = None
+    for path in finetuned:
+        chosen = _search(work, f"single-{path.stem}", original, folder / path.name, settings).chosen
+        if chosen and (best is None or chosen.metrics.df_acc < best[1].metrics.df_acc):
+            best = (folder / path.name, chosen)
+    vector = best[0] if best else folder / finetuned[0].name
+    row, curve = _unlearn(work, "best_single", original, vector, settings, force)
+    return row | {"vector": vector.name}, curve
+
+
+def _row(evaluation, coef) -> dict:
+    return {"lambda": coef, **evaluation.metrics.to_json(), "avg_gap_points": evaluation.avg_gap}
+
+
+def _plot(curves: dict, rows: dict, path: Path, force: bool) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for name, points in curves.items():
+        kept = [p for p in points if "df_acc" in p]
+        axis.plot([100 * p["df_acc"] for p in kept], [100 * p["dr_acc"] for p in kept], marker=".", label=name)
+    retrain = rows["retrain"]
+    axis.scatter([100 * retrain["df_acc"]], [100 * retrain["dr_acc"]], marker="*", s=150, c="k", label="retrain")
+    axis.set_xlabel("Df accuracy % (lambda grows to the left)")
+    axis.set_ylabel("Dr accuracy %")
+    axis.set_title(f"{MODEL} on digits: forgetting class 3")
+    axis.legend(fontsize=8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    files.write_bytes(path, buffer.getvalue(), force=force)
+
+
+def results_table(results: dict):
+    from rich.table import Table
+
+    table = Table(title=f"Unlearning digit 3 from {MODEL} (k = {results['k']}; lambda by {results['rule']})",
+                  caption="Avg. Gap: mean |metric - retrain's| over the four metrics, in points; "
+                          "oracle: the grid's smallest Avg. Gap (needs the retrained model)")
+    for column in ("method", "lambda", "Dr %", "Df %", "Dtest %", "MIA-eff. %", "Avg. Gap", "oracle lambda / gap"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, row in results["rows"].items():
+        gap = "-" if row["avg_gap_points"] is None else f"{row['avg_gap_points']:.2f}"
+        oracle = f"{row['oracle_lambda']:g} / {row['oracle_gap']:.2f}" if "oracle_lambda" in row else "-"
+        coef = "-" if row["lambda"] is None else f"{row['lambda']:g}"
+        table.add_row(name, coef, *(f"{100 * row[k]:.2f}" for k in ("dr_acc", "df_acc", "dtest_acc", "mia_efficacy")),
+                      gap, oracle)
+    return table

@@ -1,0 +1,245 @@
+"""``eval`` for the classifier family: the unlearning metrics of a checkpoint, and the lambda search.
+
+:func:`evaluate_unlearning` measures accuracy on Dr, Df and Dtest and MIA-efficacy
+(:mod:`negmerge_cli.classifier.metrics`), plus the Avg. Gap to ``reference`` (a retrained
+checkpoint, evaluated here on the same sets, or its earlier ``eval --json``).
+:func:`search_unlearning_coefficient` evaluates theta = original - lambda * tau for every lambda
+(the shared :class:`~negmerge_cli.negation.NegatedModel`; images transformed once) and picks lambda
+by ``retain-bar`` or ``gap`` (:mod:`negmerge_cli.classifier.search`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from negmerge_cli import files
+from negmerge_cli.errors import CheckpointError, UsageError, option
+from negmerge_cli.output import output
+from negmerge_cli.results import (CLASSIFIER_EVAL_TASK, ClassifierEvaluation, ClassifierSearchPoint,
+                                  ClassifierSearchResult, ReferenceMetrics)
+
+DEFAULT_COEFS = [round(i / 20, 10) for i in range(21)]
+
+
+@dataclass
+class UnlearningEvalOptions:
+    """What a classifier is evaluated on: one dataset, one forget split, optionally a reference."""
+
+    data: str
+    forget_split: str
+    num_classes: Optional[int] = None  # default: the dataset's class count
+    reference: Optional[str] = None  # a retrained checkpoint, or its eval JSON
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise UsageError(f"a classifier is evaluated on one {option('data')} SPEC")
+        if not self.forget_split:
+            raise UsageError(f"a classifier evaluation needs {option('forget_split')} FORGET.json "
+                             "(make one with 'negmerge split')")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise UsageError(f"{option('num_classes')} {self.num_classes}: a classifier needs at least 2 classes")
+
+
+@dataclass
+class UnlearningSearchOptions:
+    vector: str
+    coefs: Sequence[float] = field(default_factory=lambda: list(DEFAULT_COEFS))
+    select: str = "retain-bar"
+    threshold: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
+        if not self.coefs:
+            raise UsageError(f"{option('coefs')}: give one or more coefficients")
+
+
+def check_classifier_model_options(model_options) -> None:
+    """The CLIP-only parts of :class:`~negmerge_cli.stages.EvalOptions` have no meaning here."""
+    given = [name for name in ("pretrained", "templates", "classnames", "quick_gelu")
+             if getattr(model_options, name) is not None]
+    if given:
+        raise UsageError(f"{option(given[0])} belongs to CLIP models; {model_options.model} is a classifier "
+                         f"(give {option('checkpoint')})")
+
+
+def evaluate_unlearning(model_options, options: UnlearningEvalOptions, *, json_out: Optional[Path] = None,
+                        force: bool = False) -> ClassifierEvaluation:
+    """The four metrics of ``model_options.checkpoint`` (and the Avg. Gap to the reference)."""
+    check_classifier_model_options(model_options)
+    with files.operation():
+        _check_inputs(model_options, options, json_out, force)
+        started = time.perf_counter()
+        session = _Session(model_options, options)
+        model = session.load(model_options.checkpoint)
+        metrics = session.evaluate(model, f"eval {Path(model_options.checkpoint).name}")
+        seconds = time.perf_counter() - started
+        reference = session.reference()
+        result = ClassifierEvaluation(
+            model=model_options.model, num_classes=session.num_classes, checkpoint=str(model_options.checkpoint),
+            checkpoint_sha256=checkpoint_sha256(model_options.checkpoint), data=session.data.identity,
+            forget_split=session.split_record, counts=session.sets.counts, metrics=metrics, reference=reference,
+            avg_gap=_gap(metrics, reference), seconds=round(seconds, 3),
+            images_per_s=round(session.sets.n_images / max(seconds, 1e-9), 1))
+        if json_out:
+            files.write_json(json_out, result.to_json(), force=force)
+        return result
+
+
+def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions, search: UnlearningSearchOptions,
+                                  *, json_out: Optional[Path] = None, force: bool = False) -> ClassifierSearchResult:
+    """Every lambda's metrics for original - lambda * tau, and the choice by ``search.select``."""
+    from negmerge_cli.classifier import search as rules
+    from negmerge_cli.negation import NegatedModel, load_task_vector
+
+    check_classifier_model_options(model_options)
+    rules.check_select(search.select, options.reference is not None)
+    with files.operation():
+        _check_inputs(model_options, options, json_out, force, search.vector)
+        started = time.perf_counter()
+        session = _Session(model_options, options)
+        model = session.load(model_options.checkpoint)
+        negated = NegatedModel(model, load_task_vector(search.vector), search.vector, model_options.model)
+        reference = session.reference()
+        points = []
+        for coef in search.coefs:
+            negated.set(coef)
+            points.append(_search_point(session, model, coef, reference))
+        chosen = rules.select(points, search.select, search.threshold)
+        limit = rules.retain_limit(points, search.threshold) if search.select == "retain-bar" else None
+        result = ClassifierSearchResult(
+            model=model_options.model, checkpoint=str(model_options.checkpoint), vector=str(search.vector),
+            data=session.data.identity, forget_split=session.split_record, select=search.select,
+            rule=rules.RULES[search.select], threshold=search.threshold, retain_limit=limit, points=points,
+            chosen=chosen, reference=reference, counts=session.sets.counts,
+            seconds=round(time.perf_counter() - started, 3))
+        if json_out:
+            files.write_json(json_out, result.to_json(), force=force)
+        if chosen is None:
+            output().log("no coefficient keeps Dr accuracy at the threshold; nothing chosen")
+        return result
+
+
+def _search_point(session, model, coef: float, reference) -> ClassifierSearchPoint:
+    from negmerge_cli.classifier.evaluate import NonFiniteOutputs
+
+    try:
+        metrics = session.evaluate(model, f"lambda {coef:g}")
+    except NonFiniteOutputs as error:  # recorded, never chosen; the other lambdas still count
+        output().warn(f"lambda {coef:g}: {error}")
+        return ClassifierSearchPoint(coef, None, None, str(error))
+    return ClassifierSearchPoint(coef, metrics, _gap(metrics, reference))
+
+
+def _gap(metrics, reference: Optional[ReferenceMetrics]) -> Optional[float]:
+    from negmerge_cli.classifier.metrics import avg_gap
+
+    return None if reference is None else round(avg_gap(metrics, reference.metrics), 6)
+
+
+class _Session:
+    """The dataset, the split, the device and the transformed images of one evaluation."""
+
+    def __init__(self, model_options, options: UnlearningEvalOptions):
+        from negmerge_cli.classifier.data import open_classifier_data
+        from negmerge_cli.classifier.evaluate import UnlearningSets
+        from negmerge_cli.classifier.split import load_forget_split
+        from negmerge_cli.units import parse_size, resolve_device
+
+        self.model_options, self.options = model_options, options
+        self.data = open_classifier_data(options.data)
+        self.num_classes = _num_classes(options.num_classes, self.data, options.data)
+        self.split = load_forget_split(options.forget_split, self.data)
+        if not self.split.forget_indices:
+            raise UsageError(f"{options.forget_split}: the forget set is empty ({option('forget_split')})")
+        self.split_record = {"file": str(options.forget_split), "sha256": split_digest(self.split.forget_indices)}
+        self.device = resolve_device(model_options.device)
+        budget = parse_size(model_options.cache_memory, option("cache_memory"))
+        self.sets = UnlearningSets.build(self.data, self.split, model_options.batch_size, model_options.workers,
+                                         budget)
+
+    def evaluate(self, model, description: str):
+        return self.sets.evaluate(model, self.device, description, self.model_options.precision)
+
+    def load(self, path: str):
+        from negmerge_cli.classifier.models import load_classifier
+
+        return load_classifier(self.model_options.model, self.num_classes, path, self.device)
+
+    def reference(self) -> Optional[ReferenceMetrics]:
+        source = self.options.reference
+        if source is None:
+            return None
+        if Path(source).suffix.lower() == ".json":
+            stored = read_evaluation(source)
+            _check_same_sets(stored, self, source)
+            return ReferenceMetrics(str(source), "eval_json", stored.metrics)
+        metrics = self.evaluate(self.load(source), f"reference {Path(source).name}")
+        return ReferenceMetrics(str(source), "checkpoint", metrics)
+
+
+def _num_classes(requested: Optional[int], data, spec: str) -> int:
+    if requested is not None and requested != data.num_classes:
+        raise UsageError(f"{option('num_classes')} {requested}: {spec} has {data.num_classes} classes")
+    return data.num_classes
+
+
+def split_digest(forget_indices: Sequence[int]) -> str:
+    """SHA-256 of the sorted forget indices written as a compact JSON list: the same split
+    gives the same digest whatever the file's formatting."""
+    import hashlib
+
+    text = json.dumps(sorted(int(i) for i in forget_indices), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    from negmerge_cli.checkpoint import open_checkpoint
+
+    with open_checkpoint(path) as checkpoint:
+        digests = checkpoint.file_hashes()
+    return next(iter(digests.values())) if len(digests) == 1 else json.dumps(digests, sort_keys=True)
+
+
+def read_evaluation(path: str | Path) -> ClassifierEvaluation:
+    """A classifier ``eval --json`` file, checked enough to fail with one line when it is not one."""
+    text = files.read_text(path, error=UsageError, limit=1 << 24, what=f"{option('reference')} file")
+    try:
+        data = json.loads(text)
+        if data.get("task") != CLASSIFIER_EVAL_TASK:
+            raise ValueError(f"task is {data.get('task')!r}, not {CLASSIFIER_EVAL_TASK!r}")
+        evaluation = ClassifierEvaluation.from_json(data)
+        values = evaluation.metrics.values()
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+            raise ValueError("metrics must be fractions in [0, 1]")
+        return evaluation
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UsageError(f"{option('reference')} {path}: not a classifier eval JSON ({error})") from None
+
+
+def _check_same_sets(stored: ClassifierEvaluation, session: _Session, source: str) -> None:
+    """A reference measured on another dataset or another forget set gives a meaningless gap."""
+    if stored.data != session.data.identity:
+        raise UsageError(f"{option('reference')} {source}: evaluated on another dataset "
+                         f"({stored.data.get('dataset', '?')}, {stored.data.get('n_train', '?')} training images)")
+    if stored.forget_split.get("sha256") != session.split_record["sha256"]:
+        raise UsageError(f"{option('reference')} {source}: evaluated with another forget split "
+                         f"({stored.forget_split.get('file')})")
+
+
+def _check_inputs(model_options, options: UnlearningEvalOptions, json_out: Optional[Path], force: bool,
+                  vector: Optional[str] = None) -> None:
+    """Missing files and unwritable outputs fail before any evaluation; inputs are registered."""
+    for path, name in ((model_options.checkpoint, "checkpoint"), (options.forget_split, "forget_split"),
+                       (options.reference, "reference"), (vector, "vector")):
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise CheckpointError(f"{path}: does not exist ({option(name)})")
+        files.register_input(path)
+    if json_out is not None:
+        files.check_target(Path(json_out), force=force)
