@@ -56,3 +56,34 @@ def test_clip_features_on_cuda_are_float32_by_default():
             bf16 = model.encode_image(images.cuda()).float().cpu()
     torch.testing.assert_close(fp32, cpu, rtol=2e-3, atol=2e-3)  # cuDNN may use TF32 for the patch conv
     assert (bf16 - cpu).abs().max() > (fp32 - cpu).abs().max()
+
+
+CLASSIFIER = ["--model", "resnet8-cifar", "--data", "digits", "--quiet"]
+
+
+def test_classifier_finetune_and_eval_on_cuda(tmp_path):
+    """The classifier family end to end on the GPU: a few SGD steps from scratch, then the unlearning
+    metrics on CUDA agree with CPU's (TF32 convolutions may flip a near-tie: a point at most)."""
+    import json
+
+    from negmerge_cli.classifier.data import open_classifier_data
+    from negmerge_cli.classifier.split import make_forget_split
+    from tests.helpers import run_cli
+
+    trained = run_cli("finetune", *CLASSIFIER, "--steps", "20", "--lr", "0.05", "--device", "cuda",
+                      "-o", tmp_path / "original")
+    assert trained.returncode == 0, trained.stderr
+    (checkpoint,) = [p for p in (tmp_path / "original").glob("*.safetensors") if p.name != "base.safetensors"]
+    assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint)).values() if t.is_floating_point())
+    split = tmp_path / "forget.json"
+    make_forget_split(open_classifier_data("digits"), classes=[3]).save(split)
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.json"
+        result = run_cli("eval", *CLASSIFIER, "--num-classes", "10", "-c", checkpoint, "--forget-split", split,
+                         "--device", device, "--json", out)
+        assert result.returncode == 0, result.stderr
+        metrics[device] = json.loads(out.read_text())["metrics"]
+    assert metrics["cuda"]["dr_acc"] > 0.5  # 20 steps on digits learn something
+    for name, value in metrics["cpu"].items():
+        assert metrics["cuda"][name] == pytest.approx(value, abs=0.01), name
