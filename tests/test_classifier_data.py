@@ -69,6 +69,45 @@ class _Exploit:
         return (os.system, ("touch PWNED",))
 
 
+def _tinyimagenet(root, wnids=("n01", "n02", "n03"), per_class=2, size=8):
+    """The Tiny-ImageNet layout, tiny: train/WNID/images/*.JPEG, val/images + val_annotations.txt."""
+    from PIL import Image
+
+    base = root / "tiny-imagenet-200"
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    rng = np.random.default_rng(0)
+    annotations = []
+    for label, wnid in enumerate(wnids):
+        (base / "train" / wnid / "images").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((size, size, 3), 40 * label + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "train" / wnid / "images" / f"{wnid}_{i}.png")
+            name = f"val_{label}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(base / "val" / "images" / name)
+            annotations.append(f"{name}\t{wnids[(label + 1) % len(wnids)]}\t0\t0\t{size}\t{size}")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return base
+
+
+def test_tinyimagenet_layout(tmp_path):
+    base = _tinyimagenet(tmp_path)
+    data = open_classifier_data(f"tinyimagenet:{tmp_path}")
+    assert (data.name, data.num_classes, len(data.train), len(data.test)) == ("tinyimagenet", 3, 6, 6)
+    assert data.train.labels.tolist() == [0, 0, 1, 1, 2, 2]  # wnids.txt order
+    # val labels come from the annotations (each val image is labelled with the next class here)
+    assert data.test.labels.tolist() == [1, 1, 2, 2, 0, 0]
+    assert data.train.images[2, :, 0, 0].tolist() == [40, 40, 40]  # n02's first image (N,C,H,W)
+    assert open_classifier_data(f"tinyimagenet:{base}").identity["n_test"] == 6  # the folder itself
+
+    (base / "val" / "val_annotations.txt").write_text("val_0_0.png\tn09\t0\t0\t8\t8\n")
+    with pytest.raises(NegmergeError, match="val_annotations.txt: line 1: .*wnids.txt"):
+        open_classifier_data(f"tinyimagenet:{tmp_path}")
+    (base / "wnids.txt").unlink()
+    with pytest.raises(NegmergeError, match="not Tiny-ImageNet \\(wnids.txt is missing\\)"):
+        open_classifier_data(f"tinyimagenet:{tmp_path}")
+
+
 def test_malicious_cifar_pickle_is_refused_without_running(tmp_path, monkeypatch):
     _cifar10_python(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(), b"labels": []}))

@@ -59,6 +59,18 @@ def test_the_pipeline_has_every_stage(tmp_path):
     assert len(by_name("split")) == 1 and len(by_name("vector")) == 1
 
 
+def test_baselines_are_finetunes_of_the_original(tmp_path):
+    commands = _dry_run(tmp_path, BASELINES="finetune_retain gradient_ascent random_labels")
+    baselines = [c for c in commands if c[0] == "finetune" and "--point" not in c and "--pretrained" in c]
+    assert [(c[c.index("--subset") + 1], c[c.index("--objective") + 1] if "--objective" in c else "ce")
+            for c in baselines] == [("retain", "ce"), ("forget", "ascent"), ("forget", "random-labels")]
+    evaluated = [c[c.index("--checkpoint") + 1] for c in commands if c[0] == "eval" and "--json" in c]
+    assert sum(path.endswith(("finetune_retain/unlearned.safetensors", "gradient_ascent/unlearned.safetensors",
+                              "random_labels/unlearned.safetensors")) for path in evaluated) == 3
+    report = next(c for c in commands if c[0] == "report")
+    assert sum(a.endswith("/eval.json") for a in report) == 2 + 4 + 1 + 3  # original, retrain, merges, best, baselines
+
+
 def test_grid_size_matches_finetune_points(tmp_path):
     """The Makefile's point count is the size of the grid `finetune` expands."""
     from negmerge_cli.sweep import Grid, expand_grid
@@ -76,7 +88,7 @@ def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     out = tmp_path / "out"
     settings = {"OUT": str(out), "NEGMERGE": f"{sys.executable} -m negmerge_cli", "MODEL": "resnet8-cifar",
                 "DATA": "digits", "SCRATCH_EPOCHS": "1", "FT_EPOCHS": "1 2", "FT_WD": "1e-4", "FT_LS": "0",
-                "METHODS": "negmerge mean", "NMFLAGS": "-q"}  # -j2: this machine's two cores
+                "METHODS": "negmerge mean", "BASELINES": "gradient_ascent", "NMFLAGS": "-q"}  # -j2: this machine's two cores
     environment = {**os.environ, "OMP_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join([str(MAKEFILE.parents[3]), os.environ.get("PYTHONPATH", "")])}
     command = ["make", "-j2", "--no-print-directory", "-f", str(MAKEFILE), "all", *(f"{k}={v}" for k, v in settings.items())]
@@ -87,10 +99,11 @@ def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     assert len(singles) == 2
     best = out / "vectors" / f"{min(singles, key=singles.get)}.safetensors"
     assert (out / "best_single" / "tau.safetensors").read_bytes() == best.read_bytes()
-    for row in ("original", "negmerge", "mean", "best_single"):
+    for row in ("original", "negmerge", "mean", "best_single", "gradient_ascent"):
         assert json.loads((out / row / "eval.json").read_text())["avg_gap_points"] is not None
     report = (out / "report.md").read_text()
-    assert all(name in report for name in ("NegMerge", "Uniform Merge", "best single", "retrain", "Avg. Gap"))
+    assert all(name in report for name in ("NegMerge", "Uniform Merge", "best single", "Retrain", "Gradient ascent", "Avg. Gap",
+                                         "| SalUn |"))
 
     rerun = subprocess.run([*command, "-n"], capture_output=True, text=True, cwd=tmp_path, env=environment,
                            timeout=120)

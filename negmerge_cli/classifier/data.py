@@ -8,6 +8,9 @@ Specs (``--data``):
   ``cifar-100-python`` folders under ROOT (or ROOT itself), or the binary ``cifar-10-batches-bin``.
   The pickles are read by an allow-list unpickler that only rebuilds numpy arrays: anything else a
   pickle asks for is refused before it runs.
+- ``tinyimagenet:ROOT``: the ``tiny-imagenet-200`` folder under ROOT (or ROOT itself): ``wnids.txt``
+  (label order), ``train/WNID/images/``, and ``val/images/`` labelled by ``val/val_annotations.txt``;
+  its val split is the test split (the test images have no labels), as in the literature.
 - ``PATH``: an image folder with ``train/`` and ``test/`` sub-folders of class folders (ImageFolder
   order: sorted class names are labels 0..C-1); all images must have one size.
 
@@ -35,7 +38,9 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 _STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
 }
+_ROOTED = ("cifar10", "cifar100", "tinyimagenet")  # NAME:ROOT specs
 _DEFAULT_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 PAD = 4  # random-crop padding of the literature's CIFAR augmentation
 
@@ -112,6 +117,8 @@ def open_classifier_data(spec: str) -> ClassifierData:
         arrays = _read_digits()
     elif name in ("cifar10", "cifar100"):
         arrays = _read_cifar(name, root)
+    elif name == "tinyimagenet":
+        arrays = _read_tinyimagenet(root)
     else:
         arrays = _read_folder(root)
     return _assemble(name, root, *arrays)
@@ -121,12 +128,12 @@ def _parse(spec: str) -> tuple[str, Path | None]:
     if spec == "digits":
         return "digits", None
     head, sep, rest = spec.partition(":")
-    if sep and head in ("cifar10", "cifar100"):
+    if sep and head in _ROOTED:
         if not rest:
             raise UsageError(f"--data {spec}: give the dataset root after '{head}:'")
         return head, Path(rest)
     if sep and head.isalpha() and len(head) > 1 and not Path(spec).exists():
-        raise UsageError(f"--data {spec}: unknown dataset '{head}' (classifier data: digits, cifar10:ROOT, cifar100:ROOT, PATH)")
+        raise UsageError(f"--data {spec}: unknown dataset '{head}' (classifier data: digits, cifar10:ROOT, cifar100:ROOT, tinyimagenet:ROOT, PATH)")
     return "folder", Path(spec)
 
 
@@ -242,20 +249,55 @@ def _read_folder(root: Path):
 
 
 def _read_class_folders(folder: Path, classes: list[str]):
+    listed = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
+              for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)]
+    if not listed:
+        raise NegmergeError(f"{folder}: no images found (expected one sub-folder per class)")
+    return _read_images(listed)
+
+
+def _read_images(listed: list[tuple[Path, int]]):
+    """(path, label) pairs as one uint8 array of same-sized RGB images and their labels."""
     from PIL import Image
 
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) if (folder / name).is_dir() else []:
-            try:
-                with Image.open(io.BytesIO(files.read_bytes(path, what="an image"))) as image:
-                    images.append(np.asarray(image.convert("RGB")))
-            except (OSError, ValueError):
-                raise NegmergeError(f"{path}: not a readable image") from None
-            if images[-1].shape != images[0].shape:
-                raise NegmergeError(f"{path}: size {images[-1].shape[1]}x{images[-1].shape[0]} differs from the first image's "
-                                    f"{images[0].shape[1]}x{images[0].shape[0]}")
-            labels.append(label)
-    if not images:
-        raise NegmergeError(f"{folder}: no images found (expected one sub-folder per class)")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    images = []
+    for path, _ in listed:
+        try:
+            with Image.open(io.BytesIO(files.read_bytes(path, what="an image"))) as image:
+                images.append(np.asarray(image.convert("RGB")))
+        except (OSError, ValueError):
+            raise NegmergeError(f"{path}: not a readable image") from None
+        if images[-1].shape != images[0].shape:
+            raise NegmergeError(f"{path}: size {images[-1].shape[1]}x{images[-1].shape[0]} differs from the first image's "
+                                f"{images[0].shape[1]}x{images[0].shape[0]}")
+    return np.stack(images), np.asarray([label for _, label in listed], dtype=np.int64)
+
+
+# -- Tiny-ImageNet -----------------------------------------------------------------------------
+
+
+def _read_tinyimagenet(root: Path):
+    base = root / "tiny-imagenet-200" if (root / "tiny-imagenet-200").is_dir() else root
+    wnids_file, annotations = base / "wnids.txt", base / "val" / "val_annotations.txt"
+    for needed in (wnids_file, base / "train", annotations):
+        if not needed.exists():
+            raise NegmergeError(f"{base}: not Tiny-ImageNet ({needed.relative_to(base)} is missing)")
+    wnids = files.read_text(wnids_file).split()
+    if not wnids or len(set(wnids)) != len(wnids):
+        raise NegmergeError(f"{wnids_file}: expected distinct class ids, one per line")
+    train_x, train_y = _read_class_folders(base / "train", wnids)
+    labels = {wnid: label for label, wnid in enumerate(wnids)}
+    listed = []
+    for number, line in enumerate(files.read_text(annotations).splitlines(), 1):
+        fields = line.split("\t")
+        if not line.strip():
+            continue
+        if len(fields) < 2 or fields[1] not in labels or "/" in fields[0] or fields[0] in ("", ".", ".."):
+            raise NegmergeError(f"{annotations}: line {number}: expected 'IMAGE<TAB>WNID...' with a class of wnids.txt")
+        listed.append((base / "val" / "images" / fields[0], labels[fields[1]]))
+    if not listed:
+        raise NegmergeError(f"{annotations}: no images listed")
+    test_x, test_y = _read_images(listed)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise NegmergeError(f"{base}: train and val images differ in size")
+    return train_x, train_y, test_x, test_y, len(wnids)

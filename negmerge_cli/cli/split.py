@@ -13,7 +13,7 @@ from negmerge_cli.errors import UsageError
 
 @opt.with_options(opt.QUIET)
 def split(
-    data: Annotated[str, typer.Option("--data", "-d", help="Classifier data: digits, cifar10:ROOT, cifar100:ROOT, or a folder with train/ and test/.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Classifier data: digits, cifar10:ROOT, cifar100:ROOT, tinyimagenet:ROOT, or a folder with train/ and test/.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Split JSON to write.", dir_okay=False)],
     forget_fraction: Annotated[Optional[float], typer.Option("--forget-fraction", help="Random forgetting: this fraction of the training set (e.g. 0.1).")] = None,
     forget_classes: Annotated[Optional[str], typer.Option("--forget-classes", help="Class forgetting: comma-separated labels (e.g. 3,5).")] = None,

@@ -1,5 +1,7 @@
-"""The paper's published figures (NegMerge, ICML 2025; docs/reproduce.md, "The figures it should
-reproduce"): ViT-B/32, 30 fine-tunes, test accuracy, as fractions."""
+"""Published figures to put beside ours. CLIP (NegMerge, ICML 2025; docs/reproduce.md, "The figures
+it should reproduce"): ViT-B/32, 30 fine-tunes, test accuracy, as fractions. Classifiers
+(docs/reproduce-classifier.md): ResNet-18 on CIFAR-10 with 10% random forgetting, in percent and
+points as that literature prints them; NegMerge's own rows there come from secondary sources."""
 
 from __future__ import annotations
 
@@ -43,3 +45,42 @@ def to_json() -> dict:
             "averages": {m: {"forget_acc1": p.forget, "retain_acc1": p.retain} for m, p in AVERAGES.items()},
             "cells": [{"method": m, "dataset": d, "lambda": p.coef, "forget_acc1": p.forget, "retain_acc1": p.retain}
                       for (m, d), p in CELLS.items()]}
+
+
+# -- the classifier scenario -------------------------------------------------------------------
+
+CLASSIFIER_SETTING = "ResNet-18, CIFAR-10, 10% random forgetting"
+CLASSIFIER_DATASET = "cifar10"
+
+
+@dataclass(frozen=True)
+class PublishedUnlearning:
+    """Dr / Df / Dtest accuracy and MIA-efficacy in %, Avg. Gap in points (None: not published)."""
+
+    title: str
+    dr: Optional[float]
+    df: Optional[float]
+    dtest: Optional[float]
+    mia: Optional[float]
+    avg_gap: float
+    secondary: bool = False  # from secondary sources, not the paper's own table
+
+
+CLASSIFIER = {
+    "retrain": PublishedUnlearning("Retrain", 100.00, 94.76, 94.26, 12.88, 0.0),
+    "salun": PublishedUnlearning("SalUn", 99.62, 97.15, 93.93, 14.39, 1.15),
+    "finetune_retain": PublishedUnlearning("fine-tune on Dr", 99.88, 99.37, 94.06, 2.70, 3.78),
+    "gradient_ascent": PublishedUnlearning("gradient ascent", 99.50, 99.31, 94.01, 1.70, 4.12),
+    "random_labels": PublishedUnlearning("random labels", 99.67, 92.39, 92.83, 37.36, 7.15),
+    "l1_sparse": PublishedUnlearning("l1-sparse", 97.74, 95.81, 91.59, 9.84, 2.26),
+    "negmerge": PublishedUnlearning("NegMerge", None, None, None, None, 1.07, secondary=True),
+    "best_single": PublishedUnlearning("best single task vector", None, None, None, None, 1.62, secondary=True),
+    "mean": PublishedUnlearning("uniform mean", None, None, None, None, 1.75, secondary=True),
+}
+
+
+def classifier_to_json() -> dict:
+    return {"setting": CLASSIFIER_SETTING, "units": "percent (accuracy, MIA-efficacy); points (avg_gap)",
+            "rows": [{"method": key, "title": p.title, "dr_acc": p.dr, "df_acc": p.df, "dtest_acc": p.dtest,
+                      "mia_efficacy": p.mia, "avg_gap": p.avg_gap, "secondary_sources": p.secondary}
+                     for key, p in CLASSIFIER.items()]}

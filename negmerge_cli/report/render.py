@@ -19,7 +19,10 @@ DATASET_TITLES = {"cars": "Cars", "dtd": "DTD", "eurosat": "EuroSAT", "gtsrb": "
                   "resisc45": "RESISC45", "sun397": "SUN397", "svhn": "SVHN", "imagenet": "ImageNet"}
 METHOD_TITLES = {"pretrained": "Pretrained", "best_single": "Task Arithmetic (best single)",
                  "mean": "Uniform Merge (mean)", "sum": "Task Arithmetic (sum)", "ties": "TIES-Merging",
-                 "dare": "DARE", "magmax": "MagMax", "negmerge": "NegMerge"}
+                 "dare": "DARE", "magmax": "MagMax", "negmerge": "NegMerge",
+                 # the classifier reproduction's rows
+                 "original": "Original", "retrain": "Retrain", "finetune_retain": "Fine-tune on Dr",
+                 "gradient_ascent": "Gradient ascent", "random_labels": "Random labels"}
 
 
 def check_format(name: str) -> str:
@@ -32,17 +35,25 @@ def render(report: Report, form: str, with_published: bool = False) -> str:
     return {"markdown": markdown, "csv": to_csv, "json": to_json}[check_format(form)](report, with_published)
 
 
+def _clip_published(report: Report, with_published: bool) -> bool:
+    """The paper's CLIP figures go in parentheses beside CLIP rows only."""
+    return with_published and not report.is_classifier
+
+
 # -- Markdown ------------------------------------------------------------------------------------
 
 
 def markdown(report: Report, with_published: bool = False) -> str:
     parts = []
+    clip_published = _clip_published(report, with_published)
     for setting in report.settings:
         if setting != HEADLINE or len(report.settings) > 1:
             parts.append(f"### {HEADLINE_TITLE if setting == HEADLINE else setting}\n")
-        parts.append(_accuracy_table(report, setting, with_published))
-        parts.append(_lambda_table(report, setting, with_published))
+        parts.append(_accuracy_table(report, setting, clip_published))
+        parts.append(_lambda_table(report, setting, clip_published))
         parts.append(_metrics_table(report, setting))
+    if with_published and report.is_classifier:
+        parts.append(_classifier_published_table())
     return "\n".join(p for p in parts if p)
 
 
@@ -130,6 +141,16 @@ def _metrics_table(report: Report, setting: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _classifier_published_table() -> str:
+    lines = [f"Published ({paper.CLASSIFIER_SETTING}): accuracies and MIA-efficacy in %, Avg. Gap in points "
+             "to Retrain.", ""]
+    lines += _header(["Method", "Dr %", "Df %", "Dtest %", "MIA-efficacy %", "Avg. Gap"])
+    for known in paper.CLASSIFIER.values():
+        lines.append(_line([known.title + ("\u2020" if known.secondary else "")]
+                           + [_number(v) for v in (known.dr, known.df, known.dtest, known.mia, known.avg_gap)]))
+    return "\n".join(lines + ["", "\u2020 from secondary sources, not the paper's own table."]) + "\n"
+
+
 def _title(dataset: str) -> str:
     return DATASET_TITLES.get(dataset, dataset)
 
@@ -154,9 +175,12 @@ def _number(value: Optional[float]) -> str:
 
 
 def _records(report: Report, with_published: bool) -> list[dict]:
-    """One flat record per row, then per average (dataset ``average``): the CSV's lines."""
+    """One flat record per row, then per average (dataset ``average``): the CSV's lines; with the
+    classifier's published figures, one record per published method (setting ``published``)."""
     keys = report.metric_keys()
     records = []
+    if report.is_classifier:
+        with_published, classifier_published = False, with_published
     for setting in report.settings:
         for method in report.methods(setting):
             for dataset in report.datasets:
@@ -178,7 +202,17 @@ def _records(report: Report, with_published: bool) -> list[dict]:
                 if with_published:
                     record.update(_published_fields(paper.average(method) if setting == HEADLINE else None))
                 records.append(record)
+    if report.is_classifier and classifier_published:
+        records += [_classifier_published_record(key, known, keys) for key, known in paper.CLASSIFIER.items()]
     return records
+
+
+def _classifier_published_record(method: str, known, keys: list[str]) -> dict:
+    fraction = lambda value: None if value is None else round(value / 100, 6)
+    metrics = {"dtest": known.dtest, "mia": known.mia, "avg_gap": known.avg_gap}
+    return {"setting": "published", "method": method, "dataset": paper.CLASSIFIER_DATASET, "split": "test",
+            "lambda": None, "forget_acc1": fraction(known.df), "retain_acc1": fraction(known.dr), "kept": None,
+            "n_datasets": None, **{k: metrics.get(k) for k in keys}, "vector": None}
 
 
 def _published_fields(known) -> dict:
@@ -204,5 +238,5 @@ def to_json(report: Report, with_published: bool = False) -> str:
             "averages": [a.to_json() for s in report.settings for m in report.methods(s)
                          if (a := report.average(s, m)) is not None]}
     if with_published:
-        data["published"] = paper.to_json()
+        data["published"] = paper.classifier_to_json() if report.is_classifier else paper.to_json()
     return json.dumps(data, indent=2, allow_nan=False) + "\n"

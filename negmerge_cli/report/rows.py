@@ -13,7 +13,7 @@ HEADLINE = ""  # the setting of rows chosen by the paper's rule on its grid
 # Optional metrics (keys in the JSON -> column titles): scenarios beyond CLIP (the classifier
 # scenario's Avg. Gap and MIA-efficacy) write them, in points or fractions as their docs say.
 OPTIONAL_METRICS = {"dtest": "Dtest %", "mia": "MIA-efficacy %", "avg_gap": "Avg. Gap"}
-METHOD_ORDER = ("pretrained", "best_single", "sum", "mean", "ties", "dare", "magmax", "negmerge")
+METHOD_ORDER = ("pretrained", "original", "retrain", "best_single", "sum", "mean", "ties", "dare", "magmax", "negmerge")
 DATASET_ORDER = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
 
 
@@ -116,6 +116,12 @@ class Report:
 
     def splits(self) -> set[str]:
         return {r.split for r in self.rows if r.forget is not None}
+
+    @property
+    def is_classifier(self) -> bool:
+        """Rows from the classifier scenario (only its eval writes MIA-efficacy): its published
+        figures, not CLIP's, belong beside them."""
+        return "mia" in self.metric_keys()
 
 
 def _unique(values) -> list:
