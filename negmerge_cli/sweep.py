@@ -103,6 +103,17 @@ def check_grid(grid: Grid) -> None:
             raise UsageError(f"{option(name)} {bad}: must be {requirement}")
 
 
+def select_points(points: list[GridPoint], wanted: Optional[Sequence[int]]) -> list[GridPoint]:
+    """The grid points ``--point`` names (all of them when it is not given)."""
+    if wanted is None:
+        return points
+    bad = [i for i in wanted if not 0 <= i < len(points)]
+    if bad:
+        raise UsageError(f"{option('point')} {bad[0]} is out of range: the grid has {len(points)} points "
+                         f"(0..{len(points) - 1})")
+    return [points[i] for i in wanted]
+
+
 def expand_grid(grid: Grid, default_epochs=None, seed_mode: str = PER_POINT) -> list[GridPoint]:
     """All grid points. ``default_epochs(randaug) -> int|None`` fills in epochs when neither is given;
     ``seed_mode`` says how each point's ``train_seed`` follows from its ``seed``."""

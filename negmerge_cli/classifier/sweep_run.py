@@ -19,7 +19,7 @@ from negmerge_cli import errors, files
 from negmerge_cli.errors import UsageError
 from negmerge_cli.output import output
 from negmerge_cli.results import PointRecord
-from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of
+from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
 
 SUBSETS = ("all", "retain", "forget")
 BASE_INIT_SEED = 0
@@ -51,14 +51,7 @@ def check_options(options) -> None:
 def plan(options):
     check_options(options)
     grid = Grid(**{**asdict(options.grid), "randaug": [NO_AUGMENTATION]})
-    points = expand_grid(grid, None, options.seed_mode)
-    if options.point is not None:
-        bad = [i for i in options.point if not 0 <= i < len(points)]
-        if bad:
-            raise UsageError(f"{errors.option('point')} {bad[0]} is out of range: the grid has {len(points)} points "
-                             f"(0..{len(points) - 1})")
-        points = [points[i] for i in options.point]
-    return points
+    return select_points(expand_grid(grid, None, options.seed_mode), options.point)
 
 
 def finetune(options):

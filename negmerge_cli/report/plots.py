@@ -17,7 +17,7 @@ from typing import Sequence
 from negmerge_cli import files
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.report.readers import short_label
-from negmerge_cli.report.rows import HEADLINE, METHOD_ORDER, Curve
+from negmerge_cli.report.rows import HEADLINE, Curve
 from negmerge_cli.results import SearchResult
 
 SUFFIXES = {"": "png", ".png": "png", ".svg": "svg", ".pdf": "pdf"}  # PNG unless the suffix says otherwise
@@ -174,8 +174,10 @@ def _legend_keys(axes, curves: list[Curve], limits: list[float]) -> None:
         axes.plot([], [], "--", color=BAR, label=f"retain bar ({threshold:g} x base)")
 
 
+# one colour per method, the same in every figure
+COLOURS = {"pretrained": "tab:gray", "best_single": "tab:brown", "sum": "tab:olive", "mean": "tab:blue",
+           "ties": "tab:orange", "dare": "tab:pink", "magmax": "tab:purple", "negmerge": "tab:red"}
+
+
 def _colour(method: str, index: int) -> str:
-    palette = ("tab:gray", "tab:brown", "tab:olive", "tab:blue", "tab:orange", "tab:pink", "tab:purple", "tab:red")
-    if method in METHOD_ORDER:
-        return palette[METHOD_ORDER.index(method)]
-    return ("tab:cyan", "tab:green", "black")[index % 3]
+    return COLOURS.get(method, ("tab:cyan", "tab:green", "black")[index % 3])

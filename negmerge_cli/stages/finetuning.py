@@ -21,7 +21,7 @@ from negmerge_cli.errors import UsageError, option
 from negmerge_cli.output import output
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
 from negmerge_cli.sweep import (NO_AUGMENTATION, PER_POINT, Grid, GridPoint, SweepFolder, check_seed_mode,
-                                expand_grid, identity_of, normalise_randaug)
+                                expand_grid, identity_of, normalise_randaug, select_points)
 
 
 @dataclass
@@ -116,12 +116,7 @@ def _plan_clip(options: FinetuneOptions) -> list[GridPoint]:
                          options.seed_mode)
     if options.freeze:
         freeze.select(freeze.encoder_sizes(options.model), options.freeze)
-    if options.point is not None:
-        bad = [i for i in options.point if not 0 <= i < len(points)]
-        if bad:
-            raise UsageError(f"{option('point')} {bad[0]} is out of range: the grid has {len(points)} points "
-                             f"(0..{len(points) - 1})")
-        points = [points[i] for i in options.point]
+    points = select_points(points, options.point)
     if not points:
         raise UsageError("the grid has no points")
     return points
