@@ -105,6 +105,13 @@ def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     assert all(name in report for name in ("NegMerge", "Uniform Merge", "best single", "Retrain", "Gradient ascent", "Avg. Gap",
                                          "| SalUn |"))
 
+    # the reproduction folder itself reads as the same rows as the Makefile's list of eval files
+    from negmerge_cli.stages import make_report
+
+    by_folder, listed = make_report([out])[0], make_report(sorted(out.glob("*/eval.json")))[0]
+    assert sorted(r.method for r in by_folder.rows) == sorted(r.method for r in listed.rows) == sorted(
+        ["original", "retrain", "negmerge", "mean", "best_single", "gradient_ascent"])
+
     rerun = subprocess.run([*command, "-n"], capture_output=True, text=True, cwd=tmp_path, env=environment,
                            timeout=120)
     assert [c[0] for c in _negmerge_commands(rerun.stdout.replace(settings["NEGMERGE"], MARK))] == ["report"]

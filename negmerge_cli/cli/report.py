@@ -12,7 +12,7 @@ from negmerge_cli.cli import options as opt
 
 @opt.with_options(opt.QUIET)
 def report(
-    paths: Annotated[list[Path], typer.Argument(help="Results: eval --json / eval --vector --json files, a demo folder, reproduction folders (OUT, OUT/DS, OUT/DS/METHOD).")],
+    paths: Annotated[list[Path], typer.Argument(help="Results: eval --json / eval --vector --json files, a demo folder, reproduction folders (OUT, OUT/DS, OUT/DS/METHOD; the classifier one's OUT, OUT/METHOD).")],
     form: Annotated[Optional[str], typer.Option("--format", help="markdown, csv or json (default: from -o's suffix .md/.csv/.json, else markdown).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the table here instead of stdout.", dir_okay=False)] = None,
     published: Annotated[bool, typer.Option("--published", help="Put the paper's published figures (ViT-B/32) beside ours.")] = False,

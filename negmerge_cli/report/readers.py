@@ -30,7 +30,7 @@ from negmerge_cli.results import (CLASSIFIER_EVAL_TASK, DEMO_TASK, SEARCH_TASK, 
 
 SPLITS = ("train", "val", "test")
 GENERIC_STEMS = {"search", "test", "results", "eval", "result"}  # the Makefile's names: the folder names the method
-METHOD_FILES = ("search.json", "test.json")
+METHOD_FILES = ("search.json", "test.json", "eval.json")  # eval.json: the classifier reproduction's
 SKIPPED_FOLDERS = {"single"}  # OUT/DS/single/<point>/: the best single vector's candidates
 RETAIN_KIND = "imagenet"  # the paper's retain set
 MAX_JSON_BYTES = 64 << 20
@@ -226,8 +226,11 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _read_method_folder(folder: Path) -> Found:
-    """``search.json`` (lambda, Val), ``test.json`` (test), ``inspect.json`` (kept), ``choice.json``."""
+    """``search.json`` (lambda, Val), ``test.json`` (test), ``inspect.json`` (kept), ``choice.json``;
+    or the classifier reproduction's ``eval.json`` (its metrics against the retrained model)."""
     method, found = folder.name, Found()
+    if (folder / "eval.json").is_file():
+        found.add(_read_file(folder / "eval.json"))
     search = None
     if (folder / "search.json").is_file():
         path = folder / "search.json"
