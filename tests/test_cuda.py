@@ -70,7 +70,7 @@ def test_classifier_finetune_and_eval_on_cuda(tmp_path):
     from negmerge_cli.classifier.split import make_forget_split
     from tests.helpers import run_cli
 
-    trained = run_cli("finetune", *CLASSIFIER, "--steps", "20", "--lr", "0.05", "--device", "cuda",
+    trained = run_cli("finetune", *CLASSIFIER, "--steps", "80", "--lr", "0.05", "--device", "cuda",
                       "-o", tmp_path / "original")
     assert trained.returncode == 0, trained.stderr
     (checkpoint,) = [p for p in (tmp_path / "original").glob("*.safetensors") if p.name != "base.safetensors"]
@@ -84,6 +84,6 @@ def test_classifier_finetune_and_eval_on_cuda(tmp_path):
                          "--device", device, "--json", out)
         assert result.returncode == 0, result.stderr
         metrics[device] = json.loads(out.read_text())["metrics"]
-    assert metrics["cuda"]["dr_acc"] > 0.5  # 20 steps on digits learn something
+    assert metrics["cuda"]["dr_acc"] > 0.5  # 80 steps on digits learn something
     for name, value in metrics["cpu"].items():
         assert metrics["cuda"][name] == pytest.approx(value, abs=0.01), name
