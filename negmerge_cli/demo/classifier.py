@@ -50,7 +50,7 @@ def run_classifier_demo(workdir: Path, settings: ClassifierDemoSettings, force: 
     import torch
 
     threads = torch.get_num_threads()
-    # one thread: the same table on every machine (the order of a multi-threaded reduction changes
+    # one thread: the same table whatever the core count (the order of a multi-threaded reduction changes
     # the training's last bits, and the k fine-tunes amplify them); the tiny model barely gains from more
     torch.set_num_threads(1)
     try:
