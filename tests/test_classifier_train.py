@@ -101,6 +101,9 @@ def test_schedules():
     (["--objective", "forget-harder"], ["--objective", "ce, ascent, random-labels"]),
     (["--num-classes", "7"], ["--num-classes 7", "10 classes"]),
     (["--model", "resnet-nope"], ["--model", "unknown model"]),
+    (["--augment", "sideways"], ["--augment", "crop-flip, crop, none"]),
+    (["--randaug", "1,1"], ["--randaug is for CLIP models", "--augment"]),
+    (["--model", "negmerge-tiny", "--augment", "none"], ["--augment is for classifier models"]),
 ])
 def test_finetune_bad_inputs_create_nothing(cli, tmp_path, extra, fragments):
     target = tmp_path / "sweep"
@@ -125,3 +128,22 @@ def test_finetune_refuses_a_split_for_another_dataset_and_wrong_pretrained(cli, 
     result = cli("finetune", *FAST, "--steps", "1", "--pretrained", tmp_path / "c100.safetensors", "-o", tmp_path / "b")
     assert result.returncode != 0 and "fc.weight has 100 rows; --num-classes is 10" in result.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_augment_choice_is_recorded_and_changes_the_training(cli, tmp_path):
+    """--augment none trains on the plain images, crop on pad-4 crops: different weights from the
+    same seed; the choice is part of the sweep's identity (a resume with another is refused)."""
+    trained = {}
+    for choice in ("none", "crop"):
+        target = tmp_path / choice
+        result = cli("finetune", *FAST, "--steps", "2", "--augment", choice, "-o", target)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((target / "sweep.json").read_text())["identity"]["augmentation"] == choice
+        (path,) = [p for p in target.glob("*.safetensors") if p.name != "base.safetensors"]
+        with open_checkpoint(path) as checkpoint:
+            trained[choice] = checkpoint.read_tensor("conv1.weight")
+    assert not torch.equal(trained["none"], trained["crop"])
+    assert cli("finetune", *FAST, "--steps", "1", "-o", tmp_path / "d").returncode == 0
+    assert json.loads((tmp_path / "d" / "sweep.json").read_text())["identity"]["augmentation"] == "crop"  # digits
+    refused = cli("finetune", *FAST, "--steps", "2", "--augment", "crop", "-o", tmp_path / "none")
+    assert refused.returncode != 0 and "augmentation" in refused.stderr, refused.stderr

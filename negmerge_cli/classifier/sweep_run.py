@@ -22,6 +22,7 @@ from negmerge_cli.results import PointRecord
 from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
 
 SUBSETS = ("all", "retain", "forget")
+AUGMENTATIONS = ("crop-flip", "crop", "none")  # pad-4 random crop (+ horizontal flip), or none
 BASE_INIT_SEED = 0
 # The classifier family's defaults where the CLIP family has its own (cli/finetune.py)
 DEFAULT_LR = 0.1  # cli/finetune.py uses these when --lr/--wd are not given
@@ -43,7 +44,10 @@ def check_options(options) -> None:
         raise UsageError(f"{errors.option('subset')} {options.subset} needs {errors.option('forget_split')} "
                          "(made by `negmerge split`)")
     if [v for v in options.grid.randaug if v != NO_AUGMENTATION]:
-        raise UsageError(f"{errors.option('randaug')}: the classifier family trains with crop + flip; leave it out")
+        raise UsageError(f"{errors.option('randaug')} is for CLIP models; classifiers take {errors.option('augment')} "
+                         f"({', '.join(AUGMENTATIONS)})")
+    if options.augment is not None and options.augment not in AUGMENTATIONS:
+        raise UsageError(f"{errors.option('augment')} {options.augment!r}: must be one of {', '.join(AUGMENTATIONS)}")
     if options.freeze:
         raise UsageError(f"{errors.option('freeze')} is for CLIP image encoders; classifiers train every parameter")
 
@@ -77,6 +81,7 @@ class ClassifierSweepRun:
             raise UsageError(f"{errors.option('num_classes')} {self.num_classes}: {options.data} has "
                              f"{self.data.num_classes} classes")
         self.split = load_forget_split(options.forget_split, self.data) if options.forget_split else None
+        self.train_set = self.data.train.with_augment(training_augment(options.augment, self.data))
         self.indices = self._subset_indices()
         self.base_model = self._build_base() if options.pretrained else None  # refuse bad weights early
         self.folder = SweepFolder(options.output, sweep_identity(options, self.data, self.split, self.num_classes))
@@ -137,7 +142,7 @@ class ClassifierSweepRun:
                              host=socket.gethostname(), pid=os.getpid())
         self.folder.write_record(record)
         try:
-            stats = train_classifier(model, self.data.train, self.indices, settings_for(self.options, point),
+            stats = train_classifier(model, self.train_set, self.indices, settings_for(self.options, point),
                                      self.device, description=f"[{point.index}] {point.name}")
         except Exception as exc:
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -171,6 +176,19 @@ def settings_for(options, point):
                               schedule=options.schedule, objective=options.objective, workers=options.workers)
 
 
+def augmentation_choice(augment, data) -> str:
+    """The ``--augment`` in force: as given, else crop-flip (crop for digits, whose mirror images are
+    other shapes)."""
+    return augment or ("crop" if data.name == "digits" else "crop-flip")
+
+
+def training_augment(augment, data):
+    from negmerge_cli.classifier.data import Augment
+
+    choice = augmentation_choice(augment, data)
+    return None if choice == "none" else Augment(crop=True, flip=choice == "crop-flip")
+
+
 def warmup_steps(options) -> int:
     return DEFAULT_WARMUP_STEPS if options.warmup_steps is None else options.warmup_steps
 
@@ -183,4 +201,4 @@ def sweep_identity(options, data, split, num_classes: int) -> dict:
     return {**identity, "family": "classifier", "num_classes": num_classes, "dataset": data.identity,
             "subset": options.subset, "forget_split": split.digest if split else None,
             "objective": options.objective, "optimizer": options.optimizer or "sgd", "schedule": options.schedule,
-            "augmentation": "random crop (pad 4)" + (" + horizontal flip" if data.name != "digits" else "")}
+            "augmentation": augmentation_choice(options.augment, data)}

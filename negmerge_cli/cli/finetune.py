@@ -53,6 +53,7 @@ def finetune(
     objective: Annotated[str, typer.Option("--objective", help="Classifiers: ce (cross-entropy), ascent (gradient ascent), random-labels (CE against a random wrong class).", rich_help_panel="Classifier models")] = "ce",
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd (momentum 0.9; the classifier default) or adamw (CLIP's, its only one).", rich_help_panel="Classifier models")] = None,
     schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = "cosine",
+    augment: Annotated[Optional[str], typer.Option("--augment", help="Classifiers: crop-flip (pad-4 random crop + horizontal flip; the default), crop (the default for digits) or none.", rich_help_panel="Classifier models")] = None,
     device: opt.Device = "auto",
 ) -> None:
     """Fine-tune a CLIP image encoder against the frozen zero-shot head, or train a classifier, once per grid point.
@@ -82,7 +83,7 @@ def finetune(
         quick_gelu=quick_gelu, precision=precision,
         randaug_interpolation=randaug_interpolation,
         seed_mode=seed_mode, freeze=freeze or [], num_classes=num_classes, forget_split=forget_split,
-        subset=subset, objective=objective, optimizer=optimizer, schedule=schedule,
+        subset=subset, objective=objective, optimizer=optimizer, schedule=schedule, augment=augment,
     )
     if list_points:
         for p in plan(options):

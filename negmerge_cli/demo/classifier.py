@@ -4,10 +4,10 @@
     -> vectors -> NegMerge and baselines -> lambda by the retain-bar rule -> apply -> metrics
 
 Df is a whole class (digit 3): with a random 10% of these easy digits, the retrained model already
-scores ~99% on Df (it generalises), so there is nothing to unlearn to show. Training is finetune's
-classifier loop (``classifier.train.train_classifier``: SGD with momentum 0.9, cosine schedule,
-deterministic per seed) on the un-augmented images (random crops of 8x8 digits lose the digit);
-every other step is a library stage (vector, merge, the classifier eval and search, apply).
+scores ~99% on Df (it generalises), so there is nothing to unlearn to show. Every step is a library
+stage: the original, the retrained model and the k fine-tunes are ``finetune`` sweeps (SGD with
+momentum 0.9, cosine schedule, ``--augment none``), then vector, merge, the classifier eval and
+search, apply.
 """
 
 from __future__ import annotations
@@ -25,18 +25,20 @@ METHODS = ("negmerge", "mean", "ties", "magmax")
 @dataclass(frozen=True)
 class ClassifierDemoSettings:
     epochs: int  # original and retrain
-    finetunes: tuple[tuple[int, float, float], ...]  # k x (epochs on Df, weight decay, label smoothing)
+    # the k fine-tunes on Df: their grid, epochs x weight decay x label smoothing
+    finetune_epochs: tuple[int, ...]
+    finetune_wd: tuple[float, ...]
+    finetune_label_smoothing: tuple[float, ...]
     coefs: tuple[float, ...]  # 0 to 2: no published grid here, and at 1 the retain bar may not bind yet
     buffers_experiment: bool  # also NegMerge with BatchNorm running statistics in the vectors
 
     @classmethod
     def full(cls) -> "ClassifierDemoSettings":
-        grid = tuple((e, wd, ls) for e in (3, 5) for wd in (5e-4, 1e-4) for ls in (0.0, 0.1))
-        return cls(12, grid, tuple(round(i / 20, 10) for i in range(41)), True)
+        return cls(12, (3, 5), (5e-4, 1e-4), (0.0, 0.1), tuple(round(i / 20, 10) for i in range(41)), True)
 
     @classmethod
     def quick(cls) -> "ClassifierDemoSettings":
-        return cls(3, ((3, 5e-4, 0.0), (5, 1e-4, 0.1), (3, 1e-4, 0.05)), tuple(i / 5 for i in range(11)), False)
+        return cls(8, (3, 5), (5e-4,), (0.0, 0.1), tuple(i / 5 for i in range(11)), False)
 
 
 def log(message: str) -> None:
@@ -70,14 +72,13 @@ def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
     data = open_classifier_data("digits")
     split = make_forget_split(data, classes=list(FORGET_CLASSES))
     split.save(work / "forget.json", force=True)
-    everything = list(range(len(data.train)))
-    log(f"training the original (all {len(everything)} images) and the retrained model (Dr only), "
+    log(f"training the original (all {len(data.train)} images) and the retrained model (Dr only), "
         f"{settings.epochs} epochs each")
-    original = _train_new(work / "original.safetensors", data, everything, settings.epochs, seed=0)
-    retrain = _train_new(work / "retrain.safetensors", data, split.retain_indices, settings.epochs, seed=1)
-    log(f"{len(settings.finetunes)} fine-tunes of the original on Df")
-    finetuned = [_finetune(work, original, data, split.forget_indices, point, i)
-                 for i, point in enumerate(settings.finetunes)]
+    original = _finetune_stage(work / "original", "all", settings.epochs, lr=0.05, seed=0)[0]
+    retrain = _finetune_stage(work / "retrain", "retain", settings.epochs, lr=0.05, seed=1)[0]
+    finetuned = _finetune_stage(work / "finetune", "forget", settings.finetune_epochs, lr=0.01, seed=100,
+                                wd=settings.finetune_wd, label_smoothing=settings.finetune_label_smoothing,
+                                pretrained=original)
     timings = {"training_s": round(time.perf_counter() - started, 1)}
     retrained = _evaluate(work, retrain, "retrain", None, force)
     start = _evaluate(work, original, "original", work / "eval" / "retrain.json", force)
@@ -103,40 +104,22 @@ def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
     return results
 
 
-def _train_new(path: Path, data, indices, epochs: int, seed: int) -> Path:
-    import torch
+def _finetune_stage(sweep: Path, subset: str, epochs, lr: float, seed: int, wd=(5e-4,), label_smoothing=(0.0,),
+                    pretrained: Path | None = None) -> list[Path]:
+    """One `negmerge finetune` sweep (from scratch without ``pretrained``); its checkpoints. The
+    images are not augmented: pad-4 crops of 8x8 digits lose the digit."""
+    from negmerge_cli.stages import FinetuneOptions, Grid, finetune
 
-    from negmerge_cli.classifier.models import create_classifier
-
-    torch.manual_seed(seed)
-    model = create_classifier(MODEL, data.num_classes)
-    return _save(_sgd(model, data, indices, epochs, 0.05, 5e-4, 0.0, seed), path)
-
-
-def _finetune(work: Path, original: Path, data, forget, point, index: int) -> Path:
-    from negmerge_cli.classifier.models import load_classifier
-
-    epochs, wd, smoothing = point
-    model = load_classifier(MODEL, data.num_classes, original, "cpu")
-    name = f"ft{index}_e{epochs}_wd{wd:g}_ls{smoothing:g}.safetensors"
-    return _save(_sgd(model, data, forget, epochs, 0.01, wd, smoothing, 100 + index), work / "finetune" / name)
-
-
-def _sgd(model, data, indices, epochs: int, lr: float, wd: float, smoothing: float, seed: int, batch: int = 64):
-    from negmerge_cli.classifier.train import ClassifierSettings, train_classifier
-
-    settings = ClassifierSettings(lr=lr, wd=wd, label_smoothing=smoothing, seed=seed, epochs=epochs, steps=None,
-                                  batch_size=batch)
-    train_classifier(model, data.train_eval_view(), indices, settings, "cpu", description=f"train (seed {seed})")
-    return model.eval()
-
-
-def _save(model, path: Path) -> Path:
-    from negmerge_cli.checkpoint import save_state_dict
-    from negmerge_cli.classifier.models import architecture_metadata
-
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    return save_state_dict(state, path, architecture_metadata(MODEL, 10), force=True)
+    epochs = epochs if isinstance(epochs, tuple) else (epochs,)
+    if subset == "forget":
+        log(f"{len(epochs) * len(wd) * len(label_smoothing)} fine-tunes of the original on Df")
+    options = FinetuneOptions(
+        model=MODEL, data="digits", output=sweep, pretrained=str(pretrained) if pretrained else None,
+        grid=Grid(lr=[lr], epochs=list(epochs), wd=list(wd), label_smoothing=list(label_smoothing), seed=[seed]),
+        batch_size=64, workers=0, device="cpu", subset=subset,
+        forget_split=sweep.parent / "forget.json" if subset != "all" else None, augment="none")
+    manifest = finetune(options)
+    return [sweep / point.file for point in manifest.finished]
 
 
 def _model_options(checkpoint: Path):

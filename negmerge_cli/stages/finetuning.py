@@ -55,6 +55,7 @@ class FinetuneOptions:
     objective: str = "ce"  # ce | ascent | random-labels
     optimizer: Optional[str] = None  # None: the family's (CLIP adamw, classifier sgd)
     schedule: str = "cosine"  # classifier: cosine | step
+    augment: Optional[str] = None  # classifier: crop-flip | crop | none; None: the data's (crop-flip; crop for digits)
 
 
 CLIP_WARMUP_STEPS = 500
@@ -74,7 +75,8 @@ def _check_clip_only(options: FinetuneOptions) -> None:
     """Options of the classifier family a CLIP sweep cannot honour: refused, not ignored."""
     extras = [("num_classes", options.num_classes is not None), ("forget_split", options.forget_split is not None),
               ("subset", options.subset != "all"), ("objective", options.objective != "ce"),
-              ("schedule", options.schedule != "cosine"), ("optimizer", options.optimizer not in (None, "adamw"))]
+              ("schedule", options.schedule != "cosine"), ("optimizer", options.optimizer not in (None, "adamw")),
+              ("augment", options.augment is not None)]
     given = [name for name, present in extras if present]
     if given:
         raise UsageError(f"{option(given[0])} is for classifier models; {option('model')} {options.model} is a CLIP model")
