@@ -49,6 +49,22 @@ class Augment:
     crop: bool = True
     flip: bool = True
 
+    @property
+    def name(self) -> str:
+        return "-".join(part for part, on in (("crop", self.crop), ("flip", self.flip)) if on) or "none"
+
+
+AUGMENTATIONS = ("crop-flip", "crop", "none")  # finetune --augment: pad-4 random crop (+ horizontal flip), or none
+
+
+def augment_named(name: str) -> Augment | None:
+    """``--augment NAME`` (one of AUGMENTATIONS) as the dataset's training transform."""
+    return None if name == "none" else Augment(crop=True, flip=name == "crop-flip")
+
+
+def augment_name(augment: Augment | None) -> str:
+    return "none" if augment is None else augment.name
+
 
 class ImageArrayDataset:
     """(image tensor CxHxW float, label) pairs from uint8 NxHxWxC ``images``; ``augment`` draws from

@@ -22,7 +22,6 @@ from negmerge_cli.results import PointRecord
 from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
 
 SUBSETS = ("all", "retain", "forget")
-AUGMENTATIONS = ("crop-flip", "crop", "none")  # pad-4 random crop (+ horizontal flip), or none
 BASE_INIT_SEED = 0
 # The classifier family's defaults where the CLIP family has its own (cli/finetune.py)
 DEFAULT_LR = 0.1  # cli/finetune.py uses these when --lr/--wd are not given
@@ -33,6 +32,7 @@ DEFAULT_WARMUP_STEPS = 0
 def check_options(options) -> None:
     """Everything that can be refused before data or models are touched."""
     from negmerge_cli.classifier import models, train
+    from negmerge_cli.classifier.data import AUGMENTATIONS
 
     models.check_classifier_name(options.model)
     if options.num_classes is not None:
@@ -84,7 +84,8 @@ class ClassifierSweepRun:
         self.train_set = self.data.train.with_augment(training_augment(options.augment, self.data))
         self.indices = self._subset_indices()
         self.base_model = self._build_base() if options.pretrained else None  # refuse bad weights early
-        self.folder = SweepFolder(options.output, sweep_identity(options, self.data, self.split, self.num_classes))
+        self.folder = SweepFolder(options.output, sweep_identity(options, self.data, self.split, self.num_classes,
+                                                                 self.train_set.augment))
 
     def _subset_indices(self):
         if self.options.subset == "all":
@@ -176,29 +177,27 @@ def settings_for(options, point):
                               schedule=options.schedule, objective=options.objective, workers=options.workers)
 
 
-def augmentation_choice(augment, data) -> str:
-    """The ``--augment`` in force: as given, else crop-flip (crop for digits, whose mirror images are
-    other shapes)."""
-    return augment or ("crop" if data.name == "digits" else "crop-flip")
-
-
 def training_augment(augment, data):
-    from negmerge_cli.classifier.data import Augment
+    """``--augment`` as given, else the data's own training transform (crop + flip; crop alone for
+    digits, whose mirror images are other shapes)."""
+    from negmerge_cli.classifier.data import augment_named
 
-    choice = augmentation_choice(augment, data)
-    return None if choice == "none" else Augment(crop=True, flip=choice == "crop-flip")
+    return data.train.augment if augment is None else augment_named(augment)
 
 
 def warmup_steps(options) -> int:
     return DEFAULT_WARMUP_STEPS if options.warmup_steps is None else options.warmup_steps
 
 
-def sweep_identity(options, data, split, num_classes: int) -> dict:
+def sweep_identity(options, data, split, num_classes: int, augment) -> dict:
     """The shared identity (model, weights, data, batch, seed mode...) plus what makes a classifier
-    sweep: class count, dataset identity, subset, the forget split's digest, objective, optimizer."""
+    sweep: class count, dataset identity, subset, the forget split's digest, objective, optimizer and
+    the training augmentation in force (a resume with another is refused)."""
+    from negmerge_cli.classifier.data import augment_name
+
     identity = identity_of(options.model, options.pretrained, options.data, options.batch_size, warmup_steps(options),
                            None, None, seed_mode=options.seed_mode)
     return {**identity, "family": "classifier", "num_classes": num_classes, "dataset": data.identity,
             "subset": options.subset, "forget_split": split.digest if split else None,
             "objective": options.objective, "optimizer": options.optimizer or "sgd", "schedule": options.schedule,
-            "augmentation": augmentation_choice(options.augment, data)}
+            "augmentation": augment_name(augment)}

@@ -12,6 +12,7 @@ search, apply.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,14 +72,14 @@ def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
     started = time.perf_counter()
     data = open_classifier_data("digits")
     split = make_forget_split(data, classes=list(FORGET_CLASSES))
-    split.save(work / "forget.json", force=True)
+    split_file = split.save(work / "forget.json", force=True)
     log(f"training the original (all {len(data.train)} images) and the retrained model (Dr only), "
         f"{settings.epochs} epochs each")
-    original = _finetune_stage(work / "original", "all", settings.epochs, lr=0.05, seed=0)[0]
-    retrain = _finetune_stage(work / "retrain", "retain", settings.epochs, lr=0.05, seed=1)[0]
-    finetuned = _finetune_stage(work / "finetune", "forget", settings.finetune_epochs, lr=0.01, seed=100,
-                                wd=settings.finetune_wd, label_smoothing=settings.finetune_label_smoothing,
-                                pretrained=original)
+    original = _finetune_stage(work / "original", "all", None, (settings.epochs,), lr=0.05, seed=0)[0]
+    retrain = _finetune_stage(work / "retrain", "retain", split_file, (settings.epochs,), lr=0.05, seed=1)[0]
+    grid = (settings.finetune_epochs, settings.finetune_wd, settings.finetune_label_smoothing)
+    log(f"{math.prod(map(len, grid))} fine-tunes of the original on Df")
+    finetuned = _finetune_stage(work / "finetune", "forget", split_file, *grid, lr=0.01, seed=100, pretrained=original)
     timings = {"training_s": round(time.perf_counter() - started, 1)}
     retrained = _evaluate(work, retrain, "retrain", None, force)
     start = _evaluate(work, original, "original", work / "eval" / "retrain.json", force)
@@ -104,22 +105,19 @@ def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
     return results
 
 
-def _finetune_stage(sweep: Path, subset: str, epochs, lr: float, seed: int, wd=(5e-4,), label_smoothing=(0.0,),
-                    pretrained: Path | None = None) -> list[Path]:
-    """One `negmerge finetune` sweep (from scratch without ``pretrained``); its checkpoints. The
-    images are not augmented: pad-4 crops of 8x8 digits lose the digit."""
+def _finetune_stage(sweep: Path, subset: str, split_file: Path | None, epochs: tuple[int, ...],
+                    wd: tuple[float, ...] = (5e-4,), label_smoothing: tuple[float, ...] = (0.0,), *, lr: float,
+                    seed: int, pretrained: Path | None = None) -> list[Path]:
+    """One `negmerge finetune` sweep over epochs x wd x label smoothing (from scratch without
+    ``pretrained``); its checkpoints. The images are not augmented: pad-4 crops of 8x8 digits lose
+    the digit."""
     from negmerge_cli.stages import FinetuneOptions, Grid, finetune
 
-    epochs = epochs if isinstance(epochs, tuple) else (epochs,)
-    if subset == "forget":
-        log(f"{len(epochs) * len(wd) * len(label_smoothing)} fine-tunes of the original on Df")
     options = FinetuneOptions(
         model=MODEL, data="digits", output=sweep, pretrained=str(pretrained) if pretrained else None,
         grid=Grid(lr=[lr], epochs=list(epochs), wd=list(wd), label_smoothing=list(label_smoothing), seed=[seed]),
-        batch_size=64, workers=0, device="cpu", subset=subset,
-        forget_split=sweep.parent / "forget.json" if subset != "all" else None, augment="none")
-    manifest = finetune(options)
-    return [sweep / point.file for point in manifest.finished]
+        batch_size=64, workers=0, device="cpu", subset=subset, forget_split=split_file, augment="none")
+    return [sweep / point.file for point in finetune(options).finished]
 
 
 def _model_options(checkpoint: Path):
