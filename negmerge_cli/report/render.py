@@ -179,8 +179,7 @@ def _records(report: Report, with_published: bool) -> list[dict]:
     classifier's published figures, one record per published method (setting ``published``)."""
     keys = report.metric_keys()
     records = []
-    if report.is_classifier:
-        with_published, classifier_published = False, with_published
+    clip_published = _clip_published(report, with_published)
     for setting in report.settings:
         for method in report.methods(setting):
             for dataset in report.datasets:
@@ -190,7 +189,7 @@ def _records(report: Report, with_published: bool) -> list[dict]:
                 record = {"setting": setting or "paper", "method": method, "dataset": dataset, "split": row.split,
                           "lambda": row.coef, "forget_acc1": row.forget, "retain_acc1": row.retain, "kept": row.kept,
                           "n_datasets": None, **{k: row.metrics.get(k) for k in keys}, "vector": row.vector}
-                if with_published:
+                if clip_published:
                     record.update(_published_fields(paper.cell(method, dataset) if setting == HEADLINE else None))
                 records.append(record)
             average = report.average(setting, method)
@@ -199,10 +198,10 @@ def _records(report: Report, with_published: bool) -> list[dict]:
                           "split": "/".join(sorted(report.splits())), "lambda": None, "forget_acc1": average.forget,
                           "retain_acc1": average.retain, "kept": None, "n_datasets": average.datasets,
                           **{k: None for k in keys}, "vector": None}
-                if with_published:
+                if clip_published:
                     record.update(_published_fields(paper.average(method) if setting == HEADLINE else None))
                 records.append(record)
-    if report.is_classifier and classifier_published:
+    if with_published and report.is_classifier:
         records += [_classifier_published_record(key, known, keys) for key, known in paper.CLASSIFIER.items()]
     return records
 
