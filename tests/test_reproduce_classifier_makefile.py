@@ -83,10 +83,10 @@ def test_grid_size_matches_finetune_points(tmp_path):
 
 def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     """Every target for real (a tiny run: 1-epoch original and retrain, two fine-tunes, two merge
-    methods): the best single vector is picked by Avg. Gap, a rerun redoes only the report, and the report
+    methods, one baseline; OUT relative, as the Makefile's default): the best single vector is picked by Avg. Gap, a rerun redoes only the report, and the report
     has a row per model."""
     out = tmp_path / "out"
-    settings = {"OUT": str(out), "NEGMERGE": f"{sys.executable} -m negmerge_cli", "MODEL": "resnet8-cifar",
+    settings = {"OUT": "out", "NEGMERGE": f"{sys.executable} -m negmerge_cli", "MODEL": "resnet8-cifar",
                 "DATA": "digits", "SCRATCH_EPOCHS": "1", "FT_EPOCHS": "1 2", "FT_WD": "1e-4", "FT_LS": "0",
                 "METHODS": "negmerge mean", "BASELINES": "gradient_ascent", "NMFLAGS": "-q"}  # -j2: this machine's two cores
     environment = {**os.environ, "OMP_NUM_THREADS": "1",
