@@ -3,6 +3,7 @@ exact formats, a hostile pickle, `negmerge split` reproducibility, disjointness 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -106,6 +107,17 @@ def test_tinyimagenet_layout(tmp_path):
     (base / "wnids.txt").unlink()
     with pytest.raises(NegmergeError, match="not Tiny-ImageNet \\(wnids.txt is missing\\)"):
         open_classifier_data(f"tinyimagenet:{tmp_path}")
+
+
+def test_tinyimagenet_through_split_and_a_bad_annotation_fails_cleanly(cli, tmp_path):
+    base = _tinyimagenet(tmp_path)
+    made = cli("split", "--data", f"tinyimagenet:{tmp_path}", "--forget-classes", "1", "-o", tmp_path / "f.json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads((tmp_path / "f.json").read_text())["counts"]["forget"] == 2
+    (base / "val" / "val_annotations.txt").write_text("val_0_0.png\n")
+    assert_clean_failure(cli("split", "--data", f"tinyimagenet:{tmp_path}", "--forget-classes", "1",
+                             "-o", tmp_path / "g.json"), "val_annotations.txt", "line 1")
+    assert not (tmp_path / "g.json").exists()
 
 
 def test_malicious_cifar_pickle_is_refused_without_running(tmp_path, monkeypatch):
