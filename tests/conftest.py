@@ -61,6 +61,22 @@ def model_files(tmp_path: Path) -> tuple[Path, list[Path]]:
     return base_path, finetuned
 
 
+@pytest.fixture(scope="session")
+def originals(tmp_path_factory) -> Path:
+    """The hostile tables' real inputs (hostile.make_originals), made once per session."""
+    from hostile import make_originals
+
+    return make_originals(tmp_path_factory.mktemp("originals"))
+
+
+@pytest.fixture
+def ws(originals, tmp_path):
+    """A private, writable copy of the originals for one hostile row (hostile.Workspace)."""
+    from hostile import make_workspace
+
+    return make_workspace(originals, tmp_path)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_digest_cache(tmp_path_factory):
     """Tests (and the CLI subprocesses they start) keep SHA-256 digests in a cache of their own,
