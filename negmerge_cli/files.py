@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import shutil
 import stat
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from negmerge_cli.errors import NegmergeError, OutputError, switch
+from negmerge_cli.escape import json_text
 
 _operation_inputs: list[set[tuple[int, int]]] = []  # one set per active operation (outermost first)
 _input_trees: list[dict[tuple[int, int], tuple[str, ...]]] = []  # folder -> suffixes of its input files
@@ -168,20 +168,48 @@ def read_text(path: str | os.PathLike, *, error: type[NegmergeError] = NegmergeE
 
 @contextlib.contextmanager
 def locked(path: str | os.PathLike, *, error: type[NegmergeError] = OutputError) -> Iterator[None]:
-    """An exclusive flock on ``path``, a regular file created if missing. Opened without blocking
-    and without following a symlink, so a FIFO or link planted there is refused, not waited on."""
+    """An exclusive flock on ``path``, a regular file created (with its folder) if missing. Opened
+    without blocking and without following a symlink, so a FIFO or link planted there is refused,
+    not waited on. A lock file removed while this process waited for it (its holder undid the
+    folder it had made) locks nothing: it is made and locked anew."""
     path = Path(path)
+    while True:
+        fd = _open_lock(path, error)
+        try:
+            _check_regular(path, os.fstat(fd), error)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_at(path, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        reason = "a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
-        raise error(f"{path}: cannot open the lock file ({reason}); remove it") from None
-    try:
-        _check_regular(path, os.fstat(fd), error)
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_lock(path: Path, error: type[NegmergeError]) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{path.parent}: cannot make this folder ({exc.strerror or exc})") from None
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        reason = "a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise error(f"{path}: cannot open the lock file ({reason}); remove it") from None
+
+
+def _is_at(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    there = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _check_regular(path: Path, status: os.stat_result, error: type[NegmergeError]) -> None:
@@ -318,12 +346,8 @@ def write_text(path: str | os.PathLike, text: str, *, force: bool = False, owned
 
 
 def write_json(path: str | os.PathLike, data, *, force: bool = False, owned: bool = False) -> Path:
-    """JSON with an indent; NaN and Infinity (not JSON) are refused, never written."""
-    try:
-        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    except ValueError:
-        raise OutputError(f"{path}: a result is NaN or infinite; nothing was written") from None
-    return write_text(path, text, force=force, owned=owned)
+    """JSON with an indent; NaN and Infinity (not JSON) are refused, never written (escape.json_text)."""
+    return write_text(path, json_text(data, path), force=force, owned=owned)
 
 
 # -- helpers -----------------------------------------------------------------------------------

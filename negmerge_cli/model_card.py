@@ -4,21 +4,27 @@ YAML front matter (``base_model``, ``tags``, ``library_name``) and a short Markd
 from the provenance the weights already carry in their ``__metadata__`` (``negmerge.*`` keys): the
 card says nothing the weights do not record. The YAML is written by hand (a few keys, every string
 double-quoted and escaped), so no YAML library is needed at run time.
+
+Everything in the card that comes from a user or a file (the folder's name, file names, method
+and parameter values) goes through :mod:`negmerge_cli.escape`: YAML strings, Markdown text or code
+spans, so a backtick, ``<script>``, a newline or ``---`` in a file name shows as itself.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 from negmerge_cli.checkpoint.provenance import PREFIX
+from negmerge_cli.errors import NegmergeError
+from negmerge_cli.escape import markdown, markdown_code, one_line, yaml_string
+from negmerge_cli.strict_json import load_json
 
 # provenance keys shown as inputs, or not at all; every other negmerge.* key is a parameter
 INPUT_ROLES = {"base": "base", "inputs": "input", "vector": "vector", "source": "source"}
 _NOT_PARAMETERS = {"version", "command", "kind", "zero_tensors", *INPUT_ROLES}
 
-_DESCRIPTIONS = {
-    "merge": "A task vector: the merge of {count} task vectors with the method `{method}`.",
+_DESCRIPTIONS = {  # the fields are filled with Markdown (escaped by _description)
+    "merge": "A task vector: the merge of {count} task vectors with the method {method}.",
     "apply": "theta = base + scale * vector, scale = {scale} (a negative scale removes what the vector added).",
     "convert": "A conversion of a research checkpoint to an OpenCLIP state dict.",
 }
@@ -32,11 +38,11 @@ def render(metadata: dict[str, str], *, title: str, base_model: str | None, libr
     inputs = _inputs(metadata)
     front = {"base_model": base_model, "library_name": library_name, "tags": _tags(command, method, metadata)}
     body = [
-        f"# {_inline(title)}",
+        f"# {markdown(title)}",
         "",
         _description(command, method, metadata, inputs),
         "",
-        f"Made with negmerge_cli {_inline(metadata.get(PREFIX + 'version', '?'))}, command `{_inline(command)}`.",
+        f"Made with negmerge_cli {markdown(metadata.get(PREFIX + 'version', '?'))}, command {markdown_code(command)}.",
         "",
         "## Parameters",
         "",
@@ -67,21 +73,6 @@ def front_matter(fields: dict[str, str | list[str] | None]) -> str:
     return "\n".join(lines + ["---", ""]) + "\n"
 
 
-def yaml_string(text: str) -> str:
-    """A YAML double-quoted scalar that reads back as ``text`` exactly (any characters)."""
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char.isprintable() and char != "\ufeff" and not "\ud800" <= char <= "\udfff":
-            out.append(char)
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return '"' + "".join(out) + '"'
-
-
 def _tags(command: str, method: str | None, metadata: dict[str, str]) -> list[str]:
     tags = ["negmerge-cli", "open_clip"] if command == "convert" else ["merge", "negmerge-cli"]
     if method:
@@ -94,8 +85,9 @@ def _tags(command: str, method: str | None, metadata: dict[str, str]) -> list[st
 
 
 def _description(command: str, method: str | None, metadata: dict[str, str], inputs: list[tuple]) -> str:
-    text = _DESCRIPTIONS.get(command, "Made by `{command}`.").format(
-        command=_inline(command), method=_inline(method or "?"), scale=metadata.get(PREFIX + "scale", "?"),
+    text = _DESCRIPTIONS.get(command, "Made by {command}.").format(
+        command=markdown_code(command), method=markdown_code(method or "?"),
+        scale=markdown(metadata.get(PREFIX + "scale", "?")),
         count=sum(1 for role, *_ in inputs if role == INPUT_ROLES["inputs"]))
     if command == "merge" and PREFIX + "base" in metadata:
         text += " Each input is a fine-tuned checkpoint minus the base."
@@ -116,8 +108,8 @@ def _inputs(metadata: dict[str, str]) -> list[tuple[str, str, str]]:
     rows = []
     for key, role in INPUT_ROLES.items():
         try:
-            listed = json.loads(metadata.get(PREFIX + key, "[]"))
-        except ValueError:
+            listed = load_json(metadata.get(PREFIX + key, "[]").encode(), key, NegmergeError)
+        except NegmergeError:
             continue  # a tag (convert's --pretrained), not a list of files
         if isinstance(listed, list):
             rows += [(role, str(item.get("file", "?")), str(item.get("sha256", "?")))
@@ -127,23 +119,14 @@ def _inputs(metadata: dict[str, str]) -> list[tuple[str, str, str]]:
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
-
-
-def _cell(text: str) -> str:
-    # inside a table a | ends the cell and a newline the table; code spans keep names literal
-    text = _inline(text).replace("|", "\\|")
-    return f"`{text}`" if text and "`" not in text else text
-
-
-def _inline(text: str) -> str:
-    """One line of text: control characters shown as escapes (names come from files and users)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return lines + ["| " + " | ".join(markdown_code(value) for value in row) + " |" for row in rows]
 
 
 def _code_block(text: str) -> list[str]:
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
-    return [fence + "sh", _inline(text), fence]
+    """A fenced block holding ``text`` on one line: the fence is longer than any backtick run in it."""
+    line = one_line(text)
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", line)), default=0))
+    return [fence + "sh", line, fence]
 
 
 def _number(text: str | None) -> float:

@@ -1,9 +1,11 @@
-"""Typed results of the stages, each with ``to_json()`` (what the tool writes) and, where the tool
-reads its own files back, ``from_json()``. Callers read fields, never dictionary keys."""
+"""Typed results of the stages, each with ``to_json()`` (what the tool writes) and, for the files the
+tool reads back, ``from_json()``: the data checked against the file's schema
+(negmerge_cli.schemas.results, which readers of files use directly) and built field by field, by
+name. Callers read fields, never dictionary keys."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 ZEROSHOT_TASK = "zeroshot_classification"
@@ -16,8 +18,13 @@ def _without_none(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _read_back(result: type, schema: str, data: object):
+    """``data`` (parsed JSON) as ``result``, built by the schema of its file (``schema``, a name in
+    negmerge_cli.schemas.results, imported only now); NegmergeError naming the field otherwise."""
+    from negmerge_cli import schemas
+    from negmerge_cli.schemas import results as files
+
+    return schemas.validate(getattr(files, schema), data, f"{result.__name__} JSON").build()
 
 
 @dataclass(frozen=True)
@@ -30,10 +37,6 @@ class Metrics:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Metrics":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -65,18 +68,11 @@ class DatasetEvaluation:
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "precision": self.precision,
                 "quick_gelu": self.quick_gelu, **classes}
 
+
+
     @classmethod
-    def from_json(cls, data: dict) -> "DatasetEvaluation":
-        metrics = data["metrics"]
-        known = {f.name for f in fields(Metrics)}
-        extra = {k: v for k, v in metrics.items() if k not in known and _is_number(v)}
-        return cls(data["dataset"], data["model"], data.get("pretrained"), Metrics.from_json(metrics),
-                   data["n_images"], data["n_classes"], data["n_templates"], data["seconds"], data["images_per_s"],
-                   task=data.get("task", ZEROSHOT_TASK), precision=data.get("precision", "fp32"),
-                   quick_gelu=data.get("quick_gelu", False), split_source=data.get("split_source"),
-                   classes=data.get("classes"), extra_metrics=extra)
-
-
+    def from_json(cls, data: object) -> "DatasetEvaluation":
+        return _read_back(cls, "ZeroshotEvaluationFile", data)
 @dataclass(frozen=True)
 class SearchPoint:
     """Forget and retain top-1 accuracy of base - coef * tau."""
@@ -87,10 +83,6 @@ class SearchPoint:
 
     def to_json(self) -> dict:
         return {"coef": self.coef, "forget_acc1": self.forget, "retain_acc1": self.retain}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "SearchPoint":
-        return cls(data["coef"], data["forget_acc1"], data["retain_acc1"])
 
 
 @dataclass
@@ -106,13 +98,6 @@ class SearchRun:
         return {"chosen": self.chosen.to_json() if self.chosen else None,
                 "points": [p.to_json() for p in self.points], "n_new_evaluations": self.new_evaluations,
                 "n_points": len(self.points), "seconds": self.seconds}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "SearchRun":
-        chosen = data.get("chosen")
-        return cls(SearchPoint.from_json(chosen) if chosen else None,
-                   [SearchPoint.from_json(p) for p in data["points"]], data.get("n_new_evaluations", 0),
-                   data.get("seconds", 0.0))
 
 
 @dataclass
@@ -187,22 +172,11 @@ class SearchResult:
             result["agreement"] = agreement
         return result
 
+
+
     @classmethod
-    def from_json(cls, data: dict) -> "SearchResult":
-        base = data["base"]
-        runs = {kind: SearchRun.from_json(run) for kind, run in data["runs"].items()}
-        return cls(
-            model=data["model"], checkpoint=data.get("checkpoint"), vector=data["vector"], forget=data["forget"],
-            retain=data["retain"], threshold=data["threshold"], retain_limit=data["retain_limit"],
-            search=data["search"], coefs=list(data["coefs"]),
-            base=SearchPoint(0.0, base["forget_acc1"], base["retain_acc1"]),
-            n_forget_images=base["n_forget_images"], n_retain_images=base["n_retain_images"], runs=runs,
-            evaluations=data["n_evaluations"], heads_rebuilt=data["heads"].startswith("rebuilt"),
-            seconds=data["seconds"], base_retain=data["base_retain_acc1"],
-            base_retain_source=data["base_retain_source"], precision=data.get("precision", "fp32"),
-            quick_gelu=data.get("quick_gelu", False), split_sources=data.get("split_sources"))
-
-
+    def from_json(cls, data: object) -> "SearchResult":
+        return _read_back(cls, "SearchFile", data)
 @dataclass
 class PointRecord:
     """One grid point of a sweep, as its record file says."""
@@ -223,15 +197,11 @@ class PointRecord:
         values["val"] = self.val.to_json() if self.val else None
         return _without_none(values)
 
+
+
     @classmethod
-    def from_json(cls, data: dict) -> "PointRecord":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if values.get("val") is not None:
-            values["val"] = Metrics.from_json(values["val"])
-        return cls(**values)
-
-
+    def from_json(cls, data: object) -> "PointRecord":
+        return _read_back(cls, "PointRecordFile", data)
 @dataclass
 class SweepManifest:
     """What a sweep folder holds: its identity, the base's Val accuracy, and every point."""
@@ -249,14 +219,11 @@ class SweepManifest:
         base = _without_none({"file": self.base_file, "val": self.base_val.to_json() if self.base_val else None})
         return {"identity": self.identity, "base": base, "points": [p.to_json() for p in self.points]}
 
+
+
     @classmethod
-    def from_json(cls, data: dict) -> "SweepManifest":
-        base = data.get("base", {})
-        val = Metrics.from_json(base["val"]) if base.get("val") else None
-        return cls(data.get("identity", {}), base.get("file", "base.safetensors"), val,
-                   [PointRecord.from_json(p) for p in data.get("points", [])])
-
-
+    def from_json(cls, data: object) -> "SweepManifest":
+        return _read_back(cls, "ManifestFile", data)
 # -- the standard-classifier scenario (negmerge_cli.classifier) ----------------------------------
 
 CLASSIFIER_EVAL_TASK = "classifier_unlearning_eval"
@@ -279,10 +246,6 @@ class UnlearningMetrics:
     def to_json(self) -> dict:
         return dict(zip(UNLEARNING_METRICS, self.values()))
 
-    @classmethod
-    def from_json(cls, data: dict) -> "UnlearningMetrics":
-        return cls(*(data[name] for name in UNLEARNING_METRICS))
-
 
 @dataclass(frozen=True)
 class ReferenceMetrics:
@@ -294,10 +257,6 @@ class ReferenceMetrics:
 
     def to_json(self) -> dict:
         return {"source": self.source, "kind": self.kind, "metrics": self.metrics.to_json()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ReferenceMetrics":
-        return cls(data["source"], data["kind"], UnlearningMetrics.from_json(data["metrics"]))
 
 
 @dataclass
@@ -326,14 +285,11 @@ class ClassifierEvaluation:
                 "reference": self.reference.to_json() if self.reference else None,
                 "avg_gap_points": self.avg_gap, "seconds": self.seconds, "images_per_s": self.images_per_s}
 
+
+
     @classmethod
-    def from_json(cls, data: dict) -> "ClassifierEvaluation":
-        reference = ReferenceMetrics.from_json(data["reference"]) if data.get("reference") else None
-        return cls(data["model"], data["num_classes"], data["checkpoint"], data["checkpoint_sha256"], data["data"],
-                   data["forget_split"], data["counts"], UnlearningMetrics.from_json(data["metrics"]), reference,
-                   data.get("avg_gap_points"), data.get("seconds", 0.0), data.get("images_per_s", 0.0))
-
-
+    def from_json(cls, data: object) -> "ClassifierEvaluation":
+        return _read_back(cls, "ClassifierEvaluationFile", data)
 @dataclass(frozen=True)
 class ClassifierSearchPoint:
     """The four metrics of original - coef * tau, and its Avg. Gap when there is a reference;
@@ -348,12 +304,11 @@ class ClassifierSearchPoint:
         values = self.metrics.to_json() if self.metrics else {}
         return {"coef": self.coef, **values, "avg_gap_points": self.avg_gap, **({"error": self.error} if self.error else {})}
 
+
+
     @classmethod
-    def from_json(cls, data: dict) -> "ClassifierSearchPoint":
-        metrics = UnlearningMetrics.from_json(data) if "dr_acc" in data else None
-        return cls(data["coef"], metrics, data.get("avg_gap_points"), data.get("error"))
-
-
+    def from_json(cls, data: object) -> "ClassifierSearchPoint":
+        return _read_back(cls, "ClassifierSearchPointFile", data)
 @dataclass
 class ClassifierSearchResult:
     """The classifier's lambda search: every point, the rule, and the choice (None: nothing passed)."""
@@ -386,15 +341,6 @@ class ClassifierSearchResult:
                 "points": [p.to_json() for p in self.points],
                 "chosen": self.chosen.to_json() if self.chosen else None, "feasible": self.chosen is not None,
                 "seconds": self.seconds}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ClassifierSearchResult":
-        reference = ReferenceMetrics.from_json(data["reference"]) if data.get("reference") else None
-        chosen = ClassifierSearchPoint.from_json(data["chosen"]) if data.get("chosen") else None
-        return cls(data["model"], data["checkpoint"], data["vector"], data["data"], data["forget_split"],
-                   data["select"], data["rule"], data["threshold"], data.get("retain_limit"),
-                   [ClassifierSearchPoint.from_json(p) for p in data["points"]], chosen, reference,
-                   data["counts"], data["seconds"])
 @dataclass(frozen=True)
 class Accuracies:
     """Forget and retain top-1 of one model (test split unless said otherwise)."""
@@ -404,10 +350,6 @@ class Accuracies:
 
     def to_json(self) -> dict:
         return {"forget": self.forget, "retain": self.retain}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Accuracies":
-        return cls(data["forget"], data["retain"])
 
 
 @dataclass(frozen=True)
@@ -430,12 +372,6 @@ class Outcome:
                                   "kept": self.kept, "vector": self.vector})
         return {"lambda": self.coef, "forget": self.forget, "retain": self.retain, "val_forget": self.val_forget,
                 "val_retain": self.val_retain, "feasible": self.feasible, **optional}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Outcome":
-        return cls(data["lambda"], data["forget"], data["retain"], data["feasible"], data.get("val_forget"),
-                   data.get("val_retain"), data.get("search"), data.get("nonzero_fraction"), data.get("kept"),
-                   data.get("vector"))
 
 
 @dataclass
@@ -471,9 +407,5 @@ class DemoResults:
                 "settings": self.settings, "timings": self.timings}
 
     @classmethod
-    def from_json(cls, data: dict) -> "DemoResults":
-        outcomes = lambda table: {name: Outcome.from_json(o) for name, o in table.items()}
-        return cls(data["model"], data["forget_dataset"], data["retain_dataset"], data["threshold"], data["k"],
-                   Accuracies.from_json(data["start"]), Accuracies.from_json(data["chance"]),
-                   outcomes(data["methods"]), outcomes(data["matched"]["methods"]), list(data["matched"]["coefs"]),
-                   data.get("settings", {}), data.get("timings", {}))
+    def from_json(cls, data: object) -> "DemoResults":
+        return _read_back(cls, "DemoFile", data)

@@ -10,7 +10,8 @@ DIR/.records/<point>.json  one record per point, written atomically; the manifes
                            them under a file lock, so concurrent jobs (``--point N``) lose nothing
 
 A point is finished when its record says ``done`` and its checkpoint exists; re-running the same
-command skips finished points.
+command skips finished points. A run holds the folder (:meth:`SweepFolder.claim`) from its set-up
+until it records its first point: one that fails before that leaves no trace.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli import files
-from negmerge_cli.checkpoint.strict_json import load_json
+from negmerge_cli import files, limits
 from negmerge_cli.errors import OutputError, UsageError, option
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
 
@@ -38,7 +37,7 @@ NO_AUGMENTATION = "none"
 # point, as the released runs each had their own) or the value itself for every point.
 PER_POINT, SHARED = "per-point", "shared"
 SEED_MODES = (PER_POINT, SHARED)
-SEED_LIMIT = 2**31  # seeds (and seed + torchrun rank) stay valid for torch, NumPy and random
+SEED_LIMIT = limits.TRAIN_SEED.high  # seeds (and seed + torchrun rank) stay valid for torch, NumPy and random
 
 
 @dataclass
@@ -79,17 +78,6 @@ class GridPoint:
         return {k: v for k, v in values.items() if v is not None}
 
 
-# Every grid value is checked before anything is written: (field, test, what it must be).
-_VALUE_RULES = (
-    ("lr", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-    ("wd", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("epochs", lambda v: v > 0, "positive"),
-    ("steps", lambda v: v > 0, "positive"),
-    ("seed", lambda v: 0 <= v < SEED_LIMIT, f"in [0, {SEED_LIMIT})"),
-)
-
-
 def check_grid(grid: Grid) -> None:
     """Every value finite and in range, every option with at least one value."""
     if grid.epochs and grid.steps:
@@ -97,10 +85,7 @@ def check_grid(grid: Grid) -> None:
     for name in ("lr", "wd", "label_smoothing", "seed", "randaug"):
         if not getattr(grid, name):
             raise UsageError(f"the grid has no points: {option(name)} has no values")
-    for name, test, requirement in _VALUE_RULES:
-        bad = next((v for v in getattr(grid, name) if not test(v)), None)
-        if bad is not None:
-            raise UsageError(f"{option(name)} {bad}: must be {requirement}")
+    limits.check_fields("finetune", grid)  # every value finite and in range, before anything is written
 
 
 def select_points(points: list[GridPoint], wanted: Optional[Sequence[int]]) -> list[GridPoint]:
@@ -162,10 +147,16 @@ def normalise_randaug(values: Sequence[str]) -> list[str]:
 # --- the sweep folder ---------------------------------------------------------------------------
 
 
+# The files a run writes into DIR before its first point: what an undone set-up removes.
+SETUP_FILES = ("sweep.json", "base.safetensors", "manifest.json")
+
+
 @dataclass
 class SweepFolder:
     root: Path
     identity: dict = field(default_factory=dict)
+    _lock_depth: int = field(default=0, init=False, repr=False, compare=False)
+    _setup: Optional[contextlib.ExitStack] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def base(self) -> Path:
@@ -183,16 +174,70 @@ class SweepFolder:
 
     @contextlib.contextmanager
     def locked(self):
-        """An exclusive flock on DIR/.lock: serialises sweep.json, base and manifest updates."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """An exclusive flock on DIR/.lock (DIR made if missing): serialises sweep.json, base and
+        manifest updates. Re-entrant: a run holding it through its set-up calls methods that take it."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
         with files.locked(self.root / LOCK):
-            yield
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
+    @contextlib.contextmanager
+    def claim(self):
+        """Hold the folder for one run, from its set-up (identity, base, base metrics) until it
+        records its first point: made if missing and locked, so other jobs wait and then find it
+        set up or absent, never half made. A run that fails before its first record is undone: the
+        set-up files it wrote are removed, and the folder (with any parents) when this run made it;
+        a folder that existed is left as it was. A run that finds the folder set up has nothing to
+        undo and lets go at once (jobs of one sweep set up in parallel, not one after another)."""
+        made = _missing_folders(self.root)
+        had_lock = os.path.lexists(self.root / LOCK)
+        present = set(SETUP_FILES)
+        self._setup = contextlib.ExitStack()
+        try:
+            self._setup.enter_context(self.locked())
+            present = set(os.listdir(self.root))  # under the lock: a set-up file not here yet is this run's
+            if {"sweep.json", self.base.name} <= present and self.base_metrics() is not None:
+                self._settle()
+            yield self
+        except BaseException:
+            if self._setup is not None:
+                self._undo_setup([name for name in SETUP_FILES if name not in present], had_lock, made)
+            raise
+        finally:
+            self._settle()
+
+    def _settle(self) -> None:
+        """The run's set-up is over (its first point is recorded): release the claim's lock."""
+        if self._setup is not None:
+            setup, self._setup = self._setup, None
+            setup.close()
+
+    def _undo_setup(self, written: list[str], had_lock: bool, made: list[Path]) -> None:
+        for name in written:
+            with contextlib.suppress(OSError):
+                (self.root / name).unlink()
+        if not had_lock:
+            with contextlib.suppress(OSError):
+                (self.root / LOCK).unlink()  # a job waiting on it makes a new one (files.locked)
+        self._settle()
+        for folder in made:  # innermost first; only while empty (another job may have begun)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def check_identity(self) -> None:
         """Refuse a folder that holds another sweep; claim an empty one (call under the lock)."""
         path = self.root / "sweep.json"
         if path.exists():
-            stored = _read_json(path).get("identity", {})
+            stored = _sweep_file(path).identity
             for key in {**stored, **self.identity}:
                 there, here = (i.get(key, IDENTITY_DEFAULTS.get(key)) for i in (stored, self.identity))
                 if there != here:
@@ -207,33 +252,41 @@ class SweepFolder:
 
     def finished(self, point: GridPoint) -> bool:
         path = self.record_path(point.name)
-        return path.exists() and _read_json(path).get("status") == "done" and self.checkpoint(point).exists()
+        return path.exists() and _record(path).status == "done" and self.checkpoint(point).exists()
 
     def write_record(self, record: PointRecord) -> None:
         files.write_json(self.record_path(record.name), record.to_json(), owned=True)
         self.rebuild_manifest()
+        self._settle()  # the first record ends the claim's set-up: the folder stays, other jobs go on
 
     def set_base_metrics(self, metrics: Metrics) -> None:
         with self.locked():
-            data = _read_json(self.root / "sweep.json")
-            data["base"] = {"file": self.base.name, "val": metrics.to_json()}
-            files.write_json(self.root / "sweep.json", data, owned=True)
+            identity = _sweep_file(self.root / "sweep.json").identity
+            base = {"file": self.base.name, "val": metrics.to_json()}
+            files.write_json(self.root / "sweep.json", {"identity": identity, "base": base}, owned=True)
         self.rebuild_manifest()
 
     def base_metrics(self) -> Optional[Metrics]:
-        val = _read_json(self.root / "sweep.json").get("base", {}).get("val")
-        return Metrics.from_json(val) if val else None
+        val = _sweep_file(self.root / "sweep.json").base.val
+        return val.build() if val else None
 
     def rebuild_manifest(self) -> SweepManifest:
         with self.locked():
-            sweep = _read_json(self.root / "sweep.json")
-            records = sorted((_read_as(p, PointRecord.from_json) for p in (self.root / RECORDS).glob("*.json")),
-                             key=lambda r: (r.index, r.name))
-            base = sweep.get("base", {})
-            val = Metrics.from_json(base["val"]) if base.get("val") else None
-            manifest = SweepManifest(sweep.get("identity", {}), self.base.name, val, records)
+            sweep = _sweep_file(self.root / "sweep.json")
+            records = sorted((_record(p) for p in (self.root / RECORDS).glob("*.json")), key=lambda r: (r.index, r.name))
+            val = sweep.base.val.build() if sweep.base.val else None
+            manifest = SweepManifest(dict(sweep.identity), self.base.name, val, records)
             files.write_json(self.manifest, manifest.to_json(), owned=True)
         return manifest
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, innermost first."""
+    missing = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def read_manifest(folder: str | Path) -> SweepManifest:
@@ -241,7 +294,9 @@ def read_manifest(folder: str | Path) -> SweepManifest:
     path = Path(folder) / "manifest.json"
     if not path.exists():
         raise OutputError(f"{path}: no such file (is {folder} a finetune sweep folder?)")
-    return _read_as(path, SweepManifest.from_json)
+    from negmerge_cli.schemas.results import ManifestFile
+
+    return _read_json(path, ManifestFile).build()
 
 
 # What an identity key means when a sweep.json lacks it: sweeps written before the key existed
@@ -289,21 +344,26 @@ _MAX_JSON_BYTES = 64 * 2**20  # a sweep's JSON files are small; a huge one is no
 _FIX = "remove it or use another output folder"
 
 
-def _read_json(path: Path) -> dict:
-    """One of the sweep's own JSON files ({} when absent): a regular file of strict JSON, an object."""
-    if not os.path.lexists(path):
-        return {}
-    raw = files.read_bytes(path, error=OutputError, limit=_MAX_JSON_BYTES, what="a sweep file", register=False)
-    data = load_json(raw, str(path), error=OutputError)
-    if not isinstance(data, dict):
-        raise OutputError(f"{path}: not a JSON object; {_FIX}")
-    return data
+def _sweep_file(path: Path):
+    """``sweep.json`` (its defaults when absent)."""
+    from negmerge_cli.schemas.results import SweepFile
+
+    return _read_json(path, SweepFile) if os.path.lexists(path) else SweepFile()
 
 
-def _read_as(path: Path, build):
-    """A record or manifest rebuilt from its JSON; a file of another shape is one line, not a traceback."""
+def _record(path: Path) -> PointRecord:
+    from negmerge_cli.schemas.results import PointRecordFile
+
+    return _read_json(path, PointRecordFile).build()
+
+
+def _read_json(path: Path, schema):
+    """One of the sweep's own JSON files as ``schema`` (negmerge_cli.schemas: a regular file of
+    strict JSON, every field checked); anything else is one line naming the file and the field."""
+    from negmerge_cli import schemas
+
     try:
-        return build(_read_json(path))
-    except (KeyError, TypeError, AttributeError, ValueError):
-        raise OutputError(f"{path}: not a record of a finetune sweep (fields missing or of the wrong type); "
-                          f"{_FIX}") from None
+        return schemas.read(path, schema, error=OutputError, what="a sweep file", limit=_MAX_JSON_BYTES,
+                            register=False)
+    except OutputError as error:
+        raise OutputError(f"{error}; {_FIX}") from None

@@ -7,7 +7,8 @@ module ``<name>`` the file holds ``base_model.model.<name>.lora_A.weight`` (A, r
     delta W = scaling * (B @ A),   scaling = lora_alpha / r   (use_rslora: lora_alpha / sqrt(r))
 
 with ``r`` and ``lora_alpha`` taken from ``rank_pattern`` / ``alpha_pattern`` when a pattern names
-the module (PEFT's rule: the pattern matches the module name's end, after a dot), transposed when
+the module (PEFT's rule: the pattern matches the module name's end, after a dot; matched with RE2,
+in linear time, see :func:`pattern_matcher`), transposed when
 ``fan_in_fan_out`` (GPT-2's Conv1D stores weights as in x out). The delta is tensor
 ``<name>.weight`` of the vector: the base model's name for that weight.
 
@@ -23,6 +24,7 @@ one line rather than silently dropped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -36,8 +38,8 @@ from negmerge_cli import files
 from negmerge_cli.checkpoint.format import TensorEntry, itemsize
 from negmerge_cli.checkpoint.provenance import PREFIX as PROVENANCE_PREFIX
 from negmerge_cli.checkpoint.reader import NO_HASH, Checkpoint, HashStep, SafetensorsFile
-from negmerge_cli.checkpoint.strict_json import load_json, show
 from negmerge_cli.errors import CheckpointError
+from negmerge_cli.strict_json import load_json, show
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -88,9 +90,35 @@ class LoraSettings:
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
 
 
-def _pattern_key(patterns: dict, module: str) -> str | None:
-    """PEFT's rule: the first pattern that matches the end of the module name (after a dot)."""
-    return next((key for key in patterns if re.match(rf"(.*\.)?({key})$", module)), None)
+def _pattern_key(patterns: dict, module: str) -> str:
+    """PEFT's ``get_pattern_key``: the first key whose pattern matches, else the module's own name."""
+    return next((key for key in patterns if pattern_matcher(key).match(module)), module)
+
+
+@functools.lru_cache(maxsize=1024)
+def pattern_matcher(key: str):
+    r"""The compiled form of PEFT's rule for a ``rank_pattern`` / ``alpha_pattern`` key,
+    ``re.match(rf"(.*\.)?({key})$", module)``, for RE2: a key comes from a file, and Python's re can
+    backtrack for hours on one such as ``(a+)+$`` where RE2 matches in time linear in the name.
+    ValueError, saying why, for a key PEFT's re would refuse, one RE2 cannot match (backreferences,
+    lookaround), or one the two engines read differently (``{,n}`` and ``[:class:]`` are literal
+    text to one and syntax to the other). Python's ``$`` also matches before a final newline:
+    ``\n?\z`` says the same to RE2."""
+    import re2
+
+    if "{," in key or "[:" in key:
+        raise ValueError("uses '{,' or '[:', which Python's re and RE2 read differently; write it another way")
+    try:
+        re.compile(rf"(.*\.)?({key})$")  # compiled, never matched: PEFT's own check of the syntax
+    except re.error as exc:
+        raise ValueError(f"is not a valid pattern ({exc})") from None
+    options = re2.Options()
+    options.log_errors = False  # the reason is in the exception; RE2 would also print it to stderr
+    try:
+        return re2.compile(rf"(.*\.)?({key})\n?\z", options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"cannot be matched by RE2, the linear-time engine used for patterns ({reason})") from None
 
 
 @dataclass(frozen=True)
@@ -226,7 +254,7 @@ def open_adapter(path: Path, digest: bool = True, rehash: bool = False) -> LoraA
     folder = path.parent if path.name == ADAPTER_CONFIG else path
     config_path = folder / ADAPTER_CONFIG
     raw = files.read_bytes(config_path, error=CheckpointError, limit=MAX_CONFIG_BYTES, what="an adapter config")
-    settings = parse_config(config_path, load_json(raw, f"{config_path}:"))
+    settings = read_settings(config_path, raw)
     weights_file = SafetensorsFile(folder / ADAPTER_WEIGHTS, digest, rehash)
     weights = Checkpoint(weights_file.path, [weights_file], weights_file.header.metadata)
     try:
@@ -239,56 +267,27 @@ def open_adapter(path: Path, digest: bool = True, rehash: bool = False) -> LoraA
         raise
 
 
-def parse_config(path: Path, config: object) -> LoraSettings:
-    """The LoRA settings of a parsed ``adapter_config.json``; one-line errors for anything else."""
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise CheckpointError(f"{path}: peft_type {show(peft_type)} is not supported; only LoRA adapters (\"LORA\") are")
+def read_settings(path: Path, raw: bytes) -> LoraSettings:
+    """The LoRA settings of ``adapter_config.json`` (its bytes ``raw``): strict JSON checked against
+    its schema (negmerge_cli.schemas.adapter), one line naming the file and the field otherwise."""
+    from negmerge_cli import schemas
+    from negmerge_cli.schemas.adapter import AdapterConfig
+
+    config = schemas.validate(AdapterConfig, load_json(raw, f"{path}:"), str(path), CheckpointError)
+    return LoraSettings(r=config.r, alpha=config.lora_alpha, use_rslora=config.use_rslora,
+                        fan_in_fan_out=config.fan_in_fan_out, rank_pattern=dict(config.rank_pattern),
+                        alpha_pattern=dict(config.alpha_pattern))
+
+
+def refuse_unsupported(config: dict) -> None:
+    """ValueError (the schema's) for an adapter that is more than plain LoRA, naming the setting."""
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"peft_type {show(config.get('peft_type'))} is not supported; only LoRA adapters (\"LORA\") are")
     for key, reason in _REFUSED_SETTINGS.items():
         if config.get(key) not in (None, False, [], {}):
-            raise CheckpointError(f"{path}: {reason}")
+            raise ValueError(reason)
     if config.get("bias", "none") != "none":
-        raise CheckpointError(f"{path}: bias {show(config.get('bias'))}: trained biases are not supported (only \"none\")")
-    return LoraSettings(
-        r=_positive_int(path, "r", config.get("r")),
-        alpha=_number(path, "lora_alpha", config.get("lora_alpha")),
-        use_rslora=_flag(path, "use_rslora", config.get("use_rslora", False)),
-        fan_in_fan_out=_flag(path, "fan_in_fan_out", config.get("fan_in_fan_out", False)),
-        rank_pattern={k: _positive_int(path, f"rank_pattern[{k!r}]", v) for k, v in _mapping(path, "rank_pattern", config)},
-        alpha_pattern={k: _number(path, f"alpha_pattern[{k!r}]", v) for k, v in _mapping(path, "alpha_pattern", config)},
-    )
-
-
-def _positive_int(path: Path, key: str, value: object) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise CheckpointError(f"{path}: {key} {show(value)} is not a positive integer")
-    return value
-
-
-def _number(path: Path, key: str, value: object) -> float:
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-        raise CheckpointError(f"{path}: {key} {show(value)} is not a finite number")
-    return float(value)
-
-
-def _flag(path: Path, key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise CheckpointError(f"{path}: {key} {show(value)} is not true or false")
-    return value
-
-
-def _mapping(path: Path, key: str, config: dict) -> list[tuple[str, object]]:
-    value = config.get(key) or {}
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: {key} {show(value)} is not a JSON object")
-    for pattern in value:
-        try:
-            re.compile(pattern)
-        except re.error:
-            raise CheckpointError(f"{path}: {key}: {show(pattern)} is not a valid pattern") from None
-    return list(value.items())
+        raise ValueError(f"bias {show(config.get('bias'))}: trained biases are not supported (only \"none\")")
 
 
 def _modules(weights: Checkpoint, settings: LoraSettings) -> list[LoraModule]:

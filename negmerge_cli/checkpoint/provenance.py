@@ -15,6 +15,9 @@ QUICK_GELU = PREFIX + "quick_gelu"  # "true" or "false"
 # classifier checkpoints (classifier/models.py): family, torchvision/-cifar model name, class count
 CLASSIFIER_KEYS = (PREFIX + "family", PREFIX + "model", PREFIX + "num_classes")
 ARCHITECTURE_KEYS = (QUICK_GELU, *CLASSIFIER_KEYS)
+# What a file is (negmerge_cli.checkpoint.kinds checks it against the role each input plays)
+KIND = PREFIX + "kind"
+CHECKPOINT, TASK_VECTOR = "checkpoint", "task_vector"
 
 
 def architecture_of(metadata: dict[str, str]) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -242,15 +243,77 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return {name: checkpoint.read_tensor(name) for name in checkpoint.names}
 
 
+# What transformers' `from_pretrained(FOLDER)` loads from a local folder (transformers 4 and 5,
+# modeling_utils._get_resolved_checkpoint_files, no `variant`): a distributed checkpoint if the
+# folder holds such shards, else the file config.json's `transformers_weights` names, else the first
+# of these that exists. (An adapter folder is an adapter first, there as here: lora.py.)
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                        "pytorch_model.bin.index.json")
+MODEL_CONFIG = "config.json"
+_DISTRIBUTED_SHARD = re.compile(r"^shard-[0-9]{5}-model-[0-9]{5}-of-[0-9]{5}\.safetensors$")
+
+
 def _resolve_folder(folder: Path) -> Path:
-    indexes = sorted(folder.glob("*" + INDEX_SUFFIX))
+    names = _listing(folder)
+    configured = configured_weights(folder / MODEL_CONFIG) if MODEL_CONFIG in names else None
+    chosen = folder_weights(folder, names, configured)
+    if not chosen.endswith((".safetensors", INDEX_SUFFIX)):
+        raise CheckpointError(f"{folder}: transformers loads {chosen} from this folder, a pickle this tool does not "
+                              "read (safetensors only); pass a safetensors file or index of the same weights")
+    return folder / chosen
+
+
+def folder_weights(folder: Path, names: set[str], configured: str | None) -> str:
+    """The weights file (or index) of a folder holding files ``names`` (``configured``: config.json's
+    ``transformers_weights``): the one transformers loads, where its rule picks one; otherwise the
+    folder's one index or its one safetensors file. A choice only an arbitrary rule could make is
+    refused. Pure, so that output folders are checked by the same rule (model_folder.py)."""
+    if any(_DISTRIBUTED_SHARD.match(name) for name in names):
+        raise CheckpointError(f"{folder}: a distributed checkpoint (shard-*-model-*.safetensors), all of whose files "
+                              "transformers reads as one; not supported: pass one file or index")
+    transformers_choice = configured or next((name for name in TRANSFORMERS_WEIGHTS if name in names), None)
+    if transformers_choice is not None:
+        return transformers_choice
+    indexes = sorted(name for name in names if name.endswith(INDEX_SUFFIX))
+    files = sorted(name for name in names if name.endswith(".safetensors"))
     if len(indexes) == 1:
+        twin = indexes[0].removesuffix(INDEX_SUFFIX) + ".safetensors"
+        if twin in files:  # X.safetensors beside X.safetensors.index.json: which one is current?
+            raise CheckpointError(f"{folder}: holds both {twin} and {indexes[0]}, and nothing says which is "
+                                  "current; pass the file or the index itself")
         return indexes[0]
-    files = sorted(folder.glob("*.safetensors"))
     if not indexes and len(files) == 1:
         return files[0]
     found = f"{len(indexes)} index files" if indexes else f"{len(files)} safetensors files"
-    raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}")
+    raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}; "
+                          "pass the file or the index itself")
+
+
+def configured_weights(config: Path) -> str | None:
+    """The weights file a transformers ``config.json`` names (``transformers_weights``), if any."""
+    from negmerge_cli import schemas
+    from negmerge_cli.strict_json import show
+
+    data = schemas.load(config, error=CheckpointError, what="a model config")
+    value = data.get("transformers_weights") if isinstance(data, dict) else None  # not a transformers config
+    if value is not None and not _is_weights_name(value):
+        raise CheckpointError(f"{config}: field 'transformers_weights': expected the name of a .safetensors file or "
+                              f"index in the folder, got {show(value)}")
+    return value
+
+
+def _is_weights_name(value: object) -> bool:
+    """What transformers accepts as ``transformers_weights`` (its ``adapter_model.bin`` included),
+    restricted to a plain name in the folder."""
+    return (isinstance(value, str) and "/" not in value and "\0" not in value
+            and (value.endswith((".safetensors", INDEX_SUFFIX)) or value == "adapter_model.bin"))
+
+
+def _listing(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except OSError as exc:
+        raise CheckpointError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
 def _open_sharded(index_path: Path, digest: bool, rehash: bool) -> Checkpoint:

@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from negmerge_cli import files
 from negmerge_cli.demo import tasks
@@ -142,12 +141,14 @@ def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) ->
 
 def _tradeoff_figure(work: Workdir, results: DemoResults):
     """Every method's trade-off, drawn from the demo's own files the way ``negmerge report`` does."""
+    from negmerge_cli import schemas
     from negmerge_cli.report.plots import tradeoff
+    from negmerge_cli.schemas.results import SearchFile
 
     curves = []
     for setting, outcomes in (("", results.methods), (results.matched_label, results.matched)):
         for method, outcome in outcomes.items():
-            search = SearchResult.from_json(json.loads((work / outcome.search).read_text()))
+            search = schemas.read(work / outcome.search, SearchFile).build()
             curves.append(Curve(method, FORGET, search, setting))
     return tradeoff(curves, f"{MODEL}: unlearning {FORGET}, keeping {RETAIN} (Val)")
 

@@ -16,14 +16,11 @@ A method's row takes test accuracies where an eval result is there, else the sea
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from negmerge_cli import files
-from negmerge_cli.errors import CheckpointError, UsageError
+from negmerge_cli.errors import UsageError
 from negmerge_cli.report.rows import Curve, ResultRow
 from negmerge_cli.results import (CLASSIFIER_EVAL_TASK, DEMO_TASK, SEARCH_TASK, ZEROSHOT_TASK, ClassifierEvaluation,
                                   DatasetEvaluation, DemoResults, Outcome, SearchResult)
@@ -33,8 +30,8 @@ GENERIC_STEMS = {"search", "test", "results", "eval", "result"}  # the Makefile'
 METHOD_FILES = ("search.json", "test.json", "eval.json")  # eval.json: the classifier reproduction's
 SKIPPED_FOLDERS = {"single"}  # OUT/DS/single/<point>/: the best single vector's candidates
 RETAIN_KIND = "imagenet"  # the paper's retain set
-MAX_JSON_BYTES = 64 << 20
-NOT_OURS = "not a negmerge result (expected eval --json, eval --vector --json, a demo or reproduction folder)"
+MALFORMED = "not a negmerge result"  # a file that is not valid JSON, or one of our kinds with a field wrong
+NOT_OURS = f"{MALFORMED} (expected eval --json, eval --vector --json, a demo or reproduction folder)"
 
 
 @dataclass
@@ -79,21 +76,10 @@ def short_label(label: str) -> str:
 
 
 def load_json(path: Path):
-    from negmerge_cli.checkpoint.reader import open_regular
+    """A result file, strictly parsed (negmerge_cli.schemas.load); :func:`_typed` checks its fields."""
+    from negmerge_cli import schemas
 
-    try:
-        fd = open_regular(path)
-    except CheckpointError as error:
-        raise UsageError(str(error)) from None
-    files.register_input(fd)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise UsageError(f"{path}: {NOT_OURS}: larger than {MAX_JSON_BYTES >> 20} MiB")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise UsageError(f"{path}: {NOT_OURS}: not JSON") from None
+    return schemas.load(path, error=UsageError, what="a result file", where=f"{path}: {MALFORMED}")
 
 
 def kind_of(data) -> Optional[str]:
@@ -105,44 +91,47 @@ def kind_of(data) -> Optional[str]:
             return "inspect"
         if "chosen" in data and "candidates" in data:
             return "choice"
-    if isinstance(data, list) and data and all(isinstance(e, dict) and e.get("task") == ZEROSHOT_TASK for e in data):
+    if isinstance(data, list) and any(isinstance(e, dict) and e.get("task") == ZEROSHOT_TASK for e in data):
         return ZEROSHOT_TASK
     return None
 
 
-def _typed(path: Path, data, reader):
-    """``reader(data)``, with a result of the right kind but the wrong shape as one line."""
-    try:
-        return reader(data)
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
-        raise UsageError(f"{path}: {NOT_OURS}: {detail}") from None
+def _typed(path: Path, data, kind: str):
+    """``data`` (of kind ``kind``) checked against its file's schema and built into its typed result
+    (inspect and choice files: the checked fields), or one line naming the field at fault."""
+    from negmerge_cli import schemas
+    from negmerge_cli.schemas import results as files
+
+    schema = {SEARCH_TASK: files.SearchFile, ZEROSHOT_TASK: list[files.ZeroshotEvaluationFile],
+              DEMO_TASK: files.DemoFile, CLASSIFIER_EVAL_TASK: files.ClassifierEvaluationFile,
+              "inspect": files.InspectFile, "choice": files.ChoiceFile}[kind]
+    found = schemas.validate(schema, data, f"{path}: {MALFORMED}", UsageError)
+    if kind == ZEROSHOT_TASK:
+        return [entry.build() for entry in found]
+    return found if kind in ("inspect", "choice") else found.build()
 
 
 def _read_file(path: Path) -> Found:
     data = load_json(path)
     kind = kind_of(data)
     method = _label(path)
-    if kind == SEARCH_TASK:
-        return _from_search(path, _typed(path, data, SearchResult.from_json), method)
-    if kind == ZEROSHOT_TASK:
-        return _from_evals(path, _typed(path, data, _evaluations), method)
-    if kind == DEMO_TASK:
-        return _from_demo(path, _typed(path, data, DemoResults.from_json))
-    if kind == CLASSIFIER_EVAL_TASK:
-        return _from_classifier_eval(path, _typed(path, data, ClassifierEvaluation.from_json), method)
     if kind in ("inspect", "choice"):
         raise UsageError(f"{path}: holds no accuracies; give the method folder that holds it")
-    raise UsageError(f"{path}: {NOT_OURS}")
+    if kind is None:
+        raise UsageError(f"{path}: {NOT_OURS}")
+    typed = _typed(path, data, kind)
+    if kind == SEARCH_TASK:
+        return _from_search(path, typed, method)
+    if kind == ZEROSHOT_TASK:
+        return _from_evals(path, typed, method)
+    if kind == DEMO_TASK:
+        return _from_demo(path, typed)
+    return _from_classifier_eval(path, typed, method)
 
 
 def _label(path: Path) -> str:
     stem = path.stem
     return path.resolve().parent.name if stem in GENERIC_STEMS else stem
-
-
-def _evaluations(data: list) -> list[DatasetEvaluation]:
-    return [DatasetEvaluation.from_json(entry) for entry in data]
 
 
 def _from_search(path: Path, result: SearchResult, method: str, setting: str = "") -> Found:
@@ -234,11 +223,11 @@ def _read_method_folder(folder: Path) -> Found:
     search = None
     if (folder / "search.json").is_file():
         path = folder / "search.json"
-        search = _expect(path, SEARCH_TASK, SearchResult.from_json)
+        search = _expect(path, SEARCH_TASK)
         found.add(_from_search(path, search, method))
     if (folder / "test.json").is_file():
         path = folder / "test.json"
-        found.add(_from_evals(path, _expect(path, ZEROSHOT_TASK, _evaluations), method, search))
+        found.add(_from_evals(path, _expect(path, ZEROSHOT_TASK), method, search))
     row = found.rows[0]
     for other in found.rows[1:]:
         row = row.merged(other) if other.dataset == row.dataset else _mismatch(folder, row, other)
@@ -249,11 +238,16 @@ def _mismatch(folder: Path, row: ResultRow, other: ResultRow):
     raise UsageError(f"{folder}: search.json is about {row.dataset} but test.json about {other.dataset}")
 
 
-def _expect(path: Path, kind: str, reader):
+_KIND_NAMES = {SEARCH_TASK: NOT_OURS, ZEROSHOT_TASK: NOT_OURS, "inspect": "not a negmerge inspect --json result",
+               "choice": "not a best-single choice"}
+
+
+def _expect(path: Path, kind: str):
+    """The file at ``path``, which must hold a result of kind ``kind``, checked against its schema."""
     data = load_json(path)
     if kind_of(data) != kind:
-        raise UsageError(f"{path}: {NOT_OURS}")
-    return _typed(path, data, reader)
+        raise UsageError(f"{path}: {_KIND_NAMES[kind]}")
+    return _typed(path, data, kind)
 
 
 def _with_inspection(folder: Path, row: ResultRow) -> ResultRow:
@@ -261,15 +255,9 @@ def _with_inspection(folder: Path, row: ResultRow) -> ResultRow:
 
     updates = {}
     if (folder / "inspect.json").is_file():
-        inspected = load_json(folder / "inspect.json")
-        if kind_of(inspected) != "inspect":
-            raise UsageError(f"{folder / 'inspect.json'}: not a negmerge inspect --json result")
-        updates["kept"] = inspected["nonzero_fraction"]
+        updates["kept"] = _expect(folder / "inspect.json", "inspect").nonzero_fraction
     if (folder / "choice.json").is_file():
-        choice = load_json(folder / "choice.json")
-        if kind_of(choice) != "choice":
-            raise UsageError(f"{folder / 'choice.json'}: not a best-single choice")
-        updates["vector"] = _typed(folder / "choice.json", choice, lambda c: str(c["chosen"]["name"]))
+        updates["vector"] = _expect(folder / "choice.json", "choice").chosen.name
     return replace(row, **updates) if updates else row
 
 
@@ -287,7 +275,7 @@ def _from_demo(path: Path, results: DemoResults) -> Found:
             found.rows.append(_outcome_row(path, method, dataset, outcome, setting or ""))
             if outcome.search:
                 search_path = folder / outcome.search
-                search = _expect(search_path, SEARCH_TASK, SearchResult.from_json)
+                search = _expect(search_path, SEARCH_TASK)
                 found.curves.append(Curve(method, dataset, search, setting or ""))
     return found
 

@@ -1,16 +1,19 @@
-"""Strict JSON for the headers and indexes of checkpoint files.
+"""Strict JSON: how the tool parses every JSON it reads (checkpoint headers and indexes here; adapter
+configs, forget splits, results, sweep files and stored accuracies through negmerge_cli.schemas).
 
-``json.loads`` accepts things no safetensors writer produces and that turn into silently wrong
+``json.loads`` accepts things no writer of these files produces and that turn into silently wrong
 results or tracebacks downstream: duplicate keys (the last one silently wins), ``NaN`` and
-``Infinity``, integers thousands of digits long (ValueError past Python's conversion limit, slow
-arithmetic below it), and nesting deep enough to raise RecursionError. :func:`load_json` refuses all
-of them with one CheckpointError; the validators of each structure (format.py) then see only plain
-dicts, lists, strings, bools, floats and integers that fit in 64 bits.
+``Infinity``, numbers too large for a float (``1e999`` becomes infinity), integers thousands of
+digits long (ValueError past Python's conversion limit, slow arithmetic below it), and nesting deep
+enough to raise RecursionError. :func:`load_json` refuses all of them with one error; what remains
+is plain dicts, lists, strings, bools, finite floats and integers of at most 20 digits, which the
+validators of each structure (checkpoint/format.py, negmerge_cli.schemas) then check field by field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import reprlib
 
 from negmerge_cli.errors import CheckpointError, NegmergeError
@@ -28,10 +31,10 @@ class _Refused(ValueError):
 
 def load_json(raw: bytes, what: str, error: type[NegmergeError] = CheckpointError) -> object:
     """Parse ``raw``; ``what`` names it in errors, e.g. ``"/x/model.safetensors: header"``;
-    ``error`` is the class raised (other JSON the tool reads, such as a sweep's records, use it too)."""
+    ``error`` is the class raised."""
     try:
         return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
-                          parse_int=_bounded_int, parse_constant=_no_constant)
+                          parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
     except UnicodeDecodeError:
         raise error(f"{what} is not valid UTF-8") from None
     except RecursionError:
@@ -61,6 +64,13 @@ def _bounded_int(text: str) -> int:
     if digits > MAX_INT_DIGITS:
         raise _Refused(f"has an integer of {digits} digits (at most {MAX_INT_DIGITS})")
     return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(f"has a number too large for a float ({show(text)})")
+    return value
 
 
 def _no_constant(name: str) -> object:
