@@ -1,5 +1,6 @@
-"""Reading SOURCE: a safetensors checkpoint (file, sharded index or folder) or a ``torch.save`` file,
-as a flat dict of named tensors plus the SHA-256 of every file read."""
+"""Reading SOURCE: a safetensors checkpoint (file, sharded index or folder) or a ``torch.save`` file
+(read by :mod:`.torch_file`, never by ``torch.load``), as a flat dict of named tensors plus the
+SHA-256 of every file read."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from negmerge_cli.checkpoint import digests
+from negmerge_cli.checkpoint import digests, kinds
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_checkpoint, open_regular
-from negmerge_cli.convert import unpickle
+from negmerge_cli.convert import torch_file, unpickle
 from negmerge_cli.errors import CheckpointError
 
 
@@ -24,6 +25,7 @@ def read_source(path: str | Path) -> Source:
     path = Path(path)
     if path.is_dir() or path.name.endswith((".safetensors", INDEX_SUFFIX)):
         with open_checkpoint(path) as checkpoint:
+            kinds.require_kind(checkpoint, kinds.CONVERT_SOURCE)
             tensors = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
             hashes = {Path(p): h for p, h in checkpoint.file_hashes().items()}
         return Source(path, tensors, hashes)
@@ -33,7 +35,7 @@ def read_source(path: str | Path) -> Source:
 
 
 def _pickled_tensors(path: Path, handle) -> dict[str, object]:
-    obj = unpickle.load_pickled(path, handle)
+    obj = torch_file.read_torch_file(path, handle)
     if unpickle.is_module(obj):
         return unpickle.module_state_dict(obj, path)
     if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
