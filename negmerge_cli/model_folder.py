@@ -15,7 +15,8 @@ is followed only within the base folder (or, for a Hugging Face cache snapshot, 
 
 Every file goes through :mod:`negmerge_cli.files`: targets are checked before any work (existing
 files need ``force``; no target may be an input), and the copies, the weights and the card are
-renamed into place together at the end, or none of them.
+renamed into place together at the end, or none of them. A folder that already holds other weights
+is refused where they would be what transformers (or this tool) loads from it afterwards.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from negmerge_cli import files, model_card
-from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, Checkpoint
+from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, MODEL_CONFIG, Checkpoint, configured_weights, folder_weights
 from negmerge_cli.errors import CheckpointError, OutputError, option, switch
 from negmerge_cli.invocation import command_line
 from negmerge_cli.output import output as console
@@ -103,11 +104,38 @@ def plan_output(output: str | os.PathLike, options, base: str | os.PathLike | No
     companions = _companions(base_folder) if base_folder is not None and options.copy_files else []
     card = _card_fields(Path(base) if base is not None else None, base_folder) if options.model_card else None
     plan = OutputPlan(folder / name, shard_bytes, folder, companions, card, options.force)
+    check_read_back(folder, name, shard_bytes is not None, companions)
     for source in companions:
         files.register_input(source)
     for target in plan.targets():
         files.check_target(target, force=options.force)
     return plan
+
+
+def check_read_back(folder: Path, weights: str, sharded: bool, companions: Sequence[Path] = ()) -> None:
+    """The finished folder must be read (by transformers, and by this tool: the same rule,
+    :func:`reader.folder_weights`) from the weights written now: a weights file an existing folder
+    already holds, or a ``config.json`` naming another file, must not win over them."""
+    try:
+        existing = set(os.listdir(folder)) if folder.is_dir() else set()
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+    names = existing | {source.name for source in companions}
+    config = next((source for source in companions if source.name == MODEL_CONFIG), None)
+    if config is None and MODEL_CONFIG in existing:
+        config = folder / MODEL_CONFIG  # stays as it is
+    configured = configured_weights(config) if config is not None else None
+    for written in [weights, *([weights.removesuffix(".safetensors") + INDEX_SUFFIX] if sharded else [])]:
+        try:
+            chosen = folder_weights(folder, names | {written}, configured)
+        except CheckpointError:
+            others = sorted(n for n in existing - {written} if n.endswith((".safetensors", INDEX_SUFFIX)))
+            raise OutputError(f"{folder}: already holds {', '.join(others)}, which would leave it ambiguous beside "
+                              f"the {written} written now; remove them or write to another folder") from None
+        if chosen != written:
+            why = f"its {MODEL_CONFIG} names {chosen}" if chosen == configured else f"it already holds {chosen}"
+            raise OutputError(f"{folder}: {why}, which transformers (and negmerge) would load instead of the "
+                              f"{written} written now; remove it or write to another folder")
 
 
 def _weights_layout(base: Checkpoint | None, shard_bytes: int | None) -> tuple[str, int | None]:

@@ -2,7 +2,8 @@
 Hugging Face transformers CLIP) to OpenCLIP state dicts in safetensors.
 
 Reading (``sources``, ``unpickle``) is kept apart from the name mapping (``layouts``, ``hf_clip``)
-and the fit check (``fit``), which are pure functions of tensors.
+and the fit check (``fit``), which are pure functions of names and tensors: names are mapped first,
+then every value is checked against the model's skeleton, and only then combined.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import torch
 from negmerge_cli import files
 from negmerge_cli.checkpoint import save_state_dict
 from negmerge_cli.checkpoint.provenance import describe_inputs, provenance
-from negmerge_cli.convert import hf_clip, layouts
-from negmerge_cli.convert.fit import fit_to_model
+from negmerge_cli.convert import fit, hf_clip, layouts
 from negmerge_cli.convert.sources import read_source, sha256_of
-from negmerge_cli.model_folder import MODEL_CARD, is_folder_target, write_card
+from negmerge_cli.model_folder import MODEL_CARD, check_read_back, is_folder_target, write_card
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # open_clip's names for a model folder (its hub layout)
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -44,16 +44,17 @@ def convert_checkpoint(source: str | Path, model: str, pretrained: str | None = 
                        quick_gelu: bool | None = None) -> Conversion:
     """SOURCE's tensors under OpenCLIP names for ``model``, completed from ``pretrained`` if given.
 
-    The architecture (QuickGELU or not) is the pretrained weights' unless ``quick_gelu`` forces it;
-    it is recorded so every later stage rebuilds the same model."""
+    Every source tensor is checked against the model's skeleton before any arithmetic or model
+    building. The architecture (QuickGELU or not) is the pretrained weights' unless ``quick_gelu``
+    forces it; it is recorded so every later stage rebuilds the same model."""
     from negmerge_cli.clip import models
 
     models.check_model_name(model)
     read = read_source(source)
-    tensors, layout = to_open_clip_names(read.tensors, read.path)
+    expected = models.skeleton(model).state_dict()
+    tensors, layout = to_open_clip(read.tensors, expected, model, read.path, completing=bool(pretrained))
     reference_model = models.create_model(model, pretrained, quick_gelu=quick_gelu)
-    reference = reference_model.state_dict()
-    fitted = fit_to_model(tensors, reference, model, read.path, reference if pretrained else None)
+    fitted = fit.complete(tensors, expected, reference_model.state_dict() if pretrained else None)
     return Conversion(fitted.tensors, layout, read.file_hashes, fitted.filled,
                       models.architecture_metadata(reference_model), _open_clip_config(model, reference_model))
 
@@ -69,12 +70,20 @@ def _open_clip_config(name: str, model) -> dict:
     return {"model_cfg": config, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
 
 
-def to_open_clip_names(state: dict[str, object], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+def to_open_clip(state: dict[str, object], expected: dict[str, torch.Tensor], model: str, path: Path,
+                 completing: bool) -> tuple[dict[str, torch.Tensor], str]:
+    """SOURCE's values as OpenCLIP tensors of ``model`` (whose ``expected`` tensors may be a
+    skeleton's), and SOURCE's layout: names planned, every value checked, then assembled."""
     layouts.refuse_linearized(state, path)
-    tensors = layouts.require_tensors(state, path)
-    if hf_clip.is_hf_clip(tensors):
-        return hf_clip.from_hf_clip(tensors, path), hf_clip.HF_CLIP
-    return layouts.from_research(tensors, path)
+    names = list(state)
+    if hf_clip.is_hf_clip(names):
+        renamed, transposed = hf_clip.renamed(names)
+        parts, layout = layouts.plan(renamed, path, transposed), hf_clip.HF_CLIP
+    else:
+        parts = layouts.plan(layouts.research_names(names), path)
+        layout = layouts.layout_of(parts)
+    fit.check_source(state, parts, expected, model, path, completing)
+    return layouts.assemble(state, parts, expected), layout
 
 
 def convert_file(source: str | Path, output: str | Path, model: str, pretrained: str | None = None,
@@ -95,6 +104,8 @@ def convert_file(source: str | Path, output: str | Path, model: str, pretrained:
                 files.register_input(path)
         for target in (output, *extra):
             files.check_target(target, force=force)  # before minutes of reading and model building
+        if folder is not None:
+            check_read_back(folder, OPEN_CLIP_WEIGHTS, sharded=False)
         conversion = convert_checkpoint(source, model, pretrained, quick_gelu)
         metadata = provenance(
             "convert", kind="checkpoint", model=model, layout=conversion.layout,

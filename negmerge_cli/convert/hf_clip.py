@@ -3,8 +3,7 @@ names (no I/O).
 
 Both implement the same network; only the names differ, and three things change form:
 - q/k/v projections are separate ``nn.Linear`` layers in transformers, one ``in_proj`` in OpenCLIP's
-  ``nn.MultiheadAttention``: renamed to the split layout's ``attn.Q/K/V/O`` and fused by
-  :func:`layouts.fuse_split_attention`;
+  ``nn.MultiheadAttention``: renamed to the split layout's ``attn.Q/K/V/O``, which the layouts fuse;
 - the projections (``visual_projection``, ``text_projection``) are ``nn.Linear`` weights
   ``(out, in)`` applied as ``x W^T``; OpenCLIP stores matrices applied as ``x @ proj``: transposed;
 - ``*.embeddings.position_ids`` is an index buffer OpenCLIP does not keep: dropped.
@@ -14,11 +13,6 @@ Keys no rule covers keep their name, so the fit check reports them as unexpected
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import torch
-
-from negmerge_cli.convert.layouts import fuse_split_attention
 
 HF_CLIP = "hf-clip"
 
@@ -47,27 +41,30 @@ _LAYER = [(re.compile(rf"(\.resblocks\.\d+\.){old}\."), rf"\g<1>{new}.") for old
     (r"mlp\.fc1", "mlp.c_fc"),
     (r"mlp\.fc2", "mlp.c_proj"),
 )]
-_TRANSPOSED = {"visual.proj", "text_projection"}
+_TRANSPOSED = ("visual_projection.weight", "text_projection.weight")
 
 
-# transformers >= 5 saves CLIPVisionModel as the bare vision transformer (no `vision_model.`)
+# transformers >= 5 saves CLIPVisionModel as the bare vision transformer (no `vision_model.`): its
+# children, recognised by the patch embedding only it has
 _BARE_VISION = "embeddings.patch_embedding.weight"
+_BARE_CHILDREN = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
 
 
-def is_hf_clip(state: dict[str, torch.Tensor]) -> bool:
-    return _BARE_VISION in state or any(k.startswith(("vision_model.", "text_model.")) for k in state)
+def is_hf_clip(names) -> bool:
+    return _BARE_VISION in names or any(k.startswith(("vision_model.", "text_model.")) for k in names)
 
 
-def from_hf_clip(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    if _BARE_VISION in state:
-        state = {f"vision_model.{k}": v for k, v in state.items()}
-    renamed = {}
-    for key, tensor in state.items():
-        if key.endswith(".embeddings.position_ids"):
+def renamed(names: list[str]) -> tuple[dict[str, str], frozenset[str]]:
+    """OpenCLIP names (attention as the split layout's) of transformers CLIP keys, and the keys
+    stored transposed; ``position_ids`` buffers are dropped."""
+    bare = _BARE_VISION in names
+    names_for = {}
+    for key in names:
+        if key.endswith("embeddings.position_ids"):
             continue
-        name = open_clip_name(key)
-        renamed[name] = tensor.t().contiguous() if name in _TRANSPOSED else tensor
-    return fuse_split_attention(renamed, path)
+        full = f"vision_model.{key}" if bare and key.startswith(_BARE_CHILDREN) else key
+        names_for[key] = open_clip_name(full)
+    return names_for, frozenset(k for k in names_for if k in _TRANSPOSED)
 
 
 def open_clip_name(key: str) -> str:
