@@ -13,26 +13,14 @@ import torch
 
 torch.set_num_threads(1)  # see test_classifier_train.py
 
+from classifier_helpers import make_cifar10_binary, make_cifar10_python as _cifar10_python
+from classifier_helpers import make_tinyimagenet as _tinyimagenet
 from negmerge_cli.classifier.data import open_classifier_data
 from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import load_forget_split, make_forget_split
 from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError
 from negmerge_cli.families import family_of
 from tests.helpers import assert_clean_failure, run_cli
-
-
-def _cifar10_python(root, n_per_batch=6, seed=0):
-    """cifar-10-batches-py as torchvision's download has it: pickled dicts of bytes keys."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
-        (folder / name).write_bytes(pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data}))
-        batches[name] = (data, labels)
-    return batches
 
 
 def test_cifar10_pickles_read_in_torchvision_layout(tmp_path):
@@ -48,12 +36,7 @@ def test_cifar10_pickles_read_in_torchvision_layout(tmp_path):
 
 def test_cifar10_binary_and_cifar100(tmp_path):
     rng = np.random.default_rng(1)
-    binary = tmp_path / "bin" / "cifar-10-batches-bin"
-    binary.mkdir(parents=True)
-    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        records = rng.integers(0, 256, (4, 3073), dtype=np.uint8)
-        records[:, 0] %= 10
-        (binary / name).write_bytes(records.tobytes())
+    make_cifar10_binary(tmp_path / "bin", n_per_batch=4)
     data = open_classifier_data(f"cifar10:{tmp_path / 'bin'}")
     assert (len(data.train), len(data.test)) == (20, 4)
     hundred = tmp_path / "c100" / "cifar-100-python"
@@ -68,27 +51,6 @@ def test_cifar10_binary_and_cifar100(tmp_path):
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
-
-
-def _tinyimagenet(root, wnids=("n01", "n02", "n03"), per_class=2, size=8):
-    """The Tiny-ImageNet layout, tiny: train/WNID/images/*.JPEG, val/images + val_annotations.txt."""
-    from PIL import Image
-
-    base = root / "tiny-imagenet-200"
-    (base / "val" / "images").mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    rng = np.random.default_rng(0)
-    annotations = []
-    for label, wnid in enumerate(wnids):
-        (base / "train" / wnid / "images").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.full((size, size, 3), 40 * label + i, dtype=np.uint8)
-            Image.fromarray(pixels).save(base / "train" / wnid / "images" / f"{wnid}_{i}.png")
-            name = f"val_{label}_{i}.png"
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(base / "val" / "images" / name)
-            annotations.append(f"{name}\t{wnids[(label + 1) % len(wnids)]}\t0\t0\t{size}\t{size}")
-    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
-    return base
 
 
 def test_tinyimagenet_layout(tmp_path):

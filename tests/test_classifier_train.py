@@ -14,7 +14,7 @@ from negmerge_cli.classifier.data import open_classifier_data
 from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import make_forget_split
 from negmerge_cli.classifier.train import ClassifierSettings, learning_rate, mean_loss, train_classifier
-from tests.helpers import assert_clean_failure, run_cli
+from tests.helpers import run_cli
 
 # one thread: the tiny model's steps take milliseconds, and two OpenMP threads on a shared 2-core
 # machine spin-wait for each other (seconds per step)
@@ -114,9 +114,9 @@ def test_finetune_bad_inputs_create_nothing(cli, tmp_path, extra, fragments):
 
 
 def test_finetune_refuses_a_split_for_another_dataset_and_wrong_pretrained(cli, tmp_path):
-    from tests.test_classifier_data import _cifar10_python
+    from classifier_helpers import make_cifar10_python
 
-    _cifar10_python(tmp_path / "c10")
+    make_cifar10_python(tmp_path / "c10")
     make_forget_split(open_classifier_data(f"cifar10:{tmp_path / 'c10'}"), fraction=0.5).save(tmp_path / "c10.json")
     result = cli("finetune", *FAST, "--steps", "1", "--subset", "forget", "--forget-split", tmp_path / "c10.json",
                  "-o", tmp_path / "a")

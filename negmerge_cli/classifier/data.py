@@ -14,21 +14,27 @@ Specs (``--data``):
 - ``PATH``: an image folder with ``train/`` and ``test/`` sub-folders of class folders (ImageFolder
   order: sorted class names are labels 0..C-1); all images must have one size.
 
+Every dataset is checked as it is opened (:mod:`negmerge_cli.dataset_checks`): CIFAR labels are
+integers in 0..C-1 (checked per batch file), names from ``wnids.txt`` and ``val_annotations.txt``
+are plain names, and every path built from them stays inside ROOT (symlinks are followed).
+
 Transforms: train = random crop with 4-pixel zero padding + horizontal flip (no flip for digits,
 whose mirror images are other shapes), then per-channel normalisation; test = normalisation only.
 """
 
 from __future__ import annotations
 
+import codecs
+import functools
 import hashlib
 import io
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from negmerge_cli import files
+from negmerge_cli import files, safe_pickle
+from negmerge_cli.dataset_checks import Confinement, check_plain_name, checked_labels
 from negmerge_cli.errors import NegmergeError, UsageError
 
 _DIGITS_FILE = Path(__file__).resolve().parent.parent / "clip" / "data" / "digits.npz"
@@ -133,9 +139,9 @@ def open_classifier_data(spec: str) -> ClassifierData:
     elif name in ("cifar10", "cifar100"):
         arrays = _read_cifar(name, root)
     elif name == "tinyimagenet":
-        arrays = _read_tinyimagenet(root)
+        arrays = _read_tinyimagenet(root, Confinement(root, spec))
     else:
-        arrays = _read_folder(root)
+        arrays = _read_folder(root, Confinement(root, spec))
     return _assemble(name, root, *arrays)
 
 
@@ -186,48 +192,44 @@ def _read_cifar(name: str, root: Path):
     folder_name, train_files, test_file, label_key, num_classes = _CIFAR_LAYOUTS[name]
     for folder in (root / folder_name, root):
         if (folder / test_file).exists():
-            train = [_read_cifar_pickle(folder / f, label_key) for f in train_files]
-            test_x, test_y = _read_cifar_pickle(folder / test_file, label_key)
-            return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y,
-                    num_classes)
+            read = lambda path: _read_cifar_pickle(path, label_key)  # noqa: E731
+            return (*_read_batches([folder / f for f in train_files], read, repr(label_key), num_classes),
+                    *_read_batches([folder / test_file], read, repr(label_key), num_classes), num_classes)
     if name == "cifar10":
         for folder in (root / "cifar-10-batches-bin", root):
             if (folder / "test_batch.bin").exists():
-                train = [_read_cifar_binary(folder / f"data_batch_{i}.bin") for i in range(1, 6)]
-                test_x, test_y = _read_cifar_binary(folder / "test_batch.bin")
-                return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x,
-                        test_y, 10)
+                train_files = [folder / f"data_batch_{i}.bin" for i in range(1, 6)]
+                return (*_read_batches(train_files, _read_cifar_binary, "label bytes", 10),
+                        *_read_batches([folder / "test_batch.bin"], _read_cifar_binary, "label bytes", 10), 10)
     raise NegmergeError(f"{root}: no {folder_name}/{test_file} here (from --data {name}:{root})")
 
 
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists and numpy arrays; refuses every other global before it is called."""
+def _read_batches(paths: list[Path], read, label_field: str, num_classes: int):
+    """The images and labels of CIFAR batch files, in order; each file's labels are checked as it
+    is read (integers in 0..num_classes-1), so a bad one is named with its file."""
+    images, labels = [], []
+    for path in paths:
+        batch_images, batch_labels = read(path)
+        images.append(batch_images)
+        labels.append(checked_labels(batch_labels, num_classes, str(path), label_field))
+    return np.concatenate(images), np.concatenate(labels)
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("codecs", "encode"),
-    }
 
-    def find_class(self, module: str, name: str):
-        from negmerge_cli.convert.unpickle import ForbiddenGlobal
-
-        if (module, name) not in self.ALLOWED:
-            raise ForbiddenGlobal(f"{module}.{name}")
-        return super().find_class(module, name)
+@functools.lru_cache(maxsize=1)
+def _cifar_globals() -> dict[str, object]:
+    """What a CIFAR batch's pickle may name: numpy's array reconstruction (under numpy 1's and 2's
+    module names), nothing else."""
+    reconstruct, scalar = np.ndarray.__reduce__(np.zeros(1))[0], np.float64(0).__reduce__()[0]
+    found = {f"{module}.{name}": value for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+             for name, value in (("_reconstruct", reconstruct), ("scalar", scalar))}
+    return {**found, "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype, "_codecs.encode": codecs.encode,
+            "codecs.encode": codecs.encode}
 
 
 def _read_cifar_pickle(path: Path, label_key: str):
-    from negmerge_cli.convert.unpickle import ForbiddenGlobal
-
     data = files.read_bytes(path, limit=1 << 30, what="a CIFAR batch")
-    try:
-        batch = NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except ForbiddenGlobal as refused:
-        raise NegmergeError(f"{path}: refused: its pickle asks for '{refused.qualified_name}' "
-                            "(a CIFAR batch holds only arrays; nothing was run)") from None
-    except Exception as exc:  # damaged pickles fail in many ways; all mean the same here
-        raise NegmergeError(f"{path}: not a readable CIFAR batch ({type(exc).__name__})") from None
+    with safe_pickle.failures_as(path, "CIFAR batch"):
+        batch = safe_pickle.load(io.BytesIO(data), _cifar_globals().get, encoding="latin1")
     return _cifar_arrays(batch, label_key, path)
 
 
@@ -235,10 +237,13 @@ def _cifar_arrays(batch, label_key: str, path: Path):
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()} if isinstance(batch, dict) else None
     if batch is None or "data" not in batch or label_key not in batch:
         raise NegmergeError(f"{path}: not a CIFAR batch (expected a dict with 'data' and '{label_key}')")
-    images, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    try:
+        images, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    except (ValueError, TypeError, OverflowError, RecursionError):  # ragged or nested beyond arrays
+        raise NegmergeError(f"{path}: 'data' and '{label_key}' must be arrays (an image and a label per row)") from None
     if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072 or labels.shape != (len(images),):
         raise NegmergeError(f"{path}: 'data' must be uint8 N x 3072 with one label per row (got {images.dtype} {list(images.shape)})")
-    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+    return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), batch[label_key]  # as stored: _read_batches checks it
 
 
 def _read_cifar_binary(path: Path):
@@ -252,29 +257,32 @@ def _read_cifar_binary(path: Path):
 # -- image folders -----------------------------------------------------------------------------
 
 
-def _read_folder(root: Path):
+def _read_folder(root: Path, inside: Confinement):
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise NegmergeError(f"{root}: not a dataset (expected a digits/cifar10:ROOT/cifar100:ROOT spec or a folder with train/ and test/)")
     classes = sorted(e.name for e in (root / "train").iterdir() if e.is_dir() and not e.name.startswith("."))
-    train_x, train_y = _read_class_folders(root / "train", classes)
-    test_x, test_y = _read_class_folders(root / "test", classes)
+    train_x, train_y = _read_class_folders(root / "train", classes, inside)
+    test_x, test_y = _read_class_folders(root / "test", classes, inside)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise NegmergeError(f"{root}: train and test images differ in size")
     return train_x, train_y, test_x, test_y, len(classes)
 
 
-def _read_class_folders(folder: Path, classes: list[str]):
+def _read_class_folders(folder: Path, classes: list[str], inside: Confinement):
     listed = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
               for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)]
     if not listed:
         raise NegmergeError(f"{folder}: no images found (expected one sub-folder per class)")
-    return _read_images(listed)
+    return _read_images(listed, inside)
 
 
-def _read_images(listed: list[tuple[Path, int]]):
-    """(path, label) pairs as one uint8 array of same-sized RGB images and their labels."""
+def _read_images(listed: list[tuple[Path, int]], inside: Confinement):
+    """(path, label) pairs as one uint8 array of same-sized RGB images and their labels; every
+    path is checked to lie inside the dataset's root before any image is read."""
     from PIL import Image
 
+    for path, _ in listed:
+        inside.check(path)
     images = []
     for path, _ in listed:
         try:
@@ -291,28 +299,31 @@ def _read_images(listed: list[tuple[Path, int]]):
 # -- Tiny-ImageNet -----------------------------------------------------------------------------
 
 
-def _read_tinyimagenet(root: Path):
+def _read_tinyimagenet(root: Path, inside: Confinement):
     base = root / "tiny-imagenet-200" if (root / "tiny-imagenet-200").is_dir() else root
     wnids_file, annotations = base / "wnids.txt", base / "val" / "val_annotations.txt"
     for needed in (wnids_file, base / "train", annotations):
         if not needed.exists():
             raise NegmergeError(f"{base}: not Tiny-ImageNet ({needed.relative_to(base)} is missing)")
-    wnids = files.read_text(wnids_file).split()
+    lines = files.read_text(wnids_file).splitlines()
+    wnids = [check_plain_name(line.strip(), f"{wnids_file}: line {number}")
+             for number, line in enumerate(lines, 1) if line.strip()]
     if not wnids or len(set(wnids)) != len(wnids):
         raise NegmergeError(f"{wnids_file}: expected distinct class ids, one per line")
-    train_x, train_y = _read_class_folders(base / "train", wnids)
+    train_x, train_y = _read_class_folders(base / "train", wnids, inside)
     labels = {wnid: label for label, wnid in enumerate(wnids)}
     listed = []
     for number, line in enumerate(files.read_text(annotations).splitlines(), 1):
         fields = line.split("\t")
         if not line.strip():
             continue
-        if len(fields) < 2 or fields[1] not in labels or "/" in fields[0] or fields[0] in ("", ".", ".."):
+        if len(fields) < 2 or fields[1] not in labels:
             raise NegmergeError(f"{annotations}: line {number}: expected 'IMAGE<TAB>WNID...' with a class of wnids.txt")
-        listed.append((base / "val" / "images" / fields[0], labels[fields[1]]))
+        image = check_plain_name(fields[0], f"{annotations}: line {number}")
+        listed.append((base / "val" / "images" / image, labels[fields[1]]))
     if not listed:
         raise NegmergeError(f"{annotations}: no images listed")
-    test_x, test_y = _read_images(listed)
+    test_x, test_y = _read_images(listed, inside)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise NegmergeError(f"{base}: train and val images differ in size")
     return train_x, train_y, test_x, test_y, len(wnids)

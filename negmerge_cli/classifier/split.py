@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from negmerge_cli import errors, files
+from negmerge_cli import errors, files, limits
 from negmerge_cli.errors import NegmergeError, UsageError
 
 FORMAT = "negmerge.forget_split/1"
@@ -67,6 +67,7 @@ class ForgetSplit:
 
 
 def make_forget_split(data, fraction: float | None = None, classes=None, seed: int = 0) -> ForgetSplit:
+    limits.check_values("split", {"forget_fraction": fraction, "forget_classes": classes, "seed": seed})
     if (fraction is None) == (classes is None):
         raise UsageError(f"give one of {errors.option('forget_fraction')} or {errors.option('forget_classes')}")
     labels = np.asarray(data.train_labels)
@@ -81,8 +82,6 @@ def make_forget_split(data, fraction: float | None = None, classes=None, seed: i
 
 
 def _random_forget(n_train: int, fraction: float, seed: int) -> tuple[int, ...]:
-    if not (0 < fraction < 1):
-        raise UsageError(f"{errors.option('forget_fraction')} {fraction}: must lie strictly between 0 and 1")
     count = int(round(fraction * n_train))
     if count == 0:
         raise UsageError(f"{errors.option('forget_fraction')} {fraction}: selects no example of {n_train} (empty Df)")
@@ -105,19 +104,16 @@ def _check_classes(classes, num_classes: int) -> tuple[int, ...]:
 
 
 def load_forget_split(path: str | os.PathLike, data) -> ForgetSplit:
-    """The split in ``path``, checked against ``data``; one line for anything wrong."""
-    text = files.read_text(path, limit=64 << 20, what="a forget split")
-    try:
-        raw = json.loads(text)
-        split = ForgetSplit(dict(raw["dataset"]), raw["seed"], raw["fraction"],
-                            tuple(raw["classes"]) if raw["classes"] is not None else None,
-                            tuple(int(i) for i in raw["forget_indices"]))
-        if raw.get("format") != FORMAT:
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise NegmergeError(f"{path}: not a forget split written by `negmerge split`") from None
+    """The split in ``path``, checked against ``data``; one line for anything wrong (the schema
+    checks every field, the indices included: sorted, distinct, within the training set)."""
+    from negmerge_cli import schemas
+    from negmerge_cli.schemas.split import ForgetSplitFile
+
+    found = schemas.read(path, ForgetSplitFile, error=NegmergeError, what="a forget split")
+    split = ForgetSplit(identity=found.dataset.model_dump(), seed=found.seed, fraction=found.fraction,
+                        classes=tuple(found.classes) if found.classes is not None else None,
+                        forget_indices=tuple(found.forget_indices))
     _check_same_dataset(split, data, path)
-    _check_indices(split, path)
     return split
 
 
@@ -127,11 +123,3 @@ def _check_same_dataset(split: ForgetSplit, data, path) -> None:
             raise UsageError(
                 f"{errors.option('forget_split')} {path}: made for another dataset ({key} "
                 f"{split.identity.get(key)!r} there, {data.identity.get(key)!r} in this --data)")
-
-
-def _check_indices(split: ForgetSplit, path) -> None:
-    indices = split.forget_indices
-    if not indices or list(indices) != sorted(set(indices)) or indices[0] < 0 or indices[-1] >= split.n_train:
-        raise NegmergeError(f"{path}: forget_indices must be sorted, distinct, non-empty and within 0..{split.n_train - 1}")
-    if len(indices) == split.n_train:
-        raise NegmergeError(f"{path}: forgets every training example (empty Dr)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from negmerge_cli import errors, files
 from negmerge_cli.errors import UsageError
 from negmerge_cli.output import output
-from negmerge_cli.results import PointRecord
+from negmerge_cli.results import Metrics, PointRecord
 from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
 
 SUBSETS = ("all", "retain", "forget")
@@ -62,8 +62,9 @@ def finetune(options):
     points = plan(options)
     with files.operation():
         run = ClassifierSweepRun(options)
-        for point in run.prepare(points):
-            run.train_point(point)
+        with run.folder.claim():
+            for point in run.prepare(points):
+                run.train_point(point)
         return run.folder.rebuild_manifest()
 
 

@@ -10,6 +10,9 @@ set, at most 5,000 images, drawn with ``torch.randperm`` seeded 0 exactly as ``r
 it; ``train`` is the rest, so fine-tuning never sees a Val image. Where the release reads a separate
 Val folder instead (``EuroSAT_splits/val``), Val is that folder and ``train`` is all of the train
 folder. Every :class:`ImageSet` says where its images come from (``split_source``).
+
+A dataset is checked once as it is opened (:func:`_check_sources`, before any image is read): its
+labels are integers naming one of its classes, and its image files lie inside ROOT.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from negmerge_cli import files
 from negmerge_cli.clip import classnames as names
 from negmerge_cli.clip import templates as prompts
+from negmerge_cli.dataset_checks import Confinement, check_plain_name, checked_labels
 from negmerge_cli.errors import NegmergeError, UsageError
 
 PAPER_DATASETS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn", "imagenet")
@@ -110,6 +114,9 @@ class _DigitsSource:
     def __getitem__(self, i: int):
         return Image.fromarray(self.images[i], mode="L"), int(self.labels[i])
 
+    def listing(self):
+        return None, self.labels
+
 
 class _FileSource:
     """(path, label) pairs decoded with PIL; an unreadable file is a one-line error naming it."""
@@ -124,10 +131,15 @@ class _FileSource:
         path, label = self.samples[i]
         return open_image(path), label
 
+    def listing(self):
+        """(image paths, labels), as :func:`_check_sources` checks them."""
+        return [path for path, _ in self.samples], [label for _, label in self.samples]
+
 
 class _TorchvisionSource:
-    def __init__(self, dataset, spec_text: str):
+    def __init__(self, dataset, spec_text: str, labels_file: Optional[Path] = None):
         self.dataset, self.spec_text = dataset, spec_text
+        self.labels_file = labels_file  # the file its labels were read from, for messages
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -138,6 +150,17 @@ class _TorchvisionSource:
         except (OSError, ValueError, SyntaxError) as exc:
             raise NegmergeError(f"{self.spec_text}: cannot read image {i} ({exc})") from None
         return image, int(label)
+
+    def listing(self):
+        """(image paths or None, labels) from the lists torchvision built, without reading an image."""
+        dataset = self.dataset
+        for attribute in ("_samples", "samples"):  # GTSRB and StanfordCars; ImageFolder (EuroSAT)
+            if hasattr(dataset, attribute):
+                pairs = getattr(dataset, attribute)
+                return [str(path) for path, _ in pairs], [label for _, label in pairs]
+        if hasattr(dataset, "_image_files"):  # SUN397
+            return [str(path) for path in dataset._image_files], list(dataset._labels)
+        return None, np.asarray(dataset.targets if hasattr(dataset, "targets") else dataset.labels)  # MNIST, SVHN
 
 
 def open_image(path: str) -> Image.Image:
@@ -242,6 +265,7 @@ def load_dataset(
     """Open a dataset spec at its split (or ``default_split``); nothing is downloaded."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     found = _open_source(spec)
+    _check_sources(spec, found)
     protect(spec)
     source, indices, split, origin = _select_split(spec, found, spec.split or default_split)
     classnames = found.classnames
@@ -254,6 +278,20 @@ def load_dataset(
     if classnames_file is not None and loaded.class_mapping:
         _log_mapping(loaded)
     return loaded
+
+
+def _check_sources(spec: DatasetSpec, found: Sources) -> None:
+    """The one check of what a dataset's own files say, made when it is opened, before any image
+    is read: every label names one of its classes, every image file lies inside its root."""
+    inside = Confinement(spec.root, spec.text) if spec.root is not None else None
+    for source in (found.train, found.test, found.val):
+        if source is None:
+            continue
+        paths, labels = source.listing()
+        labels_file = getattr(source, "labels_file", None)
+        checked_labels(labels, len(found.classnames), str(spec.root / labels_file) if labels_file else spec.text)
+        for path in paths if inside is not None and paths is not None else ():
+            inside.check(path)
 
 
 def _select_split(spec: DatasetSpec, found: Sources, split: str):
@@ -370,11 +408,18 @@ def _scan_class_folders(root: Path, classes: Optional[Sequence[str]] = None):
 # --- the paper's datasets from a local root -----------------------------------------------------
 
 
-def _torchvision(spec: DatasetSpec, factory: Callable, layout: str):
+def _torchvision(spec: DatasetSpec, factory: Callable, layout: str, labels_file: Optional[str] = None):
+    """A torchvision dataset over ROOT; ``labels_file`` (relative to ROOT) is where its labels are read from."""
     try:
-        return _TorchvisionSource(factory(), spec.text)
+        return _TorchvisionSource(factory(), spec.text, Path(labels_file) if labels_file else None)
     except (RuntimeError, FileNotFoundError) as exc:
         raise NegmergeError(f"{spec.root}: no {spec.kind} data in the expected layout {layout} ({exc})") from None
+    except (KeyError, ValueError, IndexError, TypeError) as exc:  # torchvision parses the lists: bad entries fail in it
+        where = spec.root / labels_file if labels_file else spec.root
+        if isinstance(exc, KeyError):  # an image folder the class list lacks, a missing column...
+            raise NegmergeError(f"{where}: has no {str(exc)[:80]}, which the {spec.kind} files need") from None
+        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise NegmergeError(f"{where}: cannot read the {spec.kind} lists ({reason})") from None
     except ImportError as exc:
         raise NegmergeError(f"{spec.text}: reading {spec.kind} needs {exc.name} (pip install {exc.name})") from None
 
@@ -382,14 +427,16 @@ def _torchvision(spec: DatasetSpec, factory: Callable, layout: str):
 def _open_mnist(spec) -> Sources:
     from torchvision.datasets import MNIST
 
-    load = lambda train: _torchvision(spec, lambda: MNIST(str(spec.root), train=train), "ROOT/MNIST/raw/*-ubyte")
+    load = lambda train: _torchvision(spec, lambda: MNIST(str(spec.root), train=train), "ROOT/MNIST/raw/*-ubyte",
+                                      f"MNIST/raw/{'train' if train else 't10k'}-labels-idx1-ubyte")
     return Sources(load(True), load(False), names.DIGITS, "MNIST train (torchvision)", "MNIST t10k (torchvision)")
 
 
 def _open_svhn(spec) -> Sources:
     from torchvision.datasets import SVHN
 
-    load = lambda split: _torchvision(spec, lambda: SVHN(str(spec.root), split=split), "ROOT/{train,test}_32x32.mat")
+    load = lambda split: _torchvision(spec, lambda: SVHN(str(spec.root), split=split), "ROOT/{train,test}_32x32.mat",
+                                      f"{split}_32x32.mat")
     return Sources(load("train"), load("test"), names.DIGITS, "SVHN train_32x32.mat", "SVHN test_32x32.mat")
 
 
@@ -397,7 +444,8 @@ def _open_gtsrb(spec) -> Sources:
     from torchvision.datasets import GTSRB
 
     layout = "ROOT/gtsrb/GTSRB/Training, ROOT/gtsrb/GT-final_test.csv"
-    load = lambda split: _torchvision(spec, lambda: GTSRB(str(spec.root), split=split), layout)
+    labels = {"train": "gtsrb/GTSRB/Training", "test": "gtsrb/GT-final_test.csv"}
+    load = lambda split: _torchvision(spec, lambda: GTSRB(str(spec.root), split=split), layout, labels[split])
     return Sources(load("train"), load("test"), names.GTSRB, "GTSRB train (torchvision)", "GTSRB test (torchvision)")
 
 
@@ -405,8 +453,10 @@ def _open_cars(spec) -> Sources:
     from torchvision.datasets import StanfordCars
 
     layout = "ROOT/stanford_cars/{devkit,cars_train,cars_test,cars_test_annos_withlabels.mat}"
-    train = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="train"), layout)
-    test = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="test"), layout)
+    train = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="train"), layout,
+                         "stanford_cars/devkit/cars_train_annos.mat")
+    test = _torchvision(spec, lambda: StanfordCars(str(spec.root), split="test"), layout,
+                        "stanford_cars/cars_test_annos_withlabels.mat")
     return Sources(train, test, tuple(train.dataset.classes), "stanford_cars cars_train", "stanford_cars cars_test")
 
 
@@ -444,11 +494,14 @@ def _dtd_list(base: Path, name: str) -> list[tuple[str, str]]:
     listing = base / "labels" / f"{name}.txt"
     if not listing.is_file():
         raise NegmergeError(f"{listing}: missing split list for dtd")
-    pairs = [line.strip().split("/") for line in listing.read_text().splitlines() if line.strip()]
-    bad = next((p for p in pairs if len(p) != 2), None)
-    if bad is not None:
-        raise NegmergeError(f"{listing}: line {'/'.join(bad)!r} is not CLASS/FILE")
-    return [(c, f) for c, f in pairs]
+    pairs = []
+    for number, line in enumerate(files.read_text(listing, limit=64 * 2**20, what="a split list").splitlines(), 1):
+        if line.strip():
+            parts = line.strip().split("/")
+            if len(parts) != 2:
+                raise NegmergeError(f"{listing}: line {number}: {line.strip()!r} is not CLASS/FILE")
+            pairs.append(tuple(check_plain_name(part, f"{listing}: line {number}") for part in parts))
+    return pairs
 
 
 def _open_eurosat(spec) -> Sources:
@@ -503,7 +556,7 @@ def _open_sun397(spec) -> Sources:
         return _open_folder_dataset(spec.root / "sun397", lambda c: names.folder_name(c[2:]), ("val", "test"))
     from torchvision.datasets import SUN397
 
-    train = _torchvision(spec, lambda: SUN397(str(spec.root)), "ROOT/SUN397/ClassName.txt")
+    train = _torchvision(spec, lambda: SUN397(str(spec.root)), "ROOT/SUN397/ClassName.txt", "SUN397/ClassName.txt")
     return Sources(train, None, tuple(names.folder_name(c) for c in train.dataset.classes), "SUN397 (torchvision)")
 
 

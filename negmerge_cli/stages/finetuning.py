@@ -57,6 +57,14 @@ class FinetuneOptions:
     schedule: str = "cosine"  # classifier: cosine | step
     augment: Optional[str] = None  # classifier: crop-flip | crop | none; None: the data's (crop-flip; crop for digits)
 
+    def __post_init__(self) -> None:  # every number in range before anything runs (negmerge_cli.limits)
+        from negmerge_cli import limits
+        from negmerge_cli.units import parse_size
+
+        limits.check_fields("finetune", self)
+        limits.check_fields("finetune", self.grid)
+        parse_size(self.cache_memory, option("cache_memory"))
+
 
 CLIP_WARMUP_STEPS = 500
 
@@ -98,10 +106,6 @@ def _plan_clip(options: FinetuneOptions) -> list[GridPoint]:
     from negmerge_cli.clip.precision import check_precision
 
     check_precision(options.precision)
-    if not 0 < options.crop_scale <= 1:
-        raise UsageError(f"{option('crop_scale')} {options.crop_scale}: must be in (0, 1]")
-    if not 0 <= options.hflip <= 1:
-        raise UsageError(f"{option('hflip')} {options.hflip}: must be in [0, 1]")
     if options.randaug_interpolation not in models.RANDAUG_INTERPOLATIONS:
         raise UsageError(f"{option('randaug_interpolation')} {options.randaug_interpolation!r}: must be one of "
                          f"{', '.join(models.RANDAUG_INTERPOLATIONS)}")
@@ -141,9 +145,9 @@ def _finetune_clip(options: FinetuneOptions) -> Optional[SweepManifest]:
     try:
         with files.operation(), (output().silenced() if not ranks.is_main else contextlib.nullcontext()):
             sweep = _SweepRun(options, ranks)
-            todo = sweep.prepare(points)
-            for point in todo:
-                sweep.train_point(point)
+            with sweep.folder.claim() if ranks.is_main else contextlib.nullcontext():  # rank 0 does the file work
+                for point in sweep.prepare(points):
+                    sweep.train_point(point)
             return sweep.folder.rebuild_manifest() if ranks.is_main else None
     finally:
         train.shutdown_distributed(ranks)
@@ -190,15 +194,10 @@ class _SweepRun:
         from negmerge_cli.clip import models
 
         options, folder = self.options, self.folder
-        # build the base before touching DIR: weights that do not fit fail with nothing written
-        def build():
-            return models.create_model(options.model, options.pretrained, quick_gelu=self.quick_gelu)
-
-        base_model = None if folder.base.exists() else build()
-        with folder.locked():
+        with folder.locked():  # held since the claim: a failure here leaves nothing (SweepFolder.claim)
             folder.check_identity()
             if not folder.base.exists():
-                base_model = base_model or build()
+                base_model = models.create_model(options.model, options.pretrained, quick_gelu=self.quick_gelu)
                 metadata = provenance("finetune", kind="checkpoint", role="base", model=options.model,
                                       pretrained=options.pretrained, data=options.data)
                 models.save_checkpoint(base_model, folder.base, metadata)
