@@ -7,7 +7,10 @@ errors or warnings. The CLI configures it once per command (``--quiet``); librar
 :func:`configure` or :meth:`Output.silenced`.
 
 Every text shown is made printable first: file and tensor names come from users and files, and a
-name holding escape sequences must not drive the terminal.
+name holding escape sequences must not drive the terminal. Nor is any text read as Rich markup or
+emoji codes (:func:`plain_console`): a file named ``[/]x`` or ``[bold]x`` shows as itself. The other
+output languages (Markdown, YAML, plot labels, JSON) have their escaping in
+:mod:`negmerge_cli.escape`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.text import Text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 Advance = Callable[..., None]  # advance(n, note=None)
@@ -28,12 +32,17 @@ def printable(text: object) -> str:
     return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", str(text))
 
 
+def plain_console(stderr: bool = False) -> Console:
+    """A Rich console that shows every string as it is: no markup, no emoji codes, no highlighting."""
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
+
+
 class Output:
     """Console on stderr, progress bars and quiet mode, shared by the CLI and the library."""
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or plain_console(stderr=True)
 
     def log(self, message: str) -> None:
         """A line of information (suppressed when quiet)."""
@@ -42,11 +51,11 @@ class Output:
 
     def warn(self, message: str) -> None:
         """A one-line warning; shown even when quiet."""
-        self.console.print(f"[bold yellow]warning:[/] {_escape(message)}", soft_wrap=True)
+        self.console.print(_labelled("warning:", "bold yellow", message), soft_wrap=True)
 
     def error(self, message: str) -> None:
         """The one ``error:`` line of a failed command."""
-        self.console.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
+        self.console.print(_labelled("error:", "bold red", message), soft_wrap=True)
 
     def show(self, renderable) -> None:
         """A Rich table or other renderable (suppressed when quiet)."""
@@ -88,16 +97,15 @@ def _columns(unit: str) -> tuple:
                                TimeElapsedColumn, TimeRemainingColumn, TransferSpeedColumn)
 
     if unit == "bytes":
-        return (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn())
-    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(), TimeRemainingColumn())
+        return (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), TaskProgressColumn(),
+                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    return (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn())
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(" ".join(printable(text).splitlines()))  # escaped first: a carriage return shows as \x0d
+def _labelled(label: str, style: str, message: str) -> Text:
+    """``label`` styled, then ``message`` on the same line (printable first: a carriage return shows as \\x0d)."""
+    return Text.assemble((label, style), " ", " ".join(printable(message).splitlines()))
 
 
 _current = Output()

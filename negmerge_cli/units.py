@@ -8,9 +8,9 @@ from decimal import Decimal
 import torch
 
 from negmerge_cli.errors import UsageError
+from negmerge_cli.limits import SIZE
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([KMGT]?)(i?)B?\s*", re.IGNORECASE | re.ASCII)
-MAX_SIZE = 1 << 60  # 1 EiB: beyond any machine, and keeps every size computed from it in int64
 _OUTPUT_DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -23,7 +23,8 @@ def parse_size(text: str, option: str) -> int:
     """'512MB', '2GiB', '1e6'... -> bytes. Decimal units for KB/MB/GB, binary for KiB/MiB/GiB.
 
     Exact decimal arithmetic: no float overflow or NaN (400 digits, 1e400) and no int-conversion
-    limit; a result outside 1 byte .. MAX_SIZE is refused before anything uses it."""
+    limit; a result outside :data:`negmerge_cli.limits.SIZE` (1 byte .. 1 EiB) is refused before
+    anything uses it."""
     match = _SIZE.fullmatch(str(text))
     if not match:
         raise UsageError(f"{option} {text!r}: not a size (examples: 512MB, 2GiB, 1000000)")
@@ -33,8 +34,8 @@ def parse_size(text: str, option: str) -> int:
         value = Decimal(number) * scale
     except ArithmeticError:  # an exponent beyond what Decimal represents
         value = None
-    if value is None or not 1 <= value <= MAX_SIZE:
-        raise UsageError(f"{option} {text!r}: must be between 1 byte and 1 EiB")
+    if value is None or not SIZE.low <= value <= SIZE.high:
+        raise UsageError(f"{option} {text!r}: must be {SIZE.requirement}")
     return int(value)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
+from negmerge_cli.escape import json_text, number
 
 
 @opt.with_options(opt.QUIET)
@@ -23,13 +24,13 @@ def evaluate(
     coefs: Annotated[str, typer.Option("--coefs", help="Lambda grid START:STOP:NUM (inclusive) or a comma list.")] = "0:1:21",
     threshold: Annotated[float, typer.Option("--threshold", help="Keep retain acc >= THRESHOLD x the base model's.")] = 0.95,
     search: Annotated[str, typer.Option("--search", help="grid (the paper's), fast (bisection + local refinement), or compare (both).")] = "grid",
-    refine: Annotated[int, typer.Option("--refine", help="Fast search: neighbours evaluated on each side of the bisection result.", min=0)] = 2,
+    refine: Annotated[int, typer.Option("--refine", help="Fast search: neighbours evaluated on each side of the bisection result.")] = 2,
     base_retain: Annotated[Optional[str], typer.Option("--base-retain", help="The retain bar's base accuracy: a fraction (0.6666) or stored accuracies FILE.json[:KEY] (the released zeroshot_accuracies.json, or eval --json); default: evaluated at lambda 0.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the forget/retain trade-off curve to this PNG.", dir_okay=False)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON results here instead of stdout.", dir_okay=False)] = None,
     templates: opt.Templates = None,
     classnames: opt.Classnames = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.", min=1)] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 256,
     workers: opt.Workers = 2,
     cache_memory: opt.CacheMemory = "4GiB",
     quick_gelu: opt.QuickGelu = None,
@@ -72,7 +73,7 @@ def evaluate(
     if vector is None:
         results = run_eval(data or [], options, json_out=json_out, force=force)
         if not json_out:
-            typer.echo(json.dumps([r.to_json() for r in results], indent=2))
+            typer.echo(json_text([r.to_json() for r in results], "stdout"), nl=False)
         _print_eval_table(results)
         return
     search_options = SearchOptions(vector=vector, forget=forget, retain=retain, coefs=parse_coefs(coefs),
@@ -100,8 +101,9 @@ def _print_eval_table(results) -> None:
         table.add_column(column, justify="right" if column != "dataset" else "left", overflow="fold")
     for r in results:
         m = r.metrics
-        table.add_row(printable(r.dataset), str(r.n_images), f"{100 * m.acc1:.2f}", f"{100 * m.acc5:.2f}",
-                      f"{100 * m.mean_per_class_recall:.2f}", f"{r.images_per_s:.0f}")
+        table.add_row(printable(r.dataset), str(r.n_images), *(number(v, scale=100) for v in
+                                                                  (m.acc1, m.acc5, m.mean_per_class_recall)),
+                      number(r.images_per_s, ".0f"))
     output().show(table)
 
 
@@ -116,7 +118,7 @@ def _print_search_table(result) -> None:
         table.add_column(column, justify="right")
     for p in result.points:
         mark = "chosen" if p.coef == chosen else ("" if p.retain >= result.retain_limit else "below bar")
-        table.add_row(f"{p.coef:g}", f"{100 * p.forget:.2f}", f"{100 * p.retain:.2f}", mark)
+        table.add_row(f"{p.coef:g}", number(p.forget, scale=100), number(p.retain, scale=100), mark)
     output().show(table)
     heads = "rebuilt per coefficient" if result.heads_rebuilt else "built once"
     output().log(f"{result.evaluations} full evaluations in {result.seconds:.1f} s; heads {heads}")

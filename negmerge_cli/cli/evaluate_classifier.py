@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 import typer
 
 from negmerge_cli.errors import UsageError, option
+from negmerge_cli.escape import json_text, number
 
 
 def run_classifier_eval(options, *, data: Sequence[str], forget_split: Optional[str], num_classes: Optional[int],
@@ -29,7 +29,7 @@ def run_classifier_eval(options, *, data: Sequence[str], forget_split: Optional[
     if vector is None:
         result = evaluate_unlearning(options, eval_options, json_out=json_out, force=force)
         if not json_out:
-            typer.echo(json.dumps(result.to_json(), indent=2))
+            typer.echo(json_text(result.to_json(), "stdout"), nl=False)
         _show(metrics_table("unlearning metrics", [(Path(result.checkpoint).name, result.metrics, result.avg_gap)],
                             result.reference))
         return
@@ -57,7 +57,7 @@ def metrics_table(title: str, rows, reference=None):
     if reference is not None:
         table.add_row(f"reference: {printable(Path(reference.source).name)}", *_percent(reference.metrics), "0")
     for name, metrics, gap in rows:
-        table.add_row(printable(name), *_percent(metrics), "-" if gap is None else f"{gap:.2f}")
+        table.add_row(printable(name), *_percent(metrics), number(gap))
     return table
 
 
@@ -75,13 +75,12 @@ def search_table(result):
             continue
         below = result.retain_limit is not None and p.metrics.dr_acc < result.retain_limit
         mark = "chosen" if p.coef == chosen else ("below bar" if below else "")
-        gap = "-" if p.avg_gap is None else f"{p.avg_gap:.2f}"
-        table.add_row(f"{p.coef:g}", *_percent(p.metrics), gap, mark)
+        table.add_row(f"{p.coef:g}", *_percent(p.metrics), number(p.avg_gap), mark)
     return table
 
 
 def _percent(metrics) -> list[str]:
-    return [f"{100 * v:.2f}" for v in metrics.values()]
+    return [number(v, scale=100) for v in metrics.values()]
 
 
 def _show(table) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -10,6 +9,7 @@ import typer
 
 from negmerge_cli.cli import options as opt
 from negmerge_cli.errors import UsageError
+from negmerge_cli.escape import json_text, number
 
 GridValues = Optional[list[str]]
 
@@ -32,9 +32,9 @@ def finetune(
     seed: Annotated[GridValues, _grid_option("--seed", "Seed(s) for shuffling and augmentation; with --seed-mode per-point, each point's own seed is derived from it [default: 0].")] = None,
     seed_mode: Annotated[str, typer.Option("--seed-mode", help="per-point: every grid point trains with its own seed, derived from --seed and the point (the released runs each had their own); shared: every point trains with its --seed value as given.")] = "per-point",
     randaug: Annotated[GridValues, _grid_option("--randaug", "timm RandAugment string(s) like rand-m1-n1-mstd0.5; 'none' for no augmentation [default]; 'paper' for the paper's 30.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).", min=1)] = 128,
-    accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.", min=1)] = 1,
-    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run) [default: 500; classifiers 0].", min=0)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).")] = 128,
+    accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.")] = 1,
+    warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run) [default: 500; classifiers 0].")] = None,
     workers: opt.Workers = 2,
     point: Annotated[Optional[list[int]], typer.Option("--point", help="Run only grid point N (0-based; repeatable), e.g. one per Slurm array task.")] = None,
     list_points: Annotated[bool, typer.Option("--list-points", help="Print the grid (index, name) as JSON lines on stdout and exit.")] = False,
@@ -87,7 +87,8 @@ def finetune(
     )
     if list_points:
         for p in plan(options):
-            typer.echo(json.dumps({"index": p.index, "name": p.name, **p.hyperparameters()}))
+            typer.echo(json_text({"index": p.index, "name": p.name, **p.hyperparameters()}, "stdout", indent=None),
+                       nl=False)
         return
     manifest = run(options)
     if manifest:
@@ -120,9 +121,9 @@ def _print_table(manifest) -> None:
     for column in ("point", "status", "Val acc1", "img/s"):
         table.add_column(column, overflow="fold")
     if manifest.base_val:
-        table.add_row("base", "", f"{100 * manifest.base_val.acc1:.2f}", "")
+        table.add_row("base", "", number(manifest.base_val.acc1, scale=100), "")
     for record in manifest.points:
-        acc = f"{100 * record.val.acc1:.2f}" if record.val else ""
+        acc = number(record.val.acc1, scale=100) if record.val else ""
         rate = (record.train or {}).get("images_per_s", "")
         table.add_row(record.name, record.status, acc, str(rate))
     output().show(table)

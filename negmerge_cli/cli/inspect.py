@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
+from negmerge_cli.escape import json_text
 
 
 @opt.with_options(opt.SELECTION, opt.QUIET)
@@ -27,7 +28,7 @@ def inspect(
 
     summary = inspect_checkpoint(path, nonzero, selection)
     if as_json:
-        typer.echo(json.dumps(summary.to_json(), indent=2))
+        typer.echo(json_text(summary.to_json(), "stdout"), nl=False)
     else:
         _print_tables(summary)
 
@@ -36,13 +37,12 @@ def _print_tables(summary) -> None:
     """The summary is this command's result: it goes to stdout (unlike logs, which go to stderr).
     Names are never cut: a name too long for the terminal (or a pipe's 80 columns) is wrapped at
     its dots, and folded only where one component is longer than the column."""
-    from rich.console import Console
     from rich.table import Table
 
     from negmerge_cli.checkpoint.zero_tensors import ZERO_TENSORS_KEY
-    from negmerge_cli.output import printable
+    from negmerge_cli.output import plain_console, printable
 
-    console = Console(highlight=False)
+    console = plain_console()  # names show as they are: no Rich markup
 
     counted = summary.nonzero_fraction is not None
     columns = ("tensor", "dtype", "shape", "elements") + (("non-zero",) if counted else ())

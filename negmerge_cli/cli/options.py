@@ -3,6 +3,9 @@
 Single options are ``Annotated`` aliases. Groups of options (the streaming options of ``vector``,
 ``merge`` and ``apply``) are added to a command's signature by :func:`with_options`, which calls
 the command with one options object instead of the loose values, so no command repeats them.
+:func:`with_options` also checks every number a command is given against its range
+(:mod:`negmerge_cli.limits`, the one table the library's option objects check too), so no option
+declares a range of its own here.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present),
 Model = Annotated[str, typer.Option("--model", "-m", help="OpenCLIP model name (e.g. ViT-B-32, or the shipped negmerge-tiny).")]
 Templates = Annotated[Optional[Path], typer.Option("--templates", help="Template file: one per line, {} for the class name.", dir_okay=False)]
 Classnames = Annotated[Optional[Path], typer.Option("--classnames", help="Class-name file: one name per line in label order (image folders: the sorted class folders), or FOLDER<TAB>NAME lines in any order.", dir_okay=False)]
-Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.", min=0)]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
 QuickGelu = Annotated[Optional[bool], typer.Option(
     "--quick-gelu/--no-quick-gelu",
     help="Force the activation; default: what the weights need (open_clip's per-tag flag, the checkpoint's "
@@ -41,7 +44,7 @@ Buffers = Annotated[Optional[str], typer.Option(
 CacheMemory = Annotated[str, typer.Option("--cache-memory", help="Memory for decoded, preprocessed images (uint8).")]
 # classifier family (negmerge_cli/classifier/)
 NumClasses = Annotated[Optional[int], typer.Option(
-    "--num-classes", help="Classifier models: number of classes (default: the dataset's).", min=2)]
+    "--num-classes", help="Classifier models: number of classes (default: the dataset's).")]
 ForgetSplitFile = Annotated[Optional[Path], typer.Option(
     "--forget-split", help="Classifier data: forget/retain split JSON written by `negmerge split`.", dir_okay=False)]
 
@@ -72,9 +75,13 @@ def with_options(*groups: OptionGroup) -> Callable[[Callable], Callable]:
     def decorate(command: Callable) -> Callable:
         own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
                if p.name not in {g.target for g in groups}]
+        name = _COMMAND_NAMES.get(command.__name__, command.__name__)
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
+            from negmerge_cli import limits
+
+            limits.check_parsed(name, values)
             for group in groups:
                 built = group.build(**{p.name: values.pop(p.name) for p in group.params})
                 if group.target:
@@ -88,6 +95,9 @@ def with_options(*groups: OptionGroup) -> Callable[[Callable], Callable]:
         return wrapper
 
     return decorate
+
+
+_COMMAND_NAMES = {"evaluate": "eval"}  # command functions not named as the command
 
 
 def _configure_output(quiet: bool) -> None:

@@ -14,6 +14,7 @@ from typing import Callable, ClassVar, Iterator
 
 from negmerge_cli.lazy import torch
 
+from negmerge_cli import limits
 from negmerge_cli.errors import UsageError, option
 
 
@@ -38,14 +39,19 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Param:
-    """A typed, validated method parameter, exposed on the CLI as ``--<name with dashes>``."""
+    """A typed method parameter, exposed on the CLI as ``--<name with dashes>``; its range is
+    ``merge``'s entry in :data:`negmerge_cli.limits.LIMITS` (the table of every numeric option)."""
 
     name: str
     type: type
     default: object
     help: str
-    check: Callable[[object], bool] = lambda value: True
-    requirement: str = ""
+
+    @property
+    def requirement(self) -> str:
+        from negmerge_cli import limits
+
+        return limits.LIMITS["merge"][self.name].requirement
 
 
 # Tensors read lazily for one tensor of one input: yields its task-vector slices in order.
@@ -71,11 +77,8 @@ class MergeMethod(ABC):
             if key not in known:
                 raise UsageError(f"method '{self.name}' takes no option {option(key)}")
         for param in self.params:
-            value = values.get(param.name, param.default)
-            value = param.type(value)
-            if not param.check(value):
-                raise UsageError(f"{option(param.name)} {value}: must be {param.requirement} (method '{self.name}')")
-            setattr(self, param.name, value)
+            value = limits.check("merge", param.name, values.get(param.name, param.default))
+            setattr(self, param.name, param.type(value))  # an int as a float; never a float truncated
 
     @property
     def settings(self) -> dict[str, object]:

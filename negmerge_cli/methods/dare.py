@@ -18,9 +18,8 @@ class Dare(MergeMethod):
     summary = "Drop each element with probability p, rescale survivors by 1/(1-p), then (weighted) mean."
     formula = "m_i ~ Bernoulli(1-p) per element (seeded);  out = sum_i w_i m_i tau_i / (1-p) / sum_i w_i"
     params = (
-        Param("drop_rate", float, 0.5, "Probability p of dropping each element.",
-              lambda p: 0.0 <= p < 1.0, "in [0, 1)"),
-        Param("seed", int, 0, "Seed of the drop masks.", lambda s: s >= 0, "a non-negative integer"),
+        Param("drop_rate", float, 0.5, "Probability p of dropping each element."),
+        Param("seed", int, 0, "Seed of the drop masks."),
     )
     uses_weights = True
 

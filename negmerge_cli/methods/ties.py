@@ -20,8 +20,7 @@ class Ties(MergeMethod):
         "max(1, #{i: sign(kept_i) == sigma != 0})"
     )
     params = (
-        Param("density", float, 0.2, "Fraction of each tensor's largest-magnitude elements kept per vector.",
-              lambda d: 0.0 < d <= 1.0, "in (0, 1]"),
+        Param("density", float, 0.2, "Fraction of each tensor's largest-magnitude elements kept per vector."),
     )
     holds_all_inputs = True
     state_buffers = 3

@@ -4,7 +4,9 @@ matplotlib is imported when a figure is drawn (never at start-up) and only throu
 object-oriented API on the Agg canvas, so no display or global backend is involved. A figure is
 rendered to bytes and written through :mod:`negmerge_cli.files` (atomic: no partial file). The
 format follows the file's suffix: PNG, SVG or PDF; the files carry no date, so redrawing the same
-results gives the same SVG and PDF bytes.
+results gives the same SVG and PDF bytes. Names from the results (model, datasets, methods,
+settings) go into labels through :func:`~negmerge_cli.escape.mathtext`: a ``$`` in one is shown,
+never read as mathtext.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Sequence
 
 from negmerge_cli import files
 from negmerge_cli.errors import UsageError, option
+from negmerge_cli.escape import mathtext, number
 from negmerge_cli.report.readers import short_label
 from negmerge_cli.report.rows import HEADLINE, Curve
 from negmerge_cli.results import SearchResult
@@ -70,16 +73,18 @@ def search_curve(result: SearchResult, title: str = ""):
     axes.plot(coefs, [100 * p.forget for p in points], "o-", color=FORGET, markersize=4, label="forget accuracy")
     axes.plot(coefs, [100 * p.retain for p in points], "s-", color=RETAIN, markersize=4, label="retain accuracy")
     axes.axhline(100 * result.retain_limit, color=BAR, linestyle="--", linewidth=1,
-                 label=f"retain bar: {result.threshold:g} x base ({100 * result.retain_limit:.1f}%)")
+                 label=f"retain bar: {number(result.threshold, 'g')} x base "
+                       f"({number(result.retain_limit, '.1f', scale=100)}%)")
     chosen = result.chosen
     if chosen is not None:
-        axes.axvline(chosen.coef, color=CHOSEN, linestyle=":", linewidth=1.5, label=f"chosen λ = {chosen.coef:g}")
+        axes.axvline(chosen.coef, color=CHOSEN, linestyle=":", linewidth=1.5, label=f"chosen λ = {number(chosen.coef, 'g')}")
         axes.plot([chosen.coef] * 2, [100 * chosen.forget, 100 * chosen.retain], "o", color=CHOSEN, markersize=8,
                   markerfacecolor="none", markeredgewidth=2)
     else:
         axes.plot([], [], " ", label="no λ keeps the retain bar")
     axes.set(xlabel="λ (θ = base − λ·τ)", ylabel="top-1 accuracy (%)", ylim=(0, 100),
-             title=title or f"{result.model}: forget {short_label(result.forget)}, retain {short_label(result.retain)}")
+             title=mathtext(title or f"{result.model}: forget {short_label(result.forget)}, "
+                                     f"retain {short_label(result.retain)}"))
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
     return figure
@@ -102,12 +107,12 @@ def tradeoff(curves: Sequence[Curve], title: str = ""):
     figure = _figure(12.5, 4.8 * len(by_dataset))
     panels = figure.subplots(len(by_dataset), 2, squeeze=False)
     for (whole, zoomed), (dataset, group) in zip(panels, by_dataset.items()):
-        _tradeoff_panel(whole, group, f"{dataset}: every λ")
+        _tradeoff_panel(whole, group, f"{mathtext(dataset)}: every λ")
         whole.legend(fontsize="small", loc="best")
-        _tradeoff_panel(zoomed, group, f"{dataset}: near the retain bar")
+        _tradeoff_panel(zoomed, group, f"{mathtext(dataset)}: near the retain bar")
         _zoom_on_bar(zoomed, group)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(mathtext(title))
     return figure
 
 
@@ -118,7 +123,7 @@ def _tradeoff_panel(axes, curves: list[Curve], title: str) -> None:
         own = [c for c in curves if c.method == method]
         points = _path(max(own, key=lambda c: max(p.coef for p in c.search.points)))
         axes.plot([100 * p.forget for p in points], [100 * p.retain for p in points], ".-", color=colours[method],
-                  linewidth=1.2, markersize=3, label=method)
+                  linewidth=1.2, markersize=3, label=mathtext(method))
         end = next((p for p in points if p.coef == PAPER_GRID_END), None)
         if end is not None and points[-1].coef > PAPER_GRID_END:
             axes.plot(100 * end.forget, 100 * end.retain, "s", color=colours[method], markerfacecolor="none",
@@ -165,13 +170,13 @@ def _legend_keys(axes, curves: list[Curve], limits: list[float]) -> None:
     """Legend entries for the markers (drawn off-axes, only for what the panel shows)."""
     settings = list(dict.fromkeys(c.setting for c in curves if c.search.chosen is not None))
     for setting in settings:
-        marker, label = ("o", "chosen: the paper's rule") if setting == HEADLINE else ("*", f"chosen: {setting}")
+        marker, label = ("o", "chosen: the paper's rule") if setting == HEADLINE else ("*", f"chosen: {mathtext(setting)}")
         axes.plot([], [], marker, color="white", markeredgecolor="black", markersize=9, label=label)
     if any(max(p.coef for p in c.search.points) > PAPER_GRID_END for c in curves):
         axes.plot([], [], "s", color="black", markerfacecolor="none", label="λ = 1 (the paper's grid ends)")
     if limits:
         threshold = curves[0].search.threshold
-        axes.plot([], [], "--", color=BAR, label=f"retain bar ({threshold:g} x base)")
+        axes.plot([], [], "--", color=BAR, label=f"retain bar ({number(threshold, 'g')} x base)")
 
 
 # one colour per method, the same in every figure

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from typing import Optional
 
 from negmerge_cli.errors import UsageError, option
+from negmerge_cli.escape import json_text, markdown as md, number
 from negmerge_cli.report import published as paper
 from negmerge_cli.report.rows import HEADLINE, OPTIONAL_METRICS, Average, Report, ResultRow
 
@@ -44,11 +45,13 @@ def _clip_published(report: Report, with_published: bool) -> bool:
 
 
 def markdown(report: Report, with_published: bool = False) -> str:
+    """The paper's tables. Every name from the results (datasets, methods, settings, the model)
+    goes through :func:`~negmerge_cli.escape.markdown`, every number through ``number``."""
     parts = []
     clip_published = _clip_published(report, with_published)
     for setting in report.settings:
         if setting != HEADLINE or len(report.settings) > 1:
-            parts.append(f"### {HEADLINE_TITLE if setting == HEADLINE else setting}\n")
+            parts.append(f"### {HEADLINE_TITLE if setting == HEADLINE else md(setting)}\n")
         parts.append(_accuracy_table(report, setting, clip_published))
         parts.append(_lambda_table(report, setting, clip_published))
         parts.append(_metrics_table(report, setting))
@@ -63,14 +66,14 @@ def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
     splits = {r.split for r in report.rows if r.setting == setting and r.forget is not None}
     what = {frozenset({"test"}): "Test accuracy", frozenset({"val"}): "Val accuracy at the chosen lambda"}.get(
         frozenset(splits), "Test accuracy (Val where marked v: no test result given)")
-    retain = DATASET_TITLES.get(report.retain_dataset, report.retain_dataset) if report.retain_dataset else "retain set"
-    model = f" ({report.model})" if report.model else ""
+    retain = _title(report.retain_dataset) if report.retain_dataset else "retain set"
+    model = f" ({md(report.model)})" if report.model else ""
     lines = [f"{what} (%){model}: Df = forget set (lower is better), Dr = {retain}.", ""]
     header = ["Method"] + [f"{_title(d)} {x}" for d in datasets for x in ("Df", "Dr")]
     header += ["Avg Df", "Avg Dr"] if averages else []
     lines += _header(header)
     for method in methods:
-        cells = [METHOD_TITLES.get(method, method)]
+        cells = [_method(method)]
         for dataset in datasets:
             row = report.row(setting, method, dataset)
             known = paper.cell(method, dataset) if with_published and setting == HEADLINE else None
@@ -111,15 +114,15 @@ def _lambda_table(report: Report, setting: str, with_published: bool) -> str:
     lines = ["Chosen lambda (on Val), and the fraction of the vector's elements kept (non-zero):", ""]
     lines += _header(["Method"] + [_title(d) for d in datasets])
     for method in methods:
-        cells = [METHOD_TITLES.get(method, method)]
+        cells = [_method(method)]
         for dataset in datasets:
             row = report.row(setting, method, dataset)
-            text = "-" if row is None or row.coef is None else f"{row.coef:.2f}"
+            text = number(row and row.coef)
             if row is not None and row.kept is not None:
-                text += f" ({100 * row.kept:.1f}% kept)"
+                text += f" ({number(row.kept, '.1f', scale=100)}% kept)"
             known = paper.cell(method, dataset) if with_published and setting == HEADLINE else None
             if known is not None and known.coef is not None:
-                text += f" (paper {known.coef:.2f})"
+                text += f" (paper {number(known.coef)})"
             cells.append(text)
         lines.append(_line(cells))
     return "\n".join(lines) + "\n"
@@ -131,9 +134,9 @@ def _metrics_table(report: Report, setting: str) -> str:
     if not keys or not rows:
         return ""
     datasets = report.datasets
-    lines = _header(["Method"] + [f"{_title(d)} {OPTIONAL_METRICS.get(k, k)}" for d in datasets for k in keys])
+    lines = _header(["Method"] + [f"{_title(d)} {OPTIONAL_METRICS.get(k) or md(k)}" for d in datasets for k in keys])
     for method in report.methods(setting):
-        cells = [METHOD_TITLES.get(method, method)]
+        cells = [_method(method)]
         for dataset in datasets:
             row = report.row(setting, method, dataset)
             cells += [_number(row.metrics.get(k) if row else None) for k in keys]
@@ -152,7 +155,11 @@ def _classifier_published_table() -> str:
 
 
 def _title(dataset: str) -> str:
-    return DATASET_TITLES.get(dataset, dataset)
+    return DATASET_TITLES.get(dataset) or md(dataset)
+
+
+def _method(method: str) -> str:
+    return METHOD_TITLES.get(method) or md(method)
 
 
 def _header(columns: list[str]) -> list[str]:
@@ -160,15 +167,16 @@ def _header(columns: list[str]) -> list[str]:
 
 
 def _line(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    """A table row of cells already in Markdown (names escaped where they were put in)."""
+    return "| " + " | ".join(cells) + " |"
 
 
 def _pct(value: Optional[float]) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+    return number(value, scale=100)
 
 
 def _number(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.2f}"
+    return number(value)
 
 
 # -- CSV and JSON --------------------------------------------------------------------------------
@@ -225,8 +233,16 @@ def to_csv(report: Report, with_published: bool = False) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
     writer.writeheader()
     for record in records:
-        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+        writer.writerow({k: _csv_cell(v) for k, v in record.items()})
     return buffer.getvalue()
+
+
+def _csv_cell(value):
+    """The csv module quotes what needs it (commas, quotes, newlines); numbers keep full precision,
+    NaN and infinity show as n/a, None as an empty cell."""
+    if value is None:
+        return ""
+    return number(value, "") if isinstance(value, float) else value
 
 
 def to_json(report: Report, with_published: bool = False) -> str:
@@ -238,4 +254,13 @@ def to_json(report: Report, with_published: bool = False) -> str:
                          if (a := report.average(s, m)) is not None]}
     if with_published:
         data["published"] = paper.classifier_to_json() if report.is_classifier else paper.to_json()
-    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    return json_text(data, _nonfinite_source(report))
+
+
+def _nonfinite_source(report: Report) -> str:
+    """The result file a NaN or infinite figure came from: what a JSON report that cannot hold it names."""
+    for row in report.rows:
+        values = (row.forget, row.retain, row.coef, row.kept, *row.metrics.values())
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return ", ".join(row.sources) or "report"
+    return "report"
