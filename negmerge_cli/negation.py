@@ -10,22 +10,17 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli.checkpoint.provenance import PREFIX
 from negmerge_cli.errors import CheckpointError
-
-TASK_VECTOR = "task_vector"
 
 
 def load_task_vector(path: str | Path) -> dict[str, torch.Tensor]:
-    """A task vector's tensors; refuses a file whose metadata says it is a model checkpoint, and
-    any NaN or Inf (a damaged vector would silently poison every lambda)."""
-    from negmerge_cli.checkpoint import open_checkpoint
+    """A task vector's tensors; refuses a file known to be a model checkpoint
+    (:mod:`negmerge_cli.checkpoint.kinds`), and any NaN or Inf (a damaged vector would silently
+    poison every lambda)."""
+    from negmerge_cli.checkpoint import kinds, open_checkpoint
 
     with open_checkpoint(path, digest=False) as checkpoint:
-        kind = checkpoint.metadata.get(PREFIX + "kind")
-        if kind is not None and kind != TASK_VECTOR:
-            raise CheckpointError(f"{path}: is a {kind.replace('_', ' ')}, not a task vector "
-                                  "(make one with 'negmerge vector' or 'negmerge merge')")
+        kinds.require_kind(checkpoint, kinds.EVAL_VECTOR)
         tensors = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

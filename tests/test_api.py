@@ -72,7 +72,7 @@ def test_debug_variable_shows_the_traceback(tmp_path):
 
 def test_overflowing_result_is_refused_before_the_rename(tmp_path):
     save_file({"w": torch.ones(4)}, str(tmp_path / "base.safetensors"))
-    save_file({"w": torch.ones(4)}, str(tmp_path / "tau.safetensors"))
+    save_file({"w": torch.full((4,), 2.0)}, str(tmp_path / "tau.safetensors"))  # not the base's tensors again
     out = tmp_path / "out.safetensors"
     result = run_cli("apply", "--base", tmp_path / "base.safetensors", "--vector", tmp_path / "tau.safetensors",
                      "--scale", "1e300", "-o", out, "--device", "cpu")

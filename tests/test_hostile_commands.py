@@ -119,7 +119,7 @@ ROWS: dict[str, Row] = {
         ["convert", w.base, "-o", hard_link(w, w.base), "-m", TINY, "--force"], ["hardlink", "also an input"]),
     # 2. no partial output: a failure on the third input leaves none of the first two vectors
     "2-vector-out-dir-third-input-fails": lambda w: (
-        ["vector", "-q", "-b", w.a, "--out-dir", w.out / "taus", w.a, w.b,
+        ["vector", "-q", "-b", w.a, "--out-dir", w.out / "taus", w.b, w.c,
          w.edited("third.safetensors", w.c, nan_in("w"))],
         [str(w.root / "third.safetensors"), "'w'", "NaN"]),
     # 3. special files: only regular files are opened (a FIFO would block forever)

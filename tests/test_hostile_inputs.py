@@ -365,9 +365,14 @@ def test_duplicate_inputs_and_mixed_float_dtypes(tmp_path, cli):
     mixed, twice, zero, on_the_fly = (tmp_path / f"{n}.safetensors" for n in ("mixed", "twice", "zero", "fly"))
     assert cli("merge", "-m", "mean", "-o", mixed, *vectors, "-q").returncode == 0
     assert cli("merge", "-m", "mean", "-o", twice, vectors[0], vectors[0], "-q").returncode == 0
-    # all-zero results are written only with --keep-zero (tests/test_selection.py: left out by default)
-    assert cli("vector", "-b", paths[1], "-o", zero, paths[1], "--keep-zero", "-q").returncode == 0
-    assert cli("merge", "--base", paths[2], "-o", on_the_fly, paths[2], paths[2], "--keep-zero", "-q").returncode == 0
+    # all-zero results are written only with --keep-zero (tests/test_selection.py: left out by default);
+    # a fine-tune that changed no weight (only its int buffer), since the base itself is refused as one
+    unchanged = [path.with_suffix(".same.safetensors") for path in paths]
+    for path, twin in zip(paths, unchanged):
+        save_file({"w": load_file(str(path))["w"], "ids": torch.arange(3) + 1}, str(twin))
+    assert cli("vector", "-b", paths[1], "-o", zero, unchanged[1], "--keep-zero", "-q").returncode == 0
+    assert cli("merge", "--base", paths[2], "-o", on_the_fly, unchanged[2], unchanged[2], "--keep-zero",
+               "-q").returncode == 0
     floats = [t.float() for t in tensors.values()]
     torch.testing.assert_close(load_file(str(mixed))["w"], ref.mean(floats), rtol=1e-6, atol=1e-7)
     assert torch.equal(load_file(str(twice))["w"], tensors[torch.float16])

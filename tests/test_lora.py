@@ -237,7 +237,7 @@ BAD_ADAPTERS = {
     "other PEFT type": (lambda s, t: _edit_config(s.adapter, t, peft_type="IA3"), ("peft_type 'IA3'",)),
     "modules_to_save": (lambda s, t: _edit_config(s.adapter, t, modules_to_save=["lm_head"]), ("modules_to_save",)),
     "bias": (lambda s, t: _edit_config(s.adapter, t, bias="all"), ("bias 'all'",)),
-    "bad r": (lambda s, t: _edit_config(s.adapter, t, r=0), ("adapter_config.json", "r 0")),
+    "bad r": (lambda s, t: _edit_config(s.adapter, t, r=0), ("adapter_config.json", "field 'r'", "got 0")),
     "rank mismatch": (lambda s, t: _edit_config(s.adapter, t, r=8), ("q_proj'", "r=8")),
     "wrong shape": (lambda s, t: _edit_weights(s.adapter, t, _shrink_a),
                     ("adapter_model.safetensors", "layers.1.self_attn.q_proj", "[32, 16]", "[32, 32]")),
@@ -272,7 +272,7 @@ def test_malformed_or_missing_adapter_config_is_refused(llama, tmp_path, cli):
 def test_an_adapter_is_refused_where_a_checkpoint_is_expected(llama, tmp_path, cli):
     vector = tmp_path / "v.safetensors"
     assert_clean_failure(cli("apply", "--base", llama.adapter, "--vector", llama.adapter, "--scale", "1",
-                             "-o", vector), "adapter", "not a checkpoint")
+                             "-o", vector), "adapter", "not a model checkpoint")
     assert_clean_failure(cli("merge", "--base", llama.base, llama.adapter, llama.adapter, "-o", vector),
                          "adapter", "--base")
     assert not vector.exists()

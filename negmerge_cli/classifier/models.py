@@ -115,10 +115,12 @@ def architecture_metadata(name: str, num_classes: int) -> dict[str, str]:
 def load_classifier(name: str, num_classes: int, path: str | os.PathLike, device="cpu"):
     """The classifier ``name`` with the weights of safetensors ``path``; one line naming the file and
     tensor when the architecture or class count does not match."""
+    from negmerge_cli.checkpoint import kinds
     from negmerge_cli.checkpoint.reader import open_checkpoint
 
     model = create_classifier(name, num_classes)
     with open_checkpoint(path) as checkpoint:
+        kinds.require_kind(checkpoint, kinds.MODEL_WEIGHTS)
         _check_recorded(checkpoint.metadata, name, num_classes, path)
         state = {key: checkpoint.read_tensor(key) for key in checkpoint.names}
     check_fits(model, state, path, name, num_classes)

@@ -157,13 +157,10 @@ def _quiet(make):
 
 def load_weights(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
     """Load a full OpenCLIP state dict, with a one-line error if it does not fit the model."""
-    from negmerge_cli.checkpoint import open_checkpoint
-    from negmerge_cli.checkpoint.provenance import PREFIX
+    from negmerge_cli.checkpoint import kinds, open_checkpoint
 
     with open_checkpoint(path, digest=False) as checkpoint:
-        if checkpoint.metadata.get(PREFIX + "kind") == "task_vector":
-            raise CheckpointError(f"{path}: is a task vector, not a model checkpoint (its metadata says so; "
-                                  f"'negmerge apply' makes a checkpoint from a base and a vector)")
+        kinds.require_kind(checkpoint, kinds.MODEL_WEIGHTS)
         state = {name: checkpoint.read_tensor(name) for name in checkpoint.names}
     check_fits(model, state, path, model_name)
     model.load_state_dict(_with_model_scalars(model, state), strict=True)

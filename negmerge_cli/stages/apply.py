@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
-from negmerge_cli import files
+from negmerge_cli import files, limits
+from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
-from negmerge_cli.checkpoint.provenance import architecture_of, provenance
-from negmerge_cli.errors import UsageError, option
+from negmerge_cli.checkpoint.provenance import CHECKPOINT, architecture_of, provenance
 from negmerge_cli.model_folder import plan_output
 from negmerge_cli.plans import plan_apply
 from negmerge_cli.selection import EVERYTHING, TensorSelection
@@ -27,11 +26,11 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
     the output keeps the base's dtypes unless ``options.dtype``. An ``output`` folder (existing,
     or ending with ``/``) becomes a complete model folder (:mod:`negmerge_cli.model_folder`)."""
     options = options or StreamOptions()
-    if not math.isfinite(scale):
-        raise UsageError(f"{option('scale')} {scale}: must be a finite number")
+    limits.check("apply", "scale", scale)
     with files.operation(), ExitStack() as stack:
-        base_checkpoint = open_inputs(stack, [base], options)[0]
-        vector_checkpoint = open_inputs(stack, [vector], options, adapters=True)[0]
+        base_checkpoint = open_inputs(stack, [base], options, kinds.APPLY_BASE)[0]
+        vector_checkpoint = open_inputs(stack, [vector], options, kinds.APPLY_VECTOR)[0]
+        kinds.refuse_same_input(base_checkpoint, "base", vector_checkpoint, kinds.APPLY_VECTOR)
         if is_adapter(vector_checkpoint):
             check_against_base(vector_checkpoint, base_checkpoint)
         target = plan_output(output, options, base, base_checkpoint)
@@ -45,7 +44,7 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
             return theta
 
         # the result is the base's model: whoever rebuilds it needs the base's architecture entries
-        metadata = {**provenance("apply", kind="checkpoint", scale=scale), **architecture_of(base_checkpoint.metadata),
+        metadata = {**provenance("apply", kind=CHECKPOINT, scale=scale), **architecture_of(base_checkpoint.metadata),
                     **selection.metadata()}
         hashed = {"base": [base_checkpoint], "vector": [vector_checkpoint]}
         return target.write(lambda weights, shard_bytes: stream_to_file(

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli import files
+from negmerge_cli import files, limits
 from negmerge_cli.errors import CheckpointError, UsageError, option
 from negmerge_cli.output import output
-from negmerge_cli.results import (CLASSIFIER_EVAL_TASK, ClassifierEvaluation, ClassifierSearchPoint,
-                                  ClassifierSearchResult, ReferenceMetrics)
+from negmerge_cli.results import ClassifierEvaluation, ClassifierSearchPoint, ClassifierSearchResult, ReferenceMetrics
 
 DEFAULT_COEFS = [round(i / 20, 10) for i in range(21)]
 
@@ -40,8 +39,7 @@ class UnlearningEvalOptions:
         if not self.forget_split:
             raise UsageError(f"a classifier evaluation needs {option('forget_split')} FORGET.json "
                              "(make one with 'negmerge split')")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise UsageError(f"{option('num_classes')} {self.num_classes}: a classifier needs at least 2 classes")
+        limits.check_fields("eval", self)
 
 
 @dataclass
@@ -52,10 +50,9 @@ class UnlearningSearchOptions:
     threshold: float = 0.95
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold <= 1:
-            raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
-        if not self.coefs:
+        if not len(self.coefs):
             raise UsageError(f"{option('coefs')}: give one or more coefficients")
+        limits.check_fields("eval", self)
 
 
 def check_classifier_model_options(model_options) -> None:
@@ -93,6 +90,7 @@ def evaluate_unlearning(model_options, options: UnlearningEvalOptions, *, json_o
 def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions, search: UnlearningSearchOptions,
                                   *, json_out: Optional[Path] = None, force: bool = False) -> ClassifierSearchResult:
     """Every lambda's metrics for original - lambda * tau, and the choice by ``search.select``."""
+    from negmerge_cli.checkpoint.kinds import check_negation_inputs
     from negmerge_cli.classifier import search as rules
     from negmerge_cli.negation import NegatedModel, load_task_vector
 
@@ -100,6 +98,7 @@ def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions,
     rules.check_select(search.select, options.reference is not None)
     with files.operation():
         _check_inputs(model_options, options, json_out, force, search.vector)
+        check_negation_inputs(model_options.checkpoint, search.vector)
         started = time.perf_counter()
         session = _Session(model_options, options)
         model = session.load(model_options.checkpoint)
@@ -157,6 +156,7 @@ class _Session:
         if not self.split.forget_indices:
             raise UsageError(f"{options.forget_split}: the forget set is empty ({option('forget_split')})")
         self.split_record = {"file": str(options.forget_split), "sha256": split_digest(self.split.forget_indices)}
+        self.stored_reference = self._stored_reference()  # read before any evaluation: a bad file fails at once
         self.device = resolve_device(model_options.device)
         budget = parse_size(model_options.cache_memory, option("cache_memory"))
         self.sets = UnlearningSets.build(self.data, self.split, model_options.batch_size, model_options.workers,
@@ -170,14 +170,18 @@ class _Session:
 
         return load_classifier(self.model_options.model, self.num_classes, path, self.device)
 
+    def _stored_reference(self) -> Optional[ReferenceMetrics]:
+        source = self.options.reference
+        if source is None or Path(source).suffix.lower() != ".json":
+            return None
+        stored = read_evaluation(source)
+        _check_same_sets(stored, self, source)
+        return ReferenceMetrics(str(source), "eval_json", stored.metrics)
+
     def reference(self) -> Optional[ReferenceMetrics]:
         source = self.options.reference
-        if source is None:
-            return None
-        if Path(source).suffix.lower() == ".json":
-            stored = read_evaluation(source)
-            _check_same_sets(stored, self, source)
-            return ReferenceMetrics(str(source), "eval_json", stored.metrics)
+        if source is None or self.stored_reference is not None:
+            return self.stored_reference
         metrics = self.evaluate(self.load(source), f"reference {Path(source).name}")
         return ReferenceMetrics(str(source), "checkpoint", metrics)
 
@@ -206,19 +210,14 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 
 def read_evaluation(path: str | Path) -> ClassifierEvaluation:
-    """A classifier ``eval --json`` file, checked enough to fail with one line when it is not one."""
-    text = files.read_text(path, error=UsageError, limit=1 << 24, what=f"{option('reference')} file")
-    try:
-        data = json.loads(text)
-        if data.get("task") != CLASSIFIER_EVAL_TASK:
-            raise ValueError(f"task is {data.get('task')!r}, not {CLASSIFIER_EVAL_TASK!r}")
-        evaluation = ClassifierEvaluation.from_json(data)
-        values = evaluation.metrics.values()
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
-            raise ValueError("metrics must be fractions in [0, 1]")
-        return evaluation
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise UsageError(f"{option('reference')} {path}: not a classifier eval JSON ({error})") from None
+    """A classifier ``eval --json`` file, every field checked (negmerge_cli.schemas): one line naming
+    the field when it is not one."""
+    from negmerge_cli import schemas
+    from negmerge_cli.schemas.results import ClassifierEvaluationFile
+
+    where = f"{option('reference')} {path}"
+    data = schemas.load(path, error=UsageError, what="a classifier eval JSON", where=where, limit=1 << 24)
+    return schemas.validate(ClassifierEvaluationFile, data, f"{where}: not a classifier eval JSON", UsageError).build()
 
 
 def _check_same_sets(stored: ClassifierEvaluation, session: _Session, source: str) -> None:

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.format import count_nonzero
 from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
 from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
@@ -62,21 +63,21 @@ class StreamResult:
         return self.nonzero / self.elements if self.elements else 0.0
 
 
-def open_inputs(stack: ExitStack, paths: list, options: StreamOptions, adapters: bool = False) -> list[Checkpoint]:
-    """Open every input; a LoRA adapter folder only where ``adapters`` (where task vectors go)."""
-    opened = [stack.enter_context(open_checkpoint(p, options.hash_inputs, options.rehash)) for p in paths]
-    if not adapters:
-        refuse_adapters(opened)
+def open_inputs(stack: ExitStack, paths: list, options: StreamOptions, role: kinds.Role) -> list[Checkpoint]:
+    """Open every input and check that its kind fits ``role`` (:mod:`negmerge_cli.checkpoint.kinds`),
+    before any output is planned."""
+    opened = []
+    for path in paths:
+        checkpoint = stack.enter_context(open_checkpoint(path, options.hash_inputs, options.rehash))
+        kinds.require_kind(checkpoint, role)
+        opened.append(checkpoint)
     return opened
 
 
-def refuse_adapters(checkpoints: list[Checkpoint]) -> None:
-    from negmerge_cli.checkpoint.lora import is_adapter
-
-    adapter = next((c for c in checkpoints if is_adapter(c)), None)
-    if adapter is not None:
-        raise UsageError(f"{adapter.path}: a LoRA adapter is a task vector, not a checkpoint: give it as vector's "
-                         f"input, a merge input without {option('base')}, or apply's {option('vector')}")
+def refuse_base_among(base: Checkpoint, inputs: list[Checkpoint], role: kinds.Role) -> None:
+    """An input that is the base itself (the same file, or its tensors) makes an all-zero vector."""
+    for checkpoint in inputs:
+        kinds.refuse_same_input(base, "base", checkpoint, role)
 
 
 def stream_to_file(

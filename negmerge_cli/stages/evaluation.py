@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from negmerge_cli import files
 from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError, option
@@ -40,8 +40,12 @@ class EvalOptions:
     precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
 
     def __post_init__(self) -> None:
+        from negmerge_cli import limits
         from negmerge_cli.clip.precision import check_precision
+        from negmerge_cli.units import parse_size
 
+        limits.check_fields("eval", self)
+        parse_size(self.cache_memory, option("cache_memory"))
         check_precision(self.precision)
         if self.checkpoint and self.pretrained:
             raise UsageError(f"give {option('checkpoint')} or {option('pretrained')}, not both")
@@ -65,12 +69,13 @@ class SearchOptions:
     base_retain: Optional[str] = None  # a fraction, or FILE.json[:KEY] of stored accuracies; None: evaluate
 
     def __post_init__(self) -> None:
+        from negmerge_cli import limits
+
         if self.search not in SEARCHES:
             raise UsageError(f"{option('search')} {self.search!r}: choose grid, fast or compare")
-        if not 0 < self.threshold <= 1:
-            raise UsageError(f"{option('threshold')} {self.threshold}: must be in (0, 1]")
-        if not self.coefs or not all(math.isfinite(c) for c in self.coefs):
+        if not len(self.coefs):
             raise UsageError(f"{option('coefs')}: give one or more finite coefficients")
+        limits.check_fields("eval", self)
         if self.base_retain is not None and _as_number(self.base_retain) is not None:
             _check_fraction(_as_number(self.base_retain), self.base_retain)  # a file is read with the data
 
@@ -240,12 +245,16 @@ class _Search:
     """One search: the model, the cached images, and a memo of every lambda evaluated."""
 
     def __init__(self, model_options: EvalOptions, options: SearchOptions):
+        from negmerge_cli.checkpoint.kinds import check_negation_inputs
         from negmerge_cli.clip import models
         from negmerge_cli.clip.evaluate import ImageCache
         from negmerge_cli.negation import NegatedModel, load_task_vector
         from negmerge_cli.units import parse_size
 
         self.model_options, self.options = model_options, options
+        if Path(model_options.weights).exists():  # a file (not a tag): a checkpoint, and not the vector again
+            check_negation_inputs(model_options.weights, options.vector,
+                                  "checkpoint" if model_options.checkpoint else "pretrained")
         budget = parse_size(model_options.cache_memory, option("cache_memory"))
         self.sets = _open_sets([options.forget, options.retain], model_options, "val")
         self.stored_base = (None if options.base_retain is None
@@ -317,8 +326,8 @@ def stored_base_retain(value: str, retain_label: str) -> tuple[float, str]:
     if number is not None:
         return _check_fraction(number, value), value
     path, key = _split_key(value)
-    stored = _read_accuracies(path)
-    fraction = _pick_accuracy(stored, key, retain_label, path)
+    table, from_eval = _read_accuracies(path)
+    fraction = _pick_accuracy(table, from_eval, key, retain_label, path)
     where = f"{path}:{key}" if key else str(path)
     return _check_fraction(fraction, where), where
 
@@ -337,42 +346,32 @@ def _split_key(value: str) -> tuple[Path, Optional[str]]:
     return Path(path), key
 
 
-def _read_accuracies(path: Path):
-    import json
+def _read_accuracies(path: Path) -> tuple[dict[str, float], bool]:
+    """The stored accuracies by name, and whether they came from an ``eval --json`` list; every
+    field checked (negmerge_cli.schemas), one line naming the one at fault."""
+    from negmerge_cli import schemas
+    from negmerge_cli.schemas.results import StoredEvaluation
 
-    try:
-        text = files.read_text(path, error=UsageError, limit=1 << 20, what=f"{option('base_retain')} file")
-    except UsageError as error:
-        raise UsageError(f"{option('base_retain')} {error}") from None
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise UsageError(f"{option('base_retain')} {path}: not a JSON file of accuracies ({error})") from None
-
-
-def _pick_accuracy(stored, key: Optional[str], retain_label: str, path: Path) -> float:
+    where = f"{option('base_retain')} {path}"
+    stored = schemas.load(path, error=UsageError, what="a file of accuracies", where=where, limit=1 << 20)
     if isinstance(stored, list):  # eval --json: [{"dataset": ..., "metrics": {"acc1": ...}}, ...]
-        table = {entry.get("dataset"): entry.get("metrics", {}).get("acc1") for entry in stored
-                 if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict)}
-        key = key or (retain_label if retain_label in table else None) or (next(iter(table)) if len(table) == 1 else None)
-    elif isinstance(stored, dict):  # the released code's {"ImageNetVal": 0.6666, ...}
-        table = stored
-        key = key or (next(iter(table)) if len(table) == 1 else None)
-    else:
-        table = {}
+        entries = schemas.validate(list[StoredEvaluation], stored, where, UsageError)
+        return {entry.dataset: entry.metrics.acc1 for entry in entries}, True
+    return schemas.validate(dict[str, float], stored, where, UsageError), False  # {"ImageNetVal": 0.6666, ...}
+
+
+def _pick_accuracy(table: dict[str, float], from_eval: bool, key: Optional[str], retain_label: str,
+                   path: Path) -> float:
+    default = retain_label if from_eval and retain_label in table else None
+    key = key or default or (next(iter(table)) if len(table) == 1 else None)
     if key is None or key not in table:
         names = ", ".join(str(k) for k in list(table)[:12]) or "none"
         wanted = f"no entry '{key}'" if key else "name the entry as FILE:KEY"
         raise UsageError(f"{option('base_retain')} {path}: {wanted} (entries: {names})")
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{option('base_retain')} {path}: entry '{key}' is {value!r}, not an accuracy")
-    return float(value)
+    return table[key]
 
 
 def _check_fraction(value: float, where: str) -> float:
-    import math
-
     if not (math.isfinite(value) and 0 < value <= 1):
         raise UsageError(f"{option('base_retain')} {where}: {value!r} is not an accuracy fraction in (0, 1] "
                          "(e.g. 0.6666, not 66.66)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -11,14 +10,15 @@ from typing import Iterator, Sequence
 import torch
 
 from negmerge_cli import buffers as running_statistics
-from negmerge_cli import files
-from negmerge_cli.checkpoint.provenance import provenance
+from negmerge_cli import files, limits
+from negmerge_cli.checkpoint import kinds
+from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.methods import Chunk, MergeMethod, create_method
 from negmerge_cli.model_folder import plan_output
 from negmerge_cli.plans import plan_merge, task_vectors, vector_sources
 from negmerge_cli.selection import EVERYTHING, TensorSelection
-from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
+from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, refuse_base_among, stream_to_file
 from negmerge_cli.stages.vector import omit_zero_tensors
 from negmerge_cli.streaming import Engine, TensorJob, check_sum
 
@@ -57,9 +57,12 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         raise UsageError("merge needs at least one input")
     weights = _check_weights(merger, weights, len(inputs))
     with ExitStack() as stack:
-        # adapters are task vectors: with a base, the inputs are fine-tuned checkpoints instead
-        sources = open_inputs(stack, list(inputs), options, adapters=base is None)
-        base_checkpoint = open_inputs(stack, [base], options)[0] if base is not None else None
+        # without a base the inputs are task vectors; with one, fine-tuned checkpoints (never the base again)
+        base_checkpoint = open_inputs(stack, [base], options, kinds.MERGE_BASE)[0] if base is not None else None
+        role = kinds.MERGE_VECTOR if base is None else kinds.MERGE_FINETUNED
+        sources = open_inputs(stack, list(inputs), options, role)
+        if base_checkpoint is not None:
+            refuse_base_among(base_checkpoint, sources, role)
         target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero, selection)
         has_base = base_checkpoint is not None
@@ -87,7 +90,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
             merger.prepare(job.name, job.numel, len(sources), read_taus)
 
         metadata = provenance(
-            "merge", kind="task_vector", method=merger.name, params=merger.settings,
+            "merge", kind=TASK_VECTOR, method=merger.name, params=merger.settings,
             weights=list(weights) if weights else None,
         ) | selection.metadata() | statistics | omitted
         hashed = {"inputs": sources, **({"base": [base_checkpoint]} if has_base else {})}
@@ -106,9 +109,7 @@ def _check_weights(method: MergeMethod, weights: Sequence[float] | None, count: 
         raise UsageError(f"{flag}: method '{method.name}' does not use weights")
     if len(weights) != count:
         raise UsageError(f"{flag} given {len(weights)} times for {count} inputs; give one per input")
-    bad = next((w for w in weights if not math.isfinite(w)), None)
-    if bad is not None:
-        raise UsageError(f"{flag} {bad}: weights must be finite numbers")
+    limits.check("merge", "weight", weights)
     if sum(weights) == 0 and method.name != "sum":
         raise UsageError(f"{flag}: weights sum to zero")
     return tuple(float(w) for w in weights)

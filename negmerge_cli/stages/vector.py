@@ -13,15 +13,16 @@ import torch
 
 from negmerge_cli import buffers as running_statistics
 from negmerge_cli import files
+from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
-from negmerge_cli.checkpoint.provenance import provenance
+from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
 from negmerge_cli.checkpoint.zero_tensors import zero_tensors_metadata
 from negmerge_cli.errors import UsageError, option
 from negmerge_cli.output import output as console
 from negmerge_cli.plans import plan_merge, split_zero_jobs, task_vectors
 from negmerge_cli.selection import EVERYTHING, TensorSelection
-from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
+from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, refuse_base_among, stream_to_file
 from negmerge_cli.streaming import Engine, TensorJob
 
 
@@ -33,8 +34,9 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
     ``buffers="include"``, BatchNorm running statistics (:mod:`negmerge_cli.buffers`)."""
     options = options or StreamOptions()
     with files.operation(), ExitStack() as stack:
-        finetuned_checkpoint = open_inputs(stack, [finetuned], options, adapters=True)[0]
-        base_checkpoint = open_inputs(stack, [base], options)[0]
+        base_checkpoint = open_inputs(stack, [base], options, kinds.VECTOR_BASE)[0]
+        finetuned_checkpoint = open_inputs(stack, [finetuned], options, kinds.VECTOR_INPUT)[0]
+        refuse_base_among(base_checkpoint, [finetuned_checkpoint], kinds.VECTOR_INPUT)
         # a LoRA adapter is a task vector already: checked against the base, written as it reads
         from_adapter = is_adapter(finetuned_checkpoint)
         if from_adapter:
@@ -47,7 +49,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
             return next(task_vectors(slices, has_base=not from_adapter))
 
-        metadata = {**provenance("vector", kind="task_vector"), **selection.metadata(), **statistics, **omitted}
+        metadata = {**provenance("vector", kind=TASK_VECTOR), **selection.metadata(), **statistics, **omitted}
         hashed = {"inputs": [finetuned_checkpoint], "base": [base_checkpoint]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description=f"vector {Path(finetuned).name}")
