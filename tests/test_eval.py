@@ -71,21 +71,21 @@ def test_search_prints_lambda_alone_and_writes_every_point(files, tmp_path):
         assert image.format == "PNG" and image.size[0] > 300
 
 
-def test_bad_eval_inputs_fail_cleanly(files, tmp_path):
+def test_bad_eval_inputs_fail_cleanly(files, tmp_path, cli):
     base = files / "base.safetensors"
     out = tmp_path / "out.json"
     common = ["eval", "-m", TINY, "-c", base, "--json", out, "-j", "1"]
-    assert_clean_failure(run_cli(*common, "-d", tmp_path / "missing"), "missing", "does not exist")
+    assert_clean_failure(cli(*common, "-d", tmp_path / "missing"), "missing", "does not exist")
     (tmp_path / "empty" / "class_a").mkdir(parents=True)
-    assert_clean_failure(run_cli(*common, "-d", tmp_path / "empty"), "empty", "no images found")
+    assert_clean_failure(cli(*common, "-d", tmp_path / "empty"), "empty", "no images found")
     broken = make_image_folder(tmp_path / "broken", per_class=3)
     (broken / "green_disc" / "001.png").write_bytes(b"\x89PNG but not really")
-    assert_clean_failure(run_cli(*common, "-d", broken), "001.png", "cannot read image")
+    assert_clean_failure(cli(*common, "-d", broken), "001.png", "cannot read image")
     other = tmp_path / "tiny16.safetensors"
     models.save_checkpoint(models.create_model("negmerge-tiny-16"), other, {"format": "pt"})
-    assert_clean_failure(run_cli("eval", "-m", TINY, "-c", other, "-d", "digits", "--json", out),
+    assert_clean_failure(cli("eval", "-m", TINY, "-c", other, "-d", "digits", "--json", out),
                          str(other), "does not fit model negmerge-tiny")
-    assert_clean_failure(run_cli("eval", "-m", "ViT-Q-99", "-c", base, "-d", "digits"), "unknown model 'ViT-Q-99'")
+    assert_clean_failure(cli("eval", "-m", "ViT-Q-99", "-c", base, "-d", "digits"), "unknown model 'ViT-Q-99'")
     assert not out.exists()
 
 

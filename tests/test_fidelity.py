@@ -67,9 +67,9 @@ def test_random_init_keeps_the_configs_activation(tmp_path):
     assert metadata(out / "base.safetensors")["negmerge.quick_gelu"] == "false"
 
 
-def test_resuming_a_sweep_with_another_activation_is_refused(quick_gelu_sweep):
+def test_resuming_a_sweep_with_another_activation_is_refused(quick_gelu_sweep, cli):
     out, _ = quick_gelu_sweep
-    assert_clean_failure(run_cli(*FINETUNE, "--no-quick-gelu", "-o", out), str(out))
+    assert_clean_failure(cli(*FINETUNE, "--no-quick-gelu", "-o", out), str(out))
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +120,11 @@ def test_finetune_defaults_to_float32_and_records_the_precision(tmp_path):
     assert any(not torch.equal(runs["bf16"][k], runs["fp32"][k]) for k in runs["fp32"])  # autocast really ran
 
 
-def test_eval_records_the_precision_and_refuses_unknown_ones(quick_gelu_sweep):
+def test_eval_records_the_precision_and_refuses_unknown_ones(quick_gelu_sweep, cli):
     _, point = quick_gelu_sweep
     assert eval_json("-c", point)["precision"] == "fp32"
     assert eval_json("-c", point, "--precision", "bf16")["precision"] == "bf16"
-    assert_clean_failure(run_cli("eval", "-m", TINY, "-c", point, "-d", "digits", "--precision", "fp8"),
+    assert_clean_failure(cli("eval", "-m", TINY, "-c", point, "-d", "digits", "--precision", "fp8"),
                          "--precision", "fp8")
 
 

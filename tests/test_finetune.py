@@ -154,18 +154,18 @@ def test_refuses_a_folder_holding_another_sweep(sweep):
     assert sorted(p.name for p in out.iterdir()) == before
 
 
-def test_bad_finetune_inputs_fail_cleanly_and_write_nothing(tmp_path):
+def test_bad_finetune_inputs_fail_cleanly_and_write_nothing(tmp_path, cli):
     out = tmp_path / "never"
-    assert_clean_failure(run_cli("finetune", "-m", "no-such-model", "-d", "digits", "-o", out, "--steps", "1"),
+    assert_clean_failure(cli("finetune", "-m", "no-such-model", "-d", "digits", "-o", out, "--steps", "1"),
                          "unknown model 'no-such-model'")
-    assert_clean_failure(run_cli("finetune", "-m", TINY, "-d", "digits", "-o", out, "--lr", ""), "no points", "--lr")
-    assert_clean_failure(run_cli("finetune", "-m", TINY, "-d", str(tmp_path / "nowhere"), "-o", out, "--steps", "1"),
+    assert_clean_failure(cli("finetune", "-m", TINY, "-d", "digits", "-o", out, "--lr", ""), "no points", "--lr")
+    assert_clean_failure(cli("finetune", "-m", TINY, "-d", str(tmp_path / "nowhere"), "-o", out, "--steps", "1"),
                          "nowhere", "does not exist")
     other = tmp_path / "other.safetensors"
     from negmerge_cli.clip import models
 
     models.save_checkpoint(models.create_model("negmerge-tiny-16"), other, {"format": "pt"})
-    assert_clean_failure(finetune("-o", out, "-p", other), str(other), "does not fit model negmerge-tiny")
+    assert_clean_failure(cli("finetune", *COMMON, "-o", out, "-p", other), str(other), "does not fit model negmerge-tiny")
     assert not out.exists()
 
 
@@ -284,14 +284,14 @@ def test_per_point_seeds_depend_on_the_point_alone():
     assert [p.name for p in shared] == [p.name for p in expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]))]
 
 
-def test_resuming_with_other_seed_or_freeze_settings_is_refused(sweep, tmp_path):
+def test_resuming_with_other_seed_or_freeze_settings_is_refused(sweep, tmp_path, cli):
     import shutil
 
     out, _, _ = sweep
     before = sorted(p.name for p in out.iterdir())
-    assert_clean_failure(finetune("-o", out, *GRID, "--seed-mode", "shared"), str(out), "different sweep",
+    assert_clean_failure(cli("finetune", *COMMON, "-o", out, *GRID, "--seed-mode", "shared"), str(out), "different sweep",
                          "seed_mode is 'per-point' there, 'shared' here")
-    assert_clean_failure(finetune("-o", out, *GRID, "--freeze", RELEASE_FROZEN), str(out), "different sweep",
+    assert_clean_failure(cli("finetune", *COMMON, "-o", out, *GRID, "--freeze", RELEASE_FROZEN), str(out), "different sweep",
                          "freeze is [] there")
     assert sorted(p.name for p in out.iterdir()) == before
 
@@ -301,7 +301,7 @@ def test_resuming_with_other_seed_or_freeze_settings_is_refused(sweep, tmp_path)
     sweep_json = json.loads((old / "sweep.json").read_text())
     del sweep_json["identity"]["seed_mode"], sweep_json["identity"]["freeze"]
     (old / "sweep.json").write_text(json.dumps(sweep_json))
-    assert_clean_failure(finetune("-o", old, *GRID), "seed_mode is 'shared' there, 'per-point' here")
+    assert_clean_failure(cli("finetune", *COMMON, "-o", old, *GRID), "seed_mode is 'shared' there, 'per-point' here")
     resumed = finetune("-o", old, *GRID, "--seed-mode", "shared")
     assert resumed.returncode == 0, resumed.stderr
     assert f"skip {NAMES[0]}" in resumed.stderr and f"skip {NAMES[1]}" in resumed.stderr
