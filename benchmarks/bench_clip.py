@@ -26,7 +26,7 @@ from negmerge_cli.checkpoint import load_state_dict  # noqa: E402
 from negmerge_cli.clip import datasets, models, train  # noqa: E402
 from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached  # noqa: E402
 from negmerge_cli.clip.zeroshot import build_head  # noqa: E402
-from negmerge_cli.output import configure  # noqa: E402
+from negmerge_cli.core.output import configure  # noqa: E402
 from negmerge_cli.stages import EvalOptions, SearchOptions, search_coefficient  # noqa: E402
 
 

@@ -120,7 +120,7 @@ def run_child(kind: str, paths: list[Path], out: Path, method: str, device: str,
         "import json, resource, sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "import bench_merge as b\n"
-        "import torch, negmerge_cli.stages, negmerge_cli.methods\n"  # start-up excluded from the timing
+        "import torch, negmerge_cli.stages, negmerge_cli.arithmetic.methods\n"  # start-up excluded from the timing
         f"paths = {[str(p) for p in paths]!r}\n"
         "def cpu():\n"
         "    usage = resource.getrusage(resource.RUSAGE_SELF)\n"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from helpers import assert_clean_failure, make_vectors, run_cli, tricky_tensor  # noqa: F401 (re-exported)
+from safetensors.torch import save_file
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from clip_helpers import TINY, make_image_folder
 from helpers import assert_clean_failure, make_vectors
 from hostile_files import snapshot, special_file
+from safetensors.torch import load_file, save_file
 
 RAW_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything that could drive a terminal
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+
 def write_raw(path: Path, header: str | bytes, data: bytes = b"\0" * 8) -> Path:
     """A safetensors file whose header is exactly ``header`` (valid or not)."""
     encoded = header.encode() if isinstance(header, str) else header

@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import torch
-from safetensors.torch import load_file, save_file
-
 from helpers import assert_clean_failure, run_cli
+from safetensors.torch import load_file, save_file
 
 
 def test_stages_export_functions_with_docstrings():
@@ -48,7 +47,7 @@ def test_merge_and_apply_from_python(tmp_path):
 def test_library_errors_name_python_keywords(tmp_path):
     import pytest
 
-    from negmerge_cli.errors import UsageError
+    from negmerge_cli.core.errors import UsageError
     from negmerge_cli.stages import StreamOptions
 
     with pytest.raises(UsageError, match="^max_memory "):

@@ -6,10 +6,9 @@ import json
 
 import pytest
 import torch
+from helpers import assert_clean_failure
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-from helpers import assert_clean_failure
 
 
 def _bn_model(seed: int) -> dict[str, torch.Tensor]:

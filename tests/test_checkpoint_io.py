@@ -19,8 +19,8 @@ from negmerge_cli.checkpoint import (
     open_checkpoint,
     save_state_dict,
 )
-from negmerge_cli import files
-from negmerge_cli.errors import CheckpointError, OutputError
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import CheckpointError, OutputError
 
 
 def raw_file(path: Path, header: dict, data: bytes, declared: int | None = None) -> Path:

@@ -13,13 +13,15 @@ import torch
 
 torch.set_num_threads(1)  # see test_classifier_train.py
 
-from classifier_helpers import make_cifar10_binary, make_cifar10_python as _cifar10_python
+from classifier_helpers import make_cifar10_binary
+from classifier_helpers import make_cifar10_python as _cifar10_python
 from classifier_helpers import make_tinyimagenet as _tinyimagenet
+
 from negmerge_cli.classifier.data import open_classifier_data
 from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import load_forget_split, make_forget_split
-from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError
-from negmerge_cli.families import family_of
+from negmerge_cli.core.errors import CheckpointError, NegmergeError, UsageError
+from negmerge_cli.stages.registry import family_of
 from tests.helpers import assert_clean_failure, run_cli
 
 

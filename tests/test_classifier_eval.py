@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from helpers import assert_clean_failure, run_cli
 
 MODEL = "resnet8-cifar"
@@ -32,11 +31,11 @@ def _train(model, dataset, indices, steps: int, seed: int):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from negmerge_cli import files
     from negmerge_cli.checkpoint import save_state_dict
     from negmerge_cli.classifier.data import open_classifier_data
     from negmerge_cli.classifier.models import architecture_metadata, create_classifier
     from negmerge_cli.classifier.split import make_forget_split
+    from negmerge_cli.core import files
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("classifier_eval")
@@ -138,9 +137,9 @@ def test_bad_inputs_fail_cleanly(setup, tmp_path, cli):
 
 
 def test_class_count_mismatch_names_the_tensor(setup, tmp_path, cli):
-    from negmerge_cli import files
     from negmerge_cli.checkpoint import save_state_dict
     from negmerge_cli.classifier.models import create_classifier
+    from negmerge_cli.core import files
 
     root, _, _ = setup
     wide = tmp_path / "wide.safetensors"

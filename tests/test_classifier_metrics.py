@@ -10,8 +10,9 @@ from sklearn.svm import SVC
 
 from negmerge_cli.classifier import metrics
 from negmerge_cli.classifier.search import check_select, select, select_gap, select_retain_bar
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core.errors import UsageError
 from negmerge_cli.results import ClassifierSearchPoint, UnlearningMetrics
+from negmerge_cli.results.files import read_back
 
 
 def test_predictions_are_true_label_softmax_and_argmax():
@@ -127,5 +128,5 @@ def test_points_without_metrics_are_never_chosen_and_round_trip():
     curve = CURVE[:-1] + [broken]
     assert select_retain_bar(curve, 0.90).coef == 0.5
     assert select_gap(curve).coef == 0.5
-    assert ClassifierSearchPoint.from_json(broken.to_json()) == broken
-    assert ClassifierSearchPoint.from_json(CURVE[2].to_json()) == CURVE[2]
+    assert read_back(ClassifierSearchPoint, broken.to_json()) == broken
+    assert read_back(ClassifierSearchPoint, CURVE[2].to_json()) == CURVE[2]

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from negmerge_cli.checkpoint.reader import open_checkpoint
+from negmerge_cli.checkpoint.opening import open_checkpoint
 from negmerge_cli.classifier.data import open_classifier_data
 from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import make_forget_split

@@ -11,12 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import dense_reference as ref
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-import dense_reference as ref
 from helpers import assert_clean_failure, make_vectors, run_cli
+from safetensors.torch import load_file, save_file
 
 
 def sha256(path: Path) -> str:

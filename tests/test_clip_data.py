@@ -6,11 +6,11 @@ import re
 
 import pytest
 import torch
+from clip_helpers import make_image_folder
 from torch.utils.data import random_split
 
-from clip_helpers import make_image_folder
 from negmerge_cli.clip import datasets, templates
-from negmerge_cli.errors import NegmergeError, UsageError
+from negmerge_cli.core.errors import NegmergeError, UsageError
 
 
 @pytest.mark.parametrize("name, count", [("cars", 8), ("dtd", 8), ("eurosat", 3), ("gtsrb", 3), ("mnist", 1),

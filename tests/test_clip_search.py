@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from negmerge_cli.results import SearchPoint
 from negmerge_cli.clip.search import fast_search, grid_search, parse_coefs, select
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core.errors import UsageError
+from negmerge_cli.results import SearchPoint
 
 GRID = parse_coefs("0:1:21")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from clip_helpers import TINY, make_image_folder
+
+from negmerge_cli.arithmetic.negation import NegatedModel
 from negmerge_cli.clip import datasets, models, train, zeroshot
 from negmerge_cli.clip.evaluate import ImageCache, classification_metrics, image_features
-from negmerge_cli.errors import CheckpointError, UsageError
-from negmerge_cli.negation import NegatedModel
+from negmerge_cli.core.errors import CheckpointError, UsageError
 
 torch.set_num_threads(2)
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from clip_helpers import TINY
 from helpers import assert_clean_failure
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 # The research code's package layout: `src/modeling.py` with ImageEncoder (the OpenCLIP model in
 # `self.model`, text transformer deleted, preprocessing kept as attributes) and the release's split

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from negmerge_cli.methods import REGISTRY
+from negmerge_cli.arithmetic.methods import REGISTRY
 from negmerge_cli.stages import StreamOptions, apply_vector, merge_vectors
 
 pytestmark = [
@@ -44,7 +44,7 @@ def test_apply_on_cuda_matches_cpu(model_files, tmp_path):
 def test_clip_features_on_cuda_are_float32_by_default():
     """The released code evaluates in float32; bf16 autocast only on request (--precision bf16)."""
     from negmerge_cli.clip import models
-    from negmerge_cli.clip.precision import autocast
+    from negmerge_cli.training.precision import autocast
 
     model = models.create_model("negmerge-tiny", device="cuda")
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -21,14 +21,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clip_helpers import (
+    TINY,
+    make_dtd_folders_from_release,
+    make_dtd_release,
+    make_eurosat_splits,
+    make_mnist_raw,
+    make_sun397,
+)
+from helpers import assert_clean_failure
 from PIL import Image
 from safetensors import safe_open
 
-from clip_helpers import (TINY, make_dtd_folders_from_release, make_dtd_release, make_eurosat_splits, make_mnist_raw,
-                          make_sun397)
-from helpers import assert_clean_failure
 from negmerge_cli.clip import datasets, models
-from negmerge_cli.sweep import NO_AUGMENTATION
+from negmerge_cli.training.sweep import NO_AUGMENTATION
 
 pytestmark = pytest.mark.slow
 RANDAUG = "rand-m2-n1-mstd0.5"

@@ -12,14 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import dense_reference as ref
 import pytest
 import torch
+from helpers import assert_clean_failure, make_vectors
 from safetensors.torch import load_file, save_file
 
-import dense_reference as ref
-from helpers import assert_clean_failure, make_vectors
 from negmerge_cli.checkpoint import digests
-from negmerge_cli.checkpoint.reader import open_checkpoint
+from negmerge_cli.checkpoint.opening import open_checkpoint
 from negmerge_cli.stages import StreamOptions, apply_vector, make_vector, merge_vectors
 
 SHAPES = {"w": (300, 200), "b": (200,)}

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from clip_helpers import TINY, make_image_folder
+from helpers import assert_clean_failure, run_cli
 from PIL import Image
 from safetensors.torch import save_file
 
-from clip_helpers import TINY, make_image_folder
-from helpers import assert_clean_failure, run_cli
 from negmerge_cli.clip import models
 
 pytestmark = pytest.mark.slow

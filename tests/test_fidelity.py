@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from clip_helpers import TINY, make_image_folder
+from helpers import assert_clean_failure, run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from clip_helpers import TINY, make_image_folder
-from helpers import assert_clean_failure, run_cli
 from negmerge_cli.clip import models
 
 pytestmark = pytest.mark.slow

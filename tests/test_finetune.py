@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
 from clip_helpers import TINY, free_port
 from helpers import assert_clean_failure, run_cli
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 LEAN = {"OMP_NUM_THREADS": "2"}
@@ -170,9 +169,9 @@ def test_bad_finetune_inputs_fail_cleanly_and_write_nothing(tmp_path, cli):
 
 
 def test_grid_expansion_names_and_selection():
-    from negmerge_cli.errors import UsageError
+    from negmerge_cli.core.errors import UsageError
     from negmerge_cli.stages import FinetuneOptions, Grid, plan
-    from negmerge_cli.sweep import PAPER_RANDAUG
+    from negmerge_cli.training.sweep import PAPER_RANDAUG
 
     options = FinetuneOptions(model=TINY, data="digits", output=Path("unused"),
                               grid=Grid(lr=[1e-5, 5e-6], epochs=[2], seed=[0, 1], randaug=["paper"]))
@@ -272,7 +271,7 @@ def test_point_jobs_train_exactly_as_a_whole_sweep_with_their_own_seeds(sweep, t
 
 
 def test_per_point_seeds_depend_on_the_point_alone():
-    from negmerge_cli.sweep import Grid, expand_grid
+    from negmerge_cli.training.sweep import Grid, expand_grid
 
     big = expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7], randaug=["none", "rand-m1-n1-mstd0.5"]))
     small = expand_grid(Grid(lr=[1e-4], steps=[5], seed=[7], randaug=["rand-m1-n1-mstd0.5"]))

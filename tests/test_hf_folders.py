@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import assert_clean_failure, run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from helpers import assert_clean_failure, run_cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -320,7 +319,7 @@ def test_a_hugging_face_cache_snapshot_is_a_base_folder(gpt2, tmp_path, cli):
 @pytest.mark.parametrize("text", ['a "quoted" \\ name', "line\nbreak: # not a comment", "tab\t\x1b[31m",
                                   "emoji \U0001F600 and \u2028", "- [not, a, list]", "", "yes", "0.5"])
 def test_yaml_strings_read_back_exactly(text):
-    from negmerge_cli.model_card import front_matter
+    from negmerge_cli.checkpoint.card import front_matter
 
     assert yaml.safe_load(front_matter({"base_model": text, "tags": [text]}).split("---\n")[1]) == {
         "base_model": text, "tags": [text]}

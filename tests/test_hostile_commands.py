@@ -29,12 +29,11 @@ from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from clip_helpers import TINY
 from helpers import assert_clean_failure, run_cli
 from hostile import RAW_CONTROL, Workspace, assert_refused
 from hostile_files import snapshot
+from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow
 WIDE = "visual.transformer.resblocks.0.mlp.c_fc.weight"  # (256, 64) in the tiny model: not square

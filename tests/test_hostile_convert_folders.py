@@ -25,11 +25,10 @@ from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from clip_helpers import TINY
 from helpers import assert_clean_failure
 from hostile import Workspace, assert_refused
+from safetensors.torch import load_file, save_file
 
 BLOCK = "visual.transformer.resblocks.0.attn"
 PROJ = "visual.proj"  # (64, 64) in the tiny model

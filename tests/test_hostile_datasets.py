@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from PIL import Image
-
 from classifier_helpers import make_cifar10_binary, make_cifar10_python, make_tinyimagenet, write_cifar_batch
 from clip_helpers import make_dtd_release, make_image_folder, make_mnist_raw
 from hostile import assert_refused
+from PIL import Image
 
 CLASSIFIER = ["--model", "resnet8-cifar", "--batch-size", "4", "--workers", "0", "--steps", "1"]
 
@@ -305,7 +304,7 @@ def test_a_lock_removed_while_waiting_for_it_is_taken_anew(tmp_path):
     third job could hold the lock at the same time."""
     import fcntl
 
-    from negmerge_cli import files
+    from negmerge_cli.core import files
 
     lock = tmp_path / "sweep" / ".lock"
     holding, probed = threading.Event(), threading.Event()

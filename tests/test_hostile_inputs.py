@@ -18,13 +18,12 @@ import stat
 from pathlib import Path
 from typing import Callable
 
+import dense_reference as ref
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-import dense_reference as ref
 from helpers import assert_clean_failure, run_cli
 from hostile_files import entry, sharded, snapshot, special_file, write_raw
+from safetensors.torch import load_file, save_file
 
 # Builds a hostile input in a folder: (path given to the CLI, path the error must name, fragments).
 Build = Callable[[Path], tuple[Path, Path, tuple[str, ...]]]

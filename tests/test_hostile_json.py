@@ -26,11 +26,10 @@ from typing import Callable, Optional
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from clip_helpers import TINY
 from helpers import run_cli
 from hostile import Workspace, assert_refused
+from safetensors.torch import load_file, save_file
 
 peft = pytest.importorskip("peft")
 
@@ -75,11 +74,11 @@ def kits(originals, tmp_path_factory) -> Path:
     best-single files in a method folder, a demo folder, stored accuracies), ``classifier/`` (a
     forget split, the model and its eval JSON), ``lora/`` (a base and a PEFT adapter), ``sweep/``
     (a finished one-point finetune sweep of ``shapes/``)."""
-    from negmerge_cli import files
     from negmerge_cli.checkpoint import save_state_dict
     from negmerge_cli.classifier.data import open_classifier_data
     from negmerge_cli.classifier.models import architecture_metadata, create_classifier
     from negmerge_cli.classifier.split import make_forget_split
+    from negmerge_cli.core import files
     from negmerge_cli.results import Accuracies, DemoResults, Outcome
     from negmerge_cli.stages import inspect_checkpoint
 
@@ -290,7 +289,7 @@ def test_every_input_is_read_as_its_writer_left_it(ws, cli, kits):
     from negmerge_cli.classifier.split import load_forget_split
     from negmerge_cli.stages.classifier_evaluation import read_evaluation
     from negmerge_cli.stages.evaluation import stored_base_retain
-    from negmerge_cli.sweep import read_manifest
+    from negmerge_cli.training.sweep import read_manifest
 
     for name in ("report-classifier-eval", "report-search", "report-eval-list", "report-demo", "report-inspect",
                  "adapter-config"):
@@ -360,7 +359,7 @@ def test_patterns_match_the_modules_peft_matches(pattern):
     that closes PEFT's group) on names where re answers quickly."""
     from peft.utils.other import get_pattern_key
 
-    from negmerge_cli.checkpoint.lora import _pattern_key
+    from negmerge_cli.checkpoint.adapter_config import _pattern_key
 
     for module in MODULES:
         assert _pattern_key({pattern: 1}, module) == get_pattern_key([pattern], module), module

@@ -19,10 +19,9 @@ from typing import Callable
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from clip_helpers import TINY
 from hostile import Workspace, assert_refused
+from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")

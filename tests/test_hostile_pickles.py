@@ -27,12 +27,11 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from clip_helpers import TINY
 from helpers import assert_clean_failure, run_cli
 from hostile import RAW_CONTROL, Workspace, assert_refused
 from hostile_files import snapshot
+from safetensors.torch import load_file
 
 # -- hostile pickles ------------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ import shutil
 
 import pytest
 import yaml
-
 from clip_helpers import TINY
 from hostile import assert_refused
 
@@ -170,7 +169,7 @@ def test_numeric_option_is_refused(row, ws, cli):
     (lambda: _forget_split(classes=[1.5]), "forget_classes 1.5: must be an integer"),
 ])
 def test_library_callers_get_the_same_checks_by_keyword(make, fragment):
-    from negmerge_cli.errors import UsageError
+    from negmerge_cli.core.errors import UsageError
 
     with pytest.raises(UsageError) as raised:
         make()
@@ -184,7 +183,7 @@ def _finetune_options(**values):
 
 
 def _grid(**values):
-    from negmerge_cli.sweep import Grid
+    from negmerge_cli.training.sweep import Grid
 
     return Grid(**values)
 
@@ -208,7 +207,7 @@ def _unlearning_options(**values):
 
 
 def _create_method(name, **values):
-    from negmerge_cli.methods import create_method
+    from negmerge_cli.arithmetic.methods import create_method
 
     return create_method(name, **values)
 
@@ -252,7 +251,7 @@ def _markdown_tables(text: str) -> list[list[list[str]]]:
 
 
 def test_report_renders_a_hostile_dataset_label_literally_in_every_format(tmp_path, cli):
-    from negmerge_cli.escape import one_line
+    from negmerge_cli.core.escape import one_line
 
     label = "evil\n| row | <b>x $x^$ `c` [l](u) *e* ~~s~~ \x1b[31m"  # the folder name of the eval's data
     results = tmp_path / "negmerge.json"
@@ -276,7 +275,7 @@ def test_report_renders_a_hostile_dataset_label_literally_in_every_format(tmp_pa
 def test_non_finite_figures_are_never_shown_as_numbers():
     """Result files cannot hold NaN (the strict JSON reader refuses it), but a report built in the
     library can: Markdown and CSV show n/a, JSON refuses in one line naming the source file."""
-    from negmerge_cli.errors import OutputError
+    from negmerge_cli.core.errors import OutputError
     from negmerge_cli.report import render
     from negmerge_cli.report.rows import Report, ResultRow
 
@@ -302,7 +301,7 @@ def test_model_card_of_hostile_file_names_parses_and_shows_them_literally(ws, cl
     from huggingface_hub import ModelCard
     from markdown_it import MarkdownIt
 
-    from negmerge_cli.escape import one_line
+    from negmerge_cli.core.escape import one_line
 
     base = ws.root / f"{HOSTILE} base.safetensors"
     vector = ws.root / f"{HOSTILE} tau.safetensors"
@@ -331,7 +330,7 @@ def test_model_card_of_hostile_file_names_parses_and_shows_them_literally(ws, cl
 def test_card_text_functions_keep_any_name_literal():
     from markdown_it import MarkdownIt
 
-    from negmerge_cli.escape import markdown, markdown_code, one_line
+    from negmerge_cli.core.escape import markdown, markdown_code, one_line
 
     parser = MarkdownIt("commonmark").enable("table")
     for name in (HOSTILE, "`a``b`", " lead", "a\\", "&lt; entity", "<!-- c -->", "_x_ **y**", "#"):
@@ -375,8 +374,8 @@ def test_rich_markup_in_names_is_shown_not_interpreted(ws, cli, monkeypatch):
 
 
 def test_json_outputs_never_hold_nan_tokens():
-    from negmerge_cli.errors import OutputError
-    from negmerge_cli.escape import json_text
+    from negmerge_cli.core.errors import OutputError
+    from negmerge_cli.core.escape import json_text
 
     assert json.loads(json_text({"acc1": 0.5}, "x")) == {"acc1": 0.5}
     for bad in (math.nan, math.inf, -math.inf):

@@ -14,10 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_clean_failure, run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-
-from helpers import assert_clean_failure, run_cli
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

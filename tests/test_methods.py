@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dense_reference as ref
 import pytest
 import torch
+from helpers import make_vectors
 from safetensors.torch import load_file
 
-import dense_reference as ref
-from helpers import make_vectors
-from negmerge_cli.errors import UsageError
-from negmerge_cli.methods import REGISTRY, create_method
-from negmerge_cli.methods.dare import keep_mask
-from negmerge_cli.methods.ties import kth_smallest_magnitude
+from negmerge_cli.arithmetic.methods import REGISTRY, create_method
+from negmerge_cli.arithmetic.methods.dare import keep_mask
+from negmerge_cli.arithmetic.methods.ties import kth_smallest_magnitude
+from negmerge_cli.core.errors import UsageError
 from negmerge_cli.stages import StreamOptions, merge_vectors
 
 # Budgets: whole tensors per slice, and a tiny one that forces many slices per tensor.

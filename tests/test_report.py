@@ -9,7 +9,6 @@ import io
 import json
 
 import pytest
-
 from clip_helpers import TINY, make_image_folder
 from helpers import assert_clean_failure
 
@@ -29,8 +28,16 @@ def out(tmp_path_factory):
     from safetensors.torch import save_file
 
     from negmerge_cli.clip import models
-    from negmerge_cli.stages import (EvalOptions, SearchOptions, StreamOptions, apply_vector, evaluate,
-                                     inspect_checkpoint, merge_vectors, search_coefficient)
+    from negmerge_cli.stages import (
+        EvalOptions,
+        SearchOptions,
+        StreamOptions,
+        apply_vector,
+        evaluate,
+        inspect_checkpoint,
+        merge_vectors,
+        search_coefficient,
+    )
 
     root = tmp_path_factory.mktemp("report")
     shapes = make_image_folder(root / "shapes", per_class=20)
@@ -187,8 +194,9 @@ def test_eval_plot_takes_png_svg_or_pdf(out, cli, tmp_path):
     """The search curve of one vector, from the same search as the report's rows."""
     from negmerge_cli.report.plots import save, search_curve
     from negmerge_cli.results import SearchResult
+    from negmerge_cli.results.files import read_back
 
-    search = SearchResult.from_json(json.loads((out / "digits" / "negmerge" / "search.json").read_text()))
+    search = read_back(SearchResult, json.loads((out / "digits" / "negmerge" / "search.json").read_text()))
     assert search.to_json() == json.loads((out / "digits" / "negmerge" / "search.json").read_text())  # round trip
     for suffix, header in {**HEADERS, "": HEADERS[".png"]}.items():  # no suffix: PNG
         path = save(search_curve(search), tmp_path / f"curve{suffix}")

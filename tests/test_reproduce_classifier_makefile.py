@@ -73,7 +73,7 @@ def test_baselines_are_finetunes_of_the_original(tmp_path):
 
 def test_grid_size_matches_finetune_points(tmp_path):
     """The Makefile's point count is the size of the grid `finetune` expands."""
-    from negmerge_cli.sweep import Grid, expand_grid
+    from negmerge_cli.training.sweep import Grid, expand_grid
 
     commands = _dry_run(tmp_path, FT_EPOCHS="40 50 60", FT_WD="1e-4 5e-5 1e-5", FT_LS="0 0.05 0.1")
     points = [c for c in commands if c[0] == "finetune" and "--point" in c]

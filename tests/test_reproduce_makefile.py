@@ -156,7 +156,7 @@ def test_targets_exist_and_reruns_are_file_based(tmp_path):
 
 def test_checkpoint_names_match_finetune(tmp_path):
     """The names the Makefile predicts are those `finetune --randaug paper` gives each --point."""
-    from negmerge_cli.sweep import Grid, expand_grid, normalise_randaug
+    from negmerge_cli.training.sweep import Grid, expand_grid, normalise_randaug
 
     listing = _make(tmp_path, "-s", "print-points", GRID_M="1 2 3 4 5 6 7 8 9 10", GRID_N="1 2 3",
                     DATASETS="mnist cars")

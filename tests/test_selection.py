@@ -7,12 +7,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import dense_reference as ref
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-import dense_reference as ref
 from helpers import assert_clean_failure, tricky_tensor
+from safetensors.torch import load_file, save_file
 
 VISUAL = ("visual.proj", "visual.blocks.0.weight", "visual.blocks.0.bias")
 TEXT = ("text.embed", "text.proj")
@@ -284,8 +283,8 @@ def test_a_selection_that_leaves_nothing_fails_cleanly(clip_like, tmp_path, cli)
 
 
 def test_selection_value_object():
-    from negmerge_cli.errors import UsageError
-    from negmerge_cli.selection import TensorSelection
+    from negmerge_cli.arithmetic.selection import TensorSelection
+    from negmerge_cli.core.errors import UsageError
 
     selection = TensorSelection(include=["visual.*"], exclude=("*.bias",))
     assert selection.include == ("visual.*",)
@@ -300,7 +299,7 @@ def test_selection_value_object():
 
 
 def test_library_calls_take_the_selection(clip_like, tmp_path):
-    from negmerge_cli.selection import TensorSelection
+    from negmerge_cli.arithmetic.selection import TensorSelection
     from negmerge_cli.stages import StreamOptions, inspect_checkpoint, make_vector, merge_vectors
 
     base, finetuned = clip_like

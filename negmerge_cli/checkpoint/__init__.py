@@ -1,7 +1,9 @@
 """Checkpoint files: strict safetensors reading, streaming atomic writing, provenance."""
 
+from negmerge_cli.checkpoint.opening import load_state_dict, open_checkpoint
+from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import provenance
-from negmerge_cli.checkpoint.reader import Checkpoint, load_state_dict, open_checkpoint, open_regular
+from negmerge_cli.checkpoint.reader import open_regular
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter, save_state_dict
 
 __all__ = [

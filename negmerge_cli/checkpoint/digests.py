@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from negmerge_cli import files
-from negmerge_cli.errors import NegmergeError
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import NegmergeError
 
 ENV_VAR = "NEGMERGE_CACHE_DIR"
 _MAGIC = "negmerge-sha256 v1"

@@ -9,7 +9,7 @@ damaged files as one-line errors naming the file and tensor, and to read arbitra
 ``pread`` into our own buffers, so streaming never memory-maps whole files (mapped pages count as
 resident memory and would defeat the memory budget).
 
-Both parsers take their JSON from :func:`negmerge_cli.strict_json.load_json` and then validate every field, so
+Both parsers take their JSON from :func:`negmerge_cli.core.strict_json.load_json` and then validate every field, so
 whatever a hostile file holds ends as one CheckpointError naming the file (and the tensor).
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli.errors import CheckpointError
-from negmerge_cli.strict_json import load_json, show
+from negmerge_cli.core.errors import CheckpointError
+from negmerge_cli.core.strict_json import load_json, show
 
 # Code in the file <-> torch dtype. Order matters only for readability.
 DTYPES: dict[str, torch.dtype] = {

@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 
 from negmerge_cli.checkpoint.lora import is_adapter
+from negmerge_cli.checkpoint.opening import open_checkpoint
+from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import CHECKPOINT, KIND, TASK_VECTOR
-from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, Checkpoint, open_checkpoint
-from negmerge_cli.errors import CheckpointError, UsageError, option
-from negmerge_cli.strict_json import show
+from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
+from negmerge_cli.core.errors import CheckpointError, UsageError, option
+from negmerge_cli.core.strict_json import show
 
 _NAMES = {CHECKPOINT: "model checkpoint", TASK_VECTOR: "task vector"}
 HF_CONFIG = "config.json"  # what makes a folder of weights a Hugging Face model

@@ -24,7 +24,6 @@ one line rather than silently dropped.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import re
@@ -34,12 +33,13 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli import files
+from negmerge_cli.checkpoint.adapter_config import LoraSettings, read_settings
 from negmerge_cli.checkpoint.format import TensorEntry, itemsize
+from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import PREFIX as PROVENANCE_PREFIX
-from negmerge_cli.checkpoint.reader import NO_HASH, Checkpoint, HashStep, SafetensorsFile
-from negmerge_cli.errors import CheckpointError
-from negmerge_cli.strict_json import load_json, show
+from negmerge_cli.checkpoint.reader import NO_HASH, HashStep, SafetensorsCheckpoint, SafetensorsFile
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import CheckpointError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -48,14 +48,6 @@ PREFIX = "base_model.model."
 BLOCK_ELEMENTS = 1 << 18  # 1 MB of float32 per block of the delta: small next to any budget
 _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<factor>A|B)\.weight")
 _EMBEDDING_KEY = re.compile(r".+\.lora_embedding_[AB]")
-# Settings under which the adapter is more than B @ A on the weights: refused, naming the setting.
-_REFUSED_SETTINGS = {
-    "use_dora": "DoRA adapters (use_dora) are not supported; only plain LoRA",
-    "modules_to_save": "it also trains whole modules (modules_to_save), which a task vector of deltas cannot hold",
-    "layer_replication": "layer_replication changes the model's layers; not supported",
-    "trainable_token_indices": "it trains embedding tokens (trainable_token_indices); not supported",
-    "lora_bias": "it trains LoRA biases (lora_bias); not supported",
-}
 
 
 def block_rows(shape: tuple[int, int]) -> int:
@@ -68,57 +60,6 @@ def block_rows(shape: tuple[int, int]) -> int:
 def is_adapter_folder(path: Path) -> bool:
     """A folder holding ``adapter_config.json`` (or that file itself) is read as a LoRA adapter."""
     return path.name == ADAPTER_CONFIG or (path.is_dir() and (path / ADAPTER_CONFIG).exists())
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """What ``adapter_config.json`` says about the arithmetic."""
-
-    r: int
-    alpha: float
-    use_rslora: bool
-    fan_in_fan_out: bool
-    rank_pattern: dict[str, int]
-    alpha_pattern: dict[str, float]
-
-    def rank(self, module: str) -> int:
-        return self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r)
-
-    def scaling(self, module: str) -> float:
-        alpha = self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.alpha)
-        rank = self.rank(module)
-        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
-
-
-def _pattern_key(patterns: dict, module: str) -> str:
-    """PEFT's ``get_pattern_key``: the first key whose pattern matches, else the module's own name."""
-    return next((key for key in patterns if pattern_matcher(key).match(module)), module)
-
-
-@functools.lru_cache(maxsize=1024)
-def pattern_matcher(key: str):
-    r"""The compiled form of PEFT's rule for a ``rank_pattern`` / ``alpha_pattern`` key,
-    ``re.match(rf"(.*\.)?({key})$", module)``, for RE2: a key comes from a file, and Python's re can
-    backtrack for hours on one such as ``(a+)+$`` where RE2 matches in time linear in the name.
-    ValueError, saying why, for a key PEFT's re would refuse, one RE2 cannot match (backreferences,
-    lookaround), or one the two engines read differently (``{,n}`` and ``[:class:]`` are literal
-    text to one and syntax to the other). Python's ``$`` also matches before a final newline:
-    ``\n?\z`` says the same to RE2."""
-    import re2
-
-    if "{," in key or "[:" in key:
-        raise ValueError("uses '{,' or '[:', which Python's re and RE2 read differently; write it another way")
-    try:
-        re.compile(rf"(.*\.)?({key})$")  # compiled, never matched: PEFT's own check of the syntax
-    except re.error as exc:
-        raise ValueError(f"is not a valid pattern ({exc})") from None
-    options = re2.Options()
-    options.log_errors = False  # the reason is in the exception; RE2 would also print it to stderr
-    try:
-        return re2.compile(rf"(.*\.)?({key})\n?\z", options)
-    except re2.error as exc:
-        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValueError(f"cannot be matched by RE2, the linear-time engine used for patterns ({reason})") from None
 
 
 @dataclass(frozen=True)
@@ -256,7 +197,7 @@ def open_adapter(path: Path, digest: bool = True, rehash: bool = False) -> LoraA
     raw = files.read_bytes(config_path, error=CheckpointError, limit=MAX_CONFIG_BYTES, what="an adapter config")
     settings = read_settings(config_path, raw)
     weights_file = SafetensorsFile(folder / ADAPTER_WEIGHTS, digest, rehash)
-    weights = Checkpoint(weights_file.path, [weights_file], weights_file.header.metadata)
+    weights = SafetensorsCheckpoint(weights_file.path, [weights_file], weights_file.header.metadata)
     try:
         modules = _modules(weights, settings)
         dtypes = {weights.entry(n).dtype for n in weights.names}
@@ -265,29 +206,6 @@ def open_adapter(path: Path, digest: bool = True, rehash: bool = False) -> LoraA
     except BaseException:
         weights.close()
         raise
-
-
-def read_settings(path: Path, raw: bytes) -> LoraSettings:
-    """The LoRA settings of ``adapter_config.json`` (its bytes ``raw``): strict JSON checked against
-    its schema (negmerge_cli.schemas.adapter), one line naming the file and the field otherwise."""
-    from negmerge_cli import schemas
-    from negmerge_cli.schemas.adapter import AdapterConfig
-
-    config = schemas.validate(AdapterConfig, load_json(raw, f"{path}:"), str(path), CheckpointError)
-    return LoraSettings(r=config.r, alpha=config.lora_alpha, use_rslora=config.use_rslora,
-                        fan_in_fan_out=config.fan_in_fan_out, rank_pattern=dict(config.rank_pattern),
-                        alpha_pattern=dict(config.alpha_pattern))
-
-
-def refuse_unsupported(config: dict) -> None:
-    """ValueError (the schema's) for an adapter that is more than plain LoRA, naming the setting."""
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"peft_type {show(config.get('peft_type'))} is not supported; only LoRA adapters (\"LORA\") are")
-    for key, reason in _REFUSED_SETTINGS.items():
-        if config.get(key) not in (None, False, [], {}):
-            raise ValueError(reason)
-    if config.get("bias", "none") != "none":
-        raise ValueError(f"bias {show(config.get('bias'))}: trained biases are not supported (only \"none\")")
 
 
 def _modules(weights: Checkpoint, settings: LoraSettings) -> list[LoraModule]:

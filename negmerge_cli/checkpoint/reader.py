@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli import files
 from negmerge_cli.checkpoint import digests
 from negmerge_cli.checkpoint.format import (
     DTYPES,
@@ -26,7 +25,8 @@ from negmerge_cli.checkpoint.format import (
     parse_index,
     read_header,
 )
-from negmerge_cli.errors import CheckpointError
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _HASH_BLOCK = 16 * 1024 * 1024
@@ -147,8 +147,9 @@ class SafetensorsFile:
         os.close(self._fd)
 
 
-class Checkpoint:
-    """A set of tensors spread over one or more safetensors files, addressed by name."""
+class SafetensorsCheckpoint:
+    """A set of tensors spread over one or more safetensors files, addressed by name (a
+    :class:`~negmerge_cli.checkpoint.protocol.Checkpoint`)."""
 
     def __init__(self, path: Path, files: list[SafetensorsFile], metadata: dict[str, str]):
         self.path = path
@@ -207,40 +208,26 @@ class Checkpoint:
         for file in self.files:
             file.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> "SafetensorsCheckpoint":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_checkpoint(path: str | os.PathLike, digest: bool = True, rehash: bool = False) -> Checkpoint:
-    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder;
-    a PEFT LoRA adapter folder opens as the task vector it makes (:mod:`negmerge_cli.checkpoint.lora`).
+def open_safetensors(path: Path, digest: bool = True, rehash: bool = False) -> SafetensorsCheckpoint:
+    """Open a ``.safetensors`` file, a sharded checkpoint (index or folder), or a one-file folder.
 
     ``digest``: provide each file's SHA-256 (from the digest cache, or hashed while reading);
-    ``rehash``: never trust the cache."""
-    return _open(Path(path), digest, rehash)  # every file is opened by open_regular, which registers it as an input
-
-
-def _open(path: Path, digest: bool, rehash: bool) -> Checkpoint:
-    from negmerge_cli.checkpoint import lora  # imports this module
-
-    if lora.is_adapter_folder(path):
-        return lora.open_adapter(path, digest, rehash)
+    ``rehash``: never trust the cache. Every file is opened by open_regular, which registers it as
+    an input."""
     if path.is_dir():
         path = _resolve_folder(path)
     if path.name.endswith(INDEX_SUFFIX):
         return _open_sharded(path, digest, rehash)
     file = SafetensorsFile(path, digest, rehash)
-    return Checkpoint(path, [file], file.header.metadata)
+    return SafetensorsCheckpoint(path, [file], file.header.metadata)
 
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint, validated, as a dict of CPU tensors (no SHA-256: nobody
-    records it)."""
-    with open_checkpoint(path, digest=False) as checkpoint:
-        return {name: checkpoint.read_tensor(name) for name in checkpoint.names}
 
 
 # What transformers' `from_pretrained(FOLDER)` loads from a local folder (transformers 4 and 5,
@@ -291,8 +278,8 @@ def folder_weights(folder: Path, names: set[str], configured: str | None) -> str
 
 def configured_weights(config: Path) -> str | None:
     """The weights file a transformers ``config.json`` names (``transformers_weights``), if any."""
-    from negmerge_cli import schemas
-    from negmerge_cli.strict_json import show
+    from negmerge_cli.core import schema as schemas
+    from negmerge_cli.core.strict_json import show
 
     data = schemas.load(config, error=CheckpointError, what="a model config")
     value = data.get("transformers_weights") if isinstance(data, dict) else None  # not a transformers config
@@ -316,7 +303,7 @@ def _listing(folder: Path) -> set[str]:
         raise CheckpointError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
-def _open_sharded(index_path: Path, digest: bool, rehash: bool) -> Checkpoint:
+def _open_sharded(index_path: Path, digest: bool, rehash: bool) -> SafetensorsCheckpoint:
     """The index and its shards must agree exactly: every listed tensor in its shard, and no shard
     tensor the index does not list (refused rather than silently dropped or added)."""
     weight_map = parse_index(index_path, _read_index_file(index_path))
@@ -324,7 +311,7 @@ def _open_sharded(index_path: Path, digest: bool, rehash: bool) -> Checkpoint:
     try:
         for shard in dict.fromkeys(weight_map.values()):
             shards.append(SafetensorsFile(index_path.parent / shard, digest, rehash))
-        checkpoint = Checkpoint(index_path, shards, shards[0].header.metadata)
+        checkpoint = SafetensorsCheckpoint(index_path, shards, shards[0].header.metadata)
         for name, shard in weight_map.items():
             if name not in checkpoint or checkpoint._where[name][0].path.name != shard:
                 raise CheckpointError(f"{index_path}: tensor '{name}' is not in shard {shard}")
@@ -339,4 +326,4 @@ def _open_sharded(index_path: Path, digest: bool, rehash: bool) -> Checkpoint:
         raise
 
 
-__all__ = ["Checkpoint", "SafetensorsFile", "open_checkpoint", "open_regular", "load_state_dict", "DTYPES"]
+__all__ = ["SafetensorsCheckpoint", "SafetensorsFile", "open_safetensors", "open_regular", "DTYPES"]

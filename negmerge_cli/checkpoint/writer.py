@@ -27,7 +27,7 @@ import torch
 from negmerge_cli.checkpoint import digests
 from negmerge_cli.checkpoint.format import DTYPE_CODES, METADATA_KEY, itemsize
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
-from negmerge_cli import files
+from negmerge_cli.core import files
 
 _HEADER_SLACK = 4096  # room for metadata that grows after the header is written
 _ALIGN = 8

@@ -18,10 +18,10 @@ from typing import Iterable
 import torch
 
 from negmerge_cli.checkpoint.format import DTYPE_CODES, DTYPES, is_float, shape_numel
+from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import PREFIX
-from negmerge_cli.checkpoint.reader import Checkpoint
-from negmerge_cli.errors import CheckpointError
-from negmerge_cli.strict_json import load_json, show
+from negmerge_cli.core.errors import CheckpointError
+from negmerge_cli.core.strict_json import load_json, show
 
 ZERO_TENSORS_KEY = PREFIX + "zero_tensors"
 

@@ -14,7 +14,7 @@ Specs (``--data``):
 - ``PATH``: an image folder with ``train/`` and ``test/`` sub-folders of class folders (ImageFolder
   order: sorted class names are labels 0..C-1); all images must have one size.
 
-Every dataset is checked as it is opened (:mod:`negmerge_cli.dataset_checks`): CIFAR labels are
+Every dataset is checked as it is opened (:mod:`negmerge_cli.training.data_checks`): CIFAR labels are
 integers in 0..C-1 (checked per batch file), names from ``wnids.txt`` and ``val_annotations.txt``
 are plain names, and every path built from them stays inside ROOT (symlinks are followed).
 
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from negmerge_cli import files, safe_pickle
-from negmerge_cli.dataset_checks import Confinement, check_plain_name, checked_labels
-from negmerge_cli.errors import NegmergeError, UsageError
+from negmerge_cli.core import files, safe_pickle
+from negmerge_cli.core.errors import NegmergeError, UsageError
+from negmerge_cli.training.data_checks import Confinement, check_plain_name, checked_labels
+from negmerge_cli.training.digits import read_digits
 
-_DIGITS_FILE = Path(__file__).resolve().parent.parent / "clip" / "data" / "digits.npz"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 # Per-channel statistics of the training sets (the literature's constants for CIFAR)
 _STATS = {
@@ -175,9 +175,10 @@ def _assemble(name, root, train_x, train_y, test_x, test_y, num_classes: int | N
 
 
 def _read_digits():
-    with np.load(_DIGITS_FILE) as data:
-        as_rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731 -- 8x8 gray -> 8x8x3 uint8
-        return as_rgb(data["train_images"]), data["train_labels"], as_rgb(data["test_images"]), data["test_labels"]
+    splits = read_digits()
+    as_rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731 -- 8x8 gray -> 8x8x3 uint8
+    (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
+    return as_rgb(train_x), train_y, as_rgb(test_x), test_y
 
 
 # -- CIFAR -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 from negmerge_cli.classifier.metrics import Predictions, concatenate, unlearning_metrics
-from negmerge_cli.errors import NegmergeError
+from negmerge_cli.core.errors import NegmergeError
 from negmerge_cli.results import UnlearningMetrics
 
 
@@ -61,7 +61,7 @@ def predict(model: torch.nn.Module, images: SubsetImages, device: torch.device, 
             progress=None) -> Predictions:
     """Per-sample true-label confidence and correctness, in the subset's order (eval mode, no grad)."""
     from negmerge_cli.classifier.metrics import predictions_from_logits
-    from negmerge_cli.clip.precision import autocast
+    from negmerge_cli.training.precision import autocast
 
     model.eval()
     parts = []
@@ -108,7 +108,7 @@ class UnlearningSets:
 
     def evaluate(self, model: torch.nn.Module, device: torch.device, description: str,
                  precision: str = "fp32") -> UnlearningMetrics:
-        from negmerge_cli.output import output
+        from negmerge_cli.core.output import output
 
         with output().progress(description, total=self.n_images, unit="images") as advance:
             predictions = [predict(model, s, device, precision, advance) for s in (self.retain, self.forget, self.test)]

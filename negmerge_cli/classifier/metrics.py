@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from negmerge_cli.errors import NegmergeError
+from negmerge_cli.core.errors import NegmergeError
 from negmerge_cli.results import UnlearningMetrics
 
 SVM_C = 3.0

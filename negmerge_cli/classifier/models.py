@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import os
 
-from negmerge_cli import errors
 from negmerge_cli.checkpoint.provenance import CLASSIFIER_KEYS
-from negmerge_cli.errors import CheckpointError, UsageError
+from negmerge_cli.core import errors
+from negmerge_cli.core.errors import CheckpointError, UsageError
 
 CIFAR_SUFFIX = "-cifar"
 # Small-input ResNets: (block, layers) as torchvision's ResNet takes them, and the first stage's width
@@ -116,7 +116,7 @@ def load_classifier(name: str, num_classes: int, path: str | os.PathLike, device
     """The classifier ``name`` with the weights of safetensors ``path``; one line naming the file and
     tensor when the architecture or class count does not match."""
     from negmerge_cli.checkpoint import kinds
-    from negmerge_cli.checkpoint.reader import open_checkpoint
+    from negmerge_cli.checkpoint.opening import open_checkpoint
 
     model = create_classifier(name, num_classes)
     with open_checkpoint(path) as checkpoint:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from negmerge_cli.errors import UsageError, option
+from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.results import ClassifierSearchPoint
 
 SELECT_RULES = ("retain-bar", "gap")

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from negmerge_cli import errors, files, limits
-from negmerge_cli.errors import NegmergeError, UsageError
+from negmerge_cli.core import errors, files, limits
+from negmerge_cli.core.errors import NegmergeError, UsageError
+from negmerge_cli.results.split_file import FORMAT
 
-FORMAT = "negmerge.forget_split/1"
 # identity entries that must match between a split and the data it is used with (the root may move)
 _MATCHED = ("dataset", "n_train", "n_test", "num_classes", "train_labels_sha256")
 
@@ -106,8 +106,8 @@ def _check_classes(classes, num_classes: int) -> tuple[int, ...]:
 def load_forget_split(path: str | os.PathLike, data) -> ForgetSplit:
     """The split in ``path``, checked against ``data``; one line for anything wrong (the schema
     checks every field, the indices included: sorted, distinct, within the training set)."""
-    from negmerge_cli import schemas
-    from negmerge_cli.schemas.split import ForgetSplitFile
+    from negmerge_cli.core import schema as schemas
+    from negmerge_cli.results.split_file import ForgetSplitFile
 
     found = schemas.read(path, ForgetSplitFile, error=NegmergeError, what="a forget split")
     split = ForgetSplit(identity=found.dataset.model_dump(), seed=found.seed, fraction=found.fraction,

@@ -15,11 +15,11 @@ import socket
 from dataclasses import asdict
 from pathlib import Path
 
-from negmerge_cli import errors, files
-from negmerge_cli.errors import UsageError
-from negmerge_cli.output import output
+from negmerge_cli.core import errors, files
+from negmerge_cli.core.errors import UsageError
+from negmerge_cli.core.output import output
 from negmerge_cli.results import Metrics, PointRecord
-from negmerge_cli.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
+from negmerge_cli.training.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
 
 SUBSETS = ("all", "retain", "forget")
 BASE_INIT_SEED = 0
@@ -72,7 +72,7 @@ class ClassifierSweepRun:
     def __init__(self, options):
         from negmerge_cli.classifier.data import open_classifier_data
         from negmerge_cli.classifier.split import load_forget_split
-        from negmerge_cli.units import resolve_device
+        from negmerge_cli.core.units import resolve_device
 
         self.options = options
         self.device = resolve_device(options.device)

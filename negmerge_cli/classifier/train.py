@@ -16,17 +16,16 @@ Objectives (``--objective``) on the chosen subset:
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from negmerge_cli import errors
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core import errors
+from negmerge_cli.core.errors import UsageError
+from negmerge_cli.training.seeding import seed_everything
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
@@ -80,9 +79,9 @@ def objective_loss(logits: torch.Tensor, labels: torch.Tensor, settings: Classif
 
 def train_classifier(model, dataset, indices, settings: ClassifierSettings, device, description: str = "") -> dict:
     """Train ``model`` in place on ``dataset[indices]``; run statistics (steps, images/s, last loss)."""
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
-    _seed_everything(settings.seed)
+    seed_everything(settings.seed)
     loader = DataLoader(Subset(dataset, list(indices)), batch_size=settings.batch_size, shuffle=True,
                         num_workers=settings.workers, generator=torch.Generator().manual_seed(settings.seed))
     total = settings.steps or settings.epochs * len(loader)
@@ -117,11 +116,6 @@ def _optimizer(model, settings: ClassifierSettings):
         return torch.optim.SGD(params, lr=settings.lr, momentum=MOMENTUM, weight_decay=settings.wd)
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.wd)
 
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @torch.no_grad()

@@ -14,11 +14,12 @@ import traceback
 
 import typer
 
-from negmerge_cli import __version__, files
+from negmerge_cli import __version__
 from negmerge_cli.cli import apply, convert, demo, evaluate, finetune, inspect, merge, report, split, vector
-from negmerge_cli.errors import NegmergeError, use_cli_option_names
-from negmerge_cli.invocation import invoked_as
-from negmerge_cli.output import output
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import NegmergeError, use_cli_option_names
+from negmerge_cli.core.invocation import invoked_as
+from negmerge_cli.core.output import output
 
 app = typer.Typer(
     name="negmerge",

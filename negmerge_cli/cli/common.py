@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from negmerge_cli.output import output
+from negmerge_cli.core.output import output
 
 
 def report(result, kept: bool = False) -> None:

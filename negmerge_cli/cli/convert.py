@@ -22,7 +22,7 @@ def convert(
 ) -> None:
     """Write SOURCE as an OpenCLIP state dict; split Q/K/V/O attention is fused back. Nothing in SOURCE is executed."""
     from negmerge_cli.convert import convert_file
-    from negmerge_cli.output import output as out
+    from negmerge_cli.core.output import output as out
 
     result = convert_file(source, output, model, pretrained, force, quick_gelu, model_card=not no_model_card)
     conversion = result.conversion

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.output import output
+from negmerge_cli.core.errors import UsageError, option
+from negmerge_cli.core.output import output
 
 
 @opt.with_options(opt.QUIET)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.escape import json_text, number
+from negmerge_cli.core.escape import json_text, number
 
 
 @opt.with_options(opt.QUIET)
@@ -49,9 +49,9 @@ def evaluate(
     lambda alone on stdout (JSON goes to --json).
     """
     from negmerge_cli.clip.search import parse_coefs
-    from negmerge_cli.families import family_of
     from negmerge_cli.stages import EvalOptions, SearchOptions, check_eval_mode, require_choice, search_coefficient
     from negmerge_cli.stages import evaluate as run_eval
+    from negmerge_cli.stages.registry import family_of
 
     classifier = family_of(model) == "classifier"
     if not classifier:
@@ -84,7 +84,7 @@ def evaluate(
 
 
 def _refuse_classifier_options(**given) -> None:
-    from negmerge_cli.errors import UsageError, option
+    from negmerge_cli.core.errors import UsageError, option
 
     for name, value in given.items():
         if value is not None:
@@ -94,7 +94,7 @@ def _refuse_classifier_options(**given) -> None:
 def _print_eval_table(results) -> None:
     from rich.table import Table
 
-    from negmerge_cli.output import output, printable
+    from negmerge_cli.core.output import output, printable
 
     table = Table(title="zero-shot classification")
     for column in ("dataset", "images", "acc1 %", "acc5 %", "per-class recall %", "img/s"):
@@ -110,7 +110,7 @@ def _print_eval_table(results) -> None:
 def _print_search_table(result) -> None:
     from rich.table import Table
 
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     chosen = result.chosen.coef if result.chosen else None
     table = Table(title=f"lambda search ({result.search}; retain bar {100 * result.retain_limit:.2f}%)")

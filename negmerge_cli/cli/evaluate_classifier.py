@@ -7,16 +7,20 @@ from typing import Optional, Sequence
 
 import typer
 
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.escape import json_text, number
+from negmerge_cli.core.errors import UsageError, option
+from negmerge_cli.core.escape import json_text, number
 
 
 def run_classifier_eval(options, *, data: Sequence[str], forget_split: Optional[str], num_classes: Optional[int],
                         reference: Optional[str], vector: Optional[str], coefs: list[float], select: str,
                         threshold: float, json_out: Optional[Path], force: bool, search_only: dict) -> None:
     """Evaluate (or search lambda for) one classifier; JSON to --json or stdout, tables on stderr."""
-    from negmerge_cli.stages import (UnlearningEvalOptions, UnlearningSearchOptions, evaluate_unlearning,
-                                     search_unlearning_coefficient)
+    from negmerge_cli.stages import (
+        UnlearningEvalOptions,
+        UnlearningSearchOptions,
+        evaluate_unlearning,
+        search_unlearning_coefficient,
+    )
 
     for name, value in search_only.items():
         if value is not None:
@@ -37,7 +41,7 @@ def run_classifier_eval(options, *, data: Sequence[str], forget_split: Optional[
     result = search_unlearning_coefficient(options, eval_options, search, json_out=json_out, force=force)
     _show(search_table(result))
     if result.chosen is None:
-        from negmerge_cli.errors import NegmergeError
+        from negmerge_cli.core.errors import NegmergeError
 
         where = f" (all points in {json_out})" if json_out else ""
         raise NegmergeError(f"no lambda in {option('coefs')} keeps Dr accuracy >= {threshold:g} x the "
@@ -49,7 +53,7 @@ def metrics_table(title: str, rows, reference=None):
     """Rows of (name, UnlearningMetrics, Avg. Gap or None), in percent; the reference first."""
     from rich.table import Table
 
-    from negmerge_cli.output import printable
+    from negmerge_cli.core.output import printable
 
     table = Table(title=title)
     for column in ("model", "Dr acc %", "Df acc %", "Dtest acc %", "MIA-efficacy %", "Avg. Gap"):
@@ -84,6 +88,6 @@ def _percent(metrics) -> list[str]:
 
 
 def _show(table) -> None:
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     output().show(table)

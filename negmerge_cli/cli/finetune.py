@@ -8,8 +8,8 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.errors import UsageError
-from negmerge_cli.escape import json_text, number
+from negmerge_cli.core.errors import UsageError
+from negmerge_cli.core.escape import json_text, number
 
 GridValues = Optional[list[str]]
 
@@ -62,9 +62,9 @@ def finetune(
     it trains data-parallel (NCCL on GPUs, gloo on CPU).
     """
     # (Long only for its option declarations; the work is in negmerge_cli.stages.finetuning.)
-    from negmerge_cli.families import family_of
     from negmerge_cli.stages import FinetuneOptions, Grid, plan
     from negmerge_cli.stages import finetune as run
+    from negmerge_cli.stages.registry import family_of
 
     classifier = family_of(model) == "classifier"
     grid = Grid(
@@ -115,7 +115,7 @@ def _values(raw: GridValues, cast: Callable, flag: str, default: list) -> list:
 def _print_table(manifest) -> None:
     from rich.table import Table
 
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     table = Table(title="finetune sweep")
     for column in ("point", "status", "Val acc1", "img/s"):

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.escape import json_text
+from negmerge_cli.core.escape import json_text
 
 
 @opt.with_options(opt.SELECTION, opt.QUIET)
@@ -40,7 +40,7 @@ def _print_tables(summary) -> None:
     from rich.table import Table
 
     from negmerge_cli.checkpoint.zero_tensors import ZERO_TENSORS_KEY
-    from negmerge_cli.output import plain_console, printable
+    from negmerge_cli.core.output import plain_console, printable
 
     console = plain_console()  # names show as they are: no Rich markup
 
@@ -91,7 +91,7 @@ def _totals(summary, counted: bool) -> str:
 def _prefix_table(summary, counted: bool):
     from rich.table import Table
 
-    from negmerge_cli.output import printable
+    from negmerge_cli.core.output import printable
 
     table = Table(title="by name prefix", title_justify="left")
     for column in ("prefix", "tensors", "elements") + (("non-zero",) if counted else ()):

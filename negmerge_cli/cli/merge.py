@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from negmerge_cli.arithmetic.methods import REGISTRY
 from negmerge_cli.cli import options as opt
 from negmerge_cli.cli.common import report
-from negmerge_cli.methods import REGISTRY
 
 
 def _method_options() -> opt.OptionGroup:

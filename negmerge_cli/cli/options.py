@@ -4,7 +4,7 @@ Single options are ``Annotated`` aliases. Groups of options (the streaming optio
 ``merge`` and ``apply``) are added to a command's signature by :func:`with_options`, which calls
 the command with one options object instead of the loose values, so no command repeats them.
 :func:`with_options` also checks every number a command is given against its range
-(:mod:`negmerge_cli.limits`, the one table the library's option objects check too), so no option
+(:mod:`negmerge_cli.core.limits`, the one table the library's option objects check too), so no option
 declares a range of its own here.
 """
 
@@ -79,7 +79,7 @@ def with_options(*groups: OptionGroup) -> Callable[[Callable], Callable]:
 
         @functools.wraps(command)
         def wrapper(**values: Any) -> Any:
-            from negmerge_cli import limits
+            from negmerge_cli.core import limits
 
             limits.check_parsed(name, values)
             for group in groups:
@@ -101,7 +101,7 @@ _COMMAND_NAMES = {"evaluate": "eval"}  # command functions not named as the comm
 
 
 def _configure_output(quiet: bool) -> None:
-    from negmerge_cli.output import configure
+    from negmerge_cli.core.output import configure
 
     configure(quiet=quiet)
 
@@ -150,12 +150,12 @@ STREAMING_TO_FILE = STREAMING.only(*(p.name for p in STREAMING.params if p.name 
 
 
 def _selection(include: Optional[list[str]], exclude: Optional[list[str]]):
-    from negmerge_cli.selection import TensorSelection
+    from negmerge_cli.arithmetic.selection import TensorSelection
 
     return TensorSelection(tuple(include or ()), tuple(exclude or ()))
 
 
-# vector, merge, apply, inspect: which tensors to work on (negmerge_cli.selection.TensorSelection).
+# vector, merge, apply, inspect: which tensors to work on (negmerge_cli.arithmetic.selection.TensorSelection).
 SELECTION = OptionGroup("selection", [
     option("include", Annotated[Optional[list[str]], typer.Option(
         "--include", metavar="GLOB",

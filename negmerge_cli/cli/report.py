@@ -21,7 +21,7 @@ def report(
 ) -> None:
     """Forget and retain accuracy, lambda and kept fraction per method and forget dataset (with the
     averages), as Markdown (the paper's table), CSV or JSON."""
-    from negmerge_cli.output import output as say
+    from negmerge_cli.core.output import output as say
     from negmerge_cli.report.render import SUFFIX_FORMATS
     from negmerge_cli.stages import make_report
 

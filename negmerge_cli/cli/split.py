@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core.errors import UsageError
 
 
 @opt.with_options(opt.QUIET)

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from negmerge_cli import files
 from negmerge_cli.clip import classnames as names
 from negmerge_cli.clip import templates as prompts
-from negmerge_cli.dataset_checks import Confinement, check_plain_name, checked_labels
-from negmerge_cli.errors import NegmergeError, UsageError
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import NegmergeError, UsageError
+from negmerge_cli.training.data_checks import Confinement, check_plain_name, checked_labels
+from negmerge_cli.training.digits import read_digits
 
 PAPER_DATASETS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn", "imagenet")
 SPLITS = ("train", "val", "test")
@@ -41,7 +42,6 @@ VAL_MAX = 5000
 VAL_SEED = 0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATA_SUFFIXES = IMAGE_EXTENSIONS + (".txt", ".csv", ".mat")  # what a dataset folder is read for
-_DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
 # The release upsamples these to the model's size and makes them 3-channel gray before RandAugment.
 GRAYSCALE_BEFORE_RANDAUG = ("mnist",)
 
@@ -348,7 +348,7 @@ def _names_by_folder(lines: Sequence[str], folders: Sequence[str], path: Path) -
 
 def _log_mapping(loaded: ImageSet) -> None:
     """Say which name each class folder got: a list in the wrong order would go unnoticed."""
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     pairs = ", ".join(f"{folder} -> {name}" for folder, name in loaded.class_mapping.items())
     output().log(f"{loaded.label}: class names (folder -> name): {pairs}")
@@ -365,9 +365,8 @@ def _open_source(spec: DatasetSpec) -> Sources:
 
 
 def _open_digits() -> Sources:
-    with np.load(_DIGITS_FILE) as data:
-        train = _DigitsSource(data["train_images"], data["train_labels"])
-        test = _DigitsSource(data["test_images"], data["test_labels"])
+    splits = read_digits()
+    train, test = _DigitsSource(*splits["train"]), _DigitsSource(*splits["test"])
     return Sources(train, test, names.DIGITS, "digits train (1,438)", "digits test (359)")
 
 
@@ -523,7 +522,7 @@ _warned: set[str] = set()
 
 def _warn_once(message: str) -> None:
     """A warning shown once per process (train and Val open the same dataset)."""
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     if message not in _warned:
         _warned.add(message)

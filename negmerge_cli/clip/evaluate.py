@@ -19,10 +19,10 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from negmerge_cli.clip import zeroshot
 from negmerge_cli.clip.datasets import ImageSet
-from negmerge_cli.clip.precision import autocast
-from negmerge_cli.errors import NegmergeError
-from negmerge_cli.output import output
+from negmerge_cli.core.errors import NegmergeError
+from negmerge_cli.core.output import output
 from negmerge_cli.results import Metrics
+from negmerge_cli.training.precision import autocast
 
 
 @contextlib.contextmanager

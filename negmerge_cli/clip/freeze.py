@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from negmerge_cli.errors import UsageError, option
+from negmerge_cli.core.errors import UsageError, option
 
 ENCODER = "visual."
 # The release swaps every visual MultiheadAttention for split Q/K/V/O linear layers and freezes them:

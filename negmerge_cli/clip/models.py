@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError
+from negmerge_cli.core.errors import CheckpointError, NegmergeError, UsageError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False

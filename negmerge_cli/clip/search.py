@@ -15,9 +15,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence
 
-from negmerge_cli.errors import UsageError, option
+from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.results import SearchPoint
-
 
 MAX_COEFS = 10_000  # each one is a full evaluation; more is a typo, not a search
 

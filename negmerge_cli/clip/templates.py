@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from negmerge_cli import files
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import UsageError
 
 _MAX_LIST_BYTES = 16 * 2**20  # a --templates or --classnames file is a short list of lines
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -29,9 +27,10 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from negmerge_cli.clip import freeze, zeroshot
 from negmerge_cli.clip.datasets import ImageSet
 from negmerge_cli.clip.evaluate import worker_errors
-from negmerge_cli.clip.precision import autocast, gradient_scaler
-from negmerge_cli.errors import NegmergeError, UsageError
-from negmerge_cli.output import output
+from negmerge_cli.core.errors import NegmergeError, UsageError
+from negmerge_cli.core.output import output
+from negmerge_cli.training.precision import autocast, gradient_scaler
+from negmerge_cli.training.seeding import seed_everything
 
 GRAD_CLIP_NORM = 1.0
 
@@ -113,7 +112,7 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
 def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: TrainSettings, device: torch.device,
                         ranks: Distributed, description: str = "finetune") -> dict:
     """Train ``model.visual`` in place; returns run statistics (steps, images/s, last loss)."""
-    _seed_everything(settings.seed + ranks.rank)
+    seed_everything(settings.seed + ranks.rank)
     _freeze_all_but_visual(model)
     frozen = freeze.apply(model, settings.freeze)  # before DDP and the optimizer see the parameters
     encoder = model.visual.train()
@@ -157,13 +156,6 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
             "seconds": round(seconds, 3), "images_per_s": round(images / max(seconds, 1e-9), 2),
             "final_loss": round(loss_value, 6), "processes": ranks.world_size, **frozen}
 
-
-def _seed_everything(seed: int) -> None:
-    """torch for sampling and init; Python's and NumPy's RNGs for the augmentations (timm's
-    RandAugment and random-resized crop draw from ``random``) when they run in this process."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _freeze_all_but_visual(model) -> None:

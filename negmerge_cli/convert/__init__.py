@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli import files
 from negmerge_cli.checkpoint import save_state_dict
+from negmerge_cli.checkpoint.folder import MODEL_CARD, check_read_back, is_folder_target, write_card
 from negmerge_cli.checkpoint.provenance import describe_inputs, provenance
 from negmerge_cli.convert import fit, hf_clip, layouts
 from negmerge_cli.convert.sources import read_source, sha256_of
-from negmerge_cli.model_folder import MODEL_CARD, check_read_back, is_folder_target, write_card
+from negmerge_cli.core import files
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # open_clip's names for a model folder (its hub layout)
 OPEN_CLIP_CONFIG = "open_clip_config.json"

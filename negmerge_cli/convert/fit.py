@@ -19,7 +19,7 @@ import torch
 
 from negmerge_cli.checkpoint.format import DTYPE_CODES
 from negmerge_cli.convert.layouts import THIRDS, TRANSPOSED, WHOLE, Part
-from negmerge_cli.errors import CheckpointError
+from negmerge_cli.core.errors import CheckpointError
 
 IMAGE_TOWER = "visual."
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli.errors import CheckpointError
+from negmerge_cli.core.errors import CheckpointError
 
 OPEN_CLIP = "open_clip"
 SPLIT_QKVO = "split-qkvo"

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from negmerge_cli.checkpoint import digests, kinds
-from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_checkpoint, open_regular
+from negmerge_cli.checkpoint.opening import open_checkpoint
+from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_regular
 from negmerge_cli.convert import torch_file, unpickle
-from negmerge_cli.errors import CheckpointError
+from negmerge_cli.core.errors import CheckpointError
 
 
 @dataclass

@@ -13,7 +13,7 @@ it holds, and extracts a tar-format file to disk; so the container is read here,
   storage as an 8-byte little-endian element count and its bytes.
 - tar (the format of the first PyTorch releases): refused, told by its header, never opened.
 
-The object's pickle goes through :mod:`negmerge_cli.safe_pickle` with the checkpoint allow-list
+The object's pickle goes through :mod:`negmerge_cli.core.safe_pickle` with the checkpoint allow-list
 (:mod:`.unpickle`); the storages it points at are built by our own ``persistent_load`` from the
 bytes the file holds for them, after checking those against the declared dtype and element count:
 nothing is read beyond what is declared, all storages together never take more memory than the
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from negmerge_cli import safe_pickle
 from negmerge_cli.convert import unpickle
 from negmerge_cli.convert.unpickle import StorageKind
-from negmerge_cli.errors import CheckpointError
+from negmerge_cli.core import safe_pickle
+from negmerge_cli.core.errors import CheckpointError
 
 WHAT = "PyTorch checkpoint"
 RESAVE = "load it where you trust its author and save it again with torch.save (or as safetensors)"

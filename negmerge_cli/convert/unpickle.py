@@ -3,7 +3,7 @@
 The research code saves whole modules (``torch.save(image_encoder)``), whose pickles name module
 classes (``src.modeling.ImageEncoder``, ``open_clip.model.CLIP``, ``torch.nn.modules.linear.Linear``,
 the torchvision/timm preprocessing it carries). :func:`checkpoint_globals` is the allow-list that
-:mod:`negmerge_cli.safe_pickle` unpickles such files with (see :mod:`.torch_file` for the container):
+:mod:`negmerge_cli.core.safe_pickle` unpickles such files with (see :mod:`.torch_file` for the container):
 
 - the rebuild functions of dense tensors and parameters ``torch.save`` writes, wrapped in
   :class:`Named` objects of ours (so unpickling cannot set attributes of torch's own functions);
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli.errors import CheckpointError
-from negmerge_cli.safe_pickle import ForbiddenGlobal
+from negmerge_cli.core.errors import CheckpointError
+from negmerge_cli.core.safe_pickle import ForbiddenGlobal
 
 # Where the classes of a research checkpoint live: torch.nn modules, open_clip, the research
 # package itself (`src.modeling.ImageEncoder`, `src.modeling.CustomMultiheadAttention`), and the

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from negmerge_cli import files
+from negmerge_cli.core import files
 
 MODEL, FORGET_CLASSES = "resnet8-cifar", (3,)
 METHODS = ("negmerge", "mean", "ties", "magmax")
@@ -43,7 +43,7 @@ class ClassifierDemoSettings:
 
 
 def log(message: str) -> None:
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     output().log(f"demo: {message}")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from negmerge_cli import files
+from negmerge_cli.core import files
 from negmerge_cli.demo import tasks
 from negmerge_cli.demo.pretrain import MODEL, PretrainRecipe, pretrained_checkpoint
 from negmerge_cli.report.plots import save
@@ -77,7 +77,7 @@ class Workdir:
 
 
 def log(message: str) -> None:
-    from negmerge_cli.output import output
+    from negmerge_cli.core.output import output
 
     output().log(f"demo: {message}")
 
@@ -141,9 +141,9 @@ def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) ->
 
 def _tradeoff_figure(work: Workdir, results: DemoResults):
     """Every method's trade-off, drawn from the demo's own files the way ``negmerge report`` does."""
-    from negmerge_cli import schemas
+    from negmerge_cli.core import schema as schemas
     from negmerge_cli.report.plots import tradeoff
-    from negmerge_cli.schemas.results import SearchFile
+    from negmerge_cli.results.files import SearchFile
 
     curves = []
     for setting, outcomes in (("", results.methods), (results.matched_label, results.matched)):

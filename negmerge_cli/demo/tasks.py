@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from negmerge_cli import files
+from negmerge_cli.core import files
+from negmerge_cli.training.digits import read_digits
 
 SIZE = 16
 DATA_VERSION = 2  # bump when the generated images change (invalidates cached pretrained models)
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TEXTURE_CLASSES = ("horizontal_stripes", "vertical_stripes", "diagonal_stripes", "antidiagonal_stripes",
                    "checkerboard", "dots", "rings", "blotches")
-_DIGITS_FILE = Path(__file__).parent.parent / "clip" / "data" / "digits.npz"
 
 
 @dataclass
@@ -38,9 +38,7 @@ class Split:
 
 def digits() -> dict[str, Split]:
     """The shipped digits (train/test as packaged), red on black."""
-    with np.load(_DIGITS_FILE) as data:
-        return {split: Split(_red(data[f"{split}_images"]), data[f"{split}_labels"].astype(np.int64))
-                for split in ("train", "test")}
+    return {split: Split(_red(images), labels.astype(np.int64)) for split, (images, labels) in read_digits().items()}
 
 
 def textures(train: int = 4000, test: int = 1000) -> dict[str, Split]:

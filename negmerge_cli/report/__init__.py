@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core.errors import UsageError
 from negmerge_cli.report.readers import Found, read_path
 from negmerge_cli.report.rows import DATASET_ORDER, METHOD_ORDER, Report, ResultRow
 

@@ -2,10 +2,10 @@
 
 matplotlib is imported when a figure is drawn (never at start-up) and only through its
 object-oriented API on the Agg canvas, so no display or global backend is involved. A figure is
-rendered to bytes and written through :mod:`negmerge_cli.files` (atomic: no partial file). The
+rendered to bytes and written through :mod:`negmerge_cli.core.files` (atomic: no partial file). The
 format follows the file's suffix: PNG, SVG or PDF; the files carry no date, so redrawing the same
 results gives the same SVG and PDF bytes. Names from the results (model, datasets, methods,
-settings) go into labels through :func:`~negmerge_cli.escape.mathtext`: a ``$`` in one is shown,
+settings) go into labels through :func:`~negmerge_cli.core.escape.mathtext`: a ``$`` in one is shown,
 never read as mathtext.
 """
 
@@ -16,9 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from negmerge_cli import files
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.escape import mathtext, number
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import UsageError, option
+from negmerge_cli.core.escape import mathtext, number
 from negmerge_cli.report.readers import short_label
 from negmerge_cli.report.rows import HEADLINE, Curve
 from negmerge_cli.results import SearchResult

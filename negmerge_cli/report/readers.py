@@ -20,10 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from negmerge_cli.errors import UsageError
+from negmerge_cli.core.errors import UsageError
 from negmerge_cli.report.rows import Curve, ResultRow
-from negmerge_cli.results import (CLASSIFIER_EVAL_TASK, DEMO_TASK, SEARCH_TASK, ZEROSHOT_TASK, ClassifierEvaluation,
-                                  DatasetEvaluation, DemoResults, Outcome, SearchResult)
+from negmerge_cli.results import (
+    CLASSIFIER_EVAL_TASK,
+    DEMO_TASK,
+    SEARCH_TASK,
+    ZEROSHOT_TASK,
+    ClassifierEvaluation,
+    DatasetEvaluation,
+    DemoResults,
+    Outcome,
+    SearchResult,
+)
 
 SPLITS = ("train", "val", "test")
 GENERIC_STEMS = {"search", "test", "results", "eval", "result"}  # the Makefile's names: the folder names the method
@@ -76,8 +85,8 @@ def short_label(label: str) -> str:
 
 
 def load_json(path: Path):
-    """A result file, strictly parsed (negmerge_cli.schemas.load); :func:`_typed` checks its fields."""
-    from negmerge_cli import schemas
+    """A result file, strictly parsed (negmerge_cli.core.schema.load); :func:`_typed` checks its fields."""
+    from negmerge_cli.core import schema as schemas
 
     return schemas.load(path, error=UsageError, what="a result file", where=f"{path}: {MALFORMED}")
 
@@ -99,8 +108,8 @@ def kind_of(data) -> Optional[str]:
 def _typed(path: Path, data, kind: str):
     """``data`` (of kind ``kind``) checked against its file's schema and built into its typed result
     (inspect and choice files: the checked fields), or one line naming the field at fault."""
-    from negmerge_cli import schemas
-    from negmerge_cli.schemas import results as files
+    from negmerge_cli.core import schema as schemas
+    from negmerge_cli.results import files
 
     schema = {SEARCH_TASK: files.SearchFile, ZEROSHOT_TASK: list[files.ZeroshotEvaluationFile],
               DEMO_TASK: files.DemoFile, CLASSIFIER_EVAL_TASK: files.ClassifierEvaluationFile,

@@ -8,8 +8,9 @@ import io
 import math
 from typing import Optional
 
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.escape import json_text, markdown as md, number
+from negmerge_cli.core.errors import UsageError, option
+from negmerge_cli.core.escape import json_text, number
+from negmerge_cli.core.escape import markdown as md
 from negmerge_cli.report import published as paper
 from negmerge_cli.report.rows import HEADLINE, OPTIONAL_METRICS, Average, Report, ResultRow
 
@@ -46,7 +47,7 @@ def _clip_published(report: Report, with_published: bool) -> bool:
 
 def markdown(report: Report, with_published: bool = False) -> str:
     """The paper's tables. Every name from the results (datasets, methods, settings, the model)
-    goes through :func:`~negmerge_cli.escape.markdown`, every number through ``number``."""
+    goes through :func:`~negmerge_cli.core.escape.markdown`, every number through ``number``."""
     parts = []
     clip_published = _clip_published(report, with_published)
     for setting in report.settings:

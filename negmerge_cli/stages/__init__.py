@@ -4,7 +4,7 @@
     manifest = finetune(FinetuneOptions(model="ViT-B-32", data="cars:/data/cars", output=Path("runs/cars")))
 
 Names are imported lazily, so using one stage never pays for another's imports (open_clip is slow).
-Quiet mode for library callers: ``negmerge_cli.output.configure(quiet=True)``.
+Quiet mode for library callers: ``negmerge_cli.core.output.configure(quiet=True)``.
 """
 
 from importlib import import_module

@@ -8,15 +8,15 @@ from typing import Iterator
 
 import torch
 
-from negmerge_cli import files, limits
+from negmerge_cli.arithmetic.plans import plan_apply
+from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
+from negmerge_cli.arithmetic.streaming import TensorJob
 from negmerge_cli.checkpoint import kinds
+from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import CHECKPOINT, architecture_of, provenance
-from negmerge_cli.model_folder import plan_output
-from negmerge_cli.plans import plan_apply
-from negmerge_cli.selection import EVERYTHING, TensorSelection
+from negmerge_cli.core import files, limits
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
-from negmerge_cli.streaming import TensorJob
 
 
 def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str | Path,
@@ -24,7 +24,7 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
     """Write base + scale * vector over the selected tensors. Tensors absent from the vector (or
     omitted as zero, or not selected), and non-float tensors, are copied from the base unchanged;
     the output keeps the base's dtypes unless ``options.dtype``. An ``output`` folder (existing,
-    or ending with ``/``) becomes a complete model folder (:mod:`negmerge_cli.model_folder`)."""
+    or ending with ``/``) becomes a complete model folder (:mod:`negmerge_cli.checkpoint.folder`)."""
     options = options or StreamOptions()
     limits.check("apply", "scale", scale)
     with files.operation(), ExitStack() as stack:

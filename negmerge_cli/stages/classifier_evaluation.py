@@ -4,7 +4,7 @@
 (:mod:`negmerge_cli.classifier.metrics`), plus the Avg. Gap to ``reference`` (a retrained
 checkpoint, evaluated here on the same sets, or its earlier ``eval --json``).
 :func:`search_unlearning_coefficient` evaluates theta = original - lambda * tau for every lambda
-(the shared :class:`~negmerge_cli.negation.NegatedModel`; images transformed once) and picks lambda
+(the shared :class:`~negmerge_cli.arithmetic.negation.NegatedModel`; images transformed once) and picks lambda
 by ``retain-bar`` or ``gap`` (:mod:`negmerge_cli.classifier.search`).
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli import files, limits
-from negmerge_cli.errors import CheckpointError, UsageError, option
-from negmerge_cli.output import output
+from negmerge_cli.core import files, limits
+from negmerge_cli.core.errors import CheckpointError, UsageError, option
+from negmerge_cli.core.output import output
 from negmerge_cli.results import ClassifierEvaluation, ClassifierSearchPoint, ClassifierSearchResult, ReferenceMetrics
 
 DEFAULT_COEFS = [round(i / 20, 10) for i in range(21)]
@@ -90,9 +90,9 @@ def evaluate_unlearning(model_options, options: UnlearningEvalOptions, *, json_o
 def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions, search: UnlearningSearchOptions,
                                   *, json_out: Optional[Path] = None, force: bool = False) -> ClassifierSearchResult:
     """Every lambda's metrics for original - lambda * tau, and the choice by ``search.select``."""
+    from negmerge_cli.arithmetic.negation import NegatedModel, load_task_vector
     from negmerge_cli.checkpoint.kinds import check_negation_inputs
     from negmerge_cli.classifier import search as rules
-    from negmerge_cli.negation import NegatedModel, load_task_vector
 
     check_classifier_model_options(model_options)
     rules.check_select(search.select, options.reference is not None)
@@ -147,7 +147,7 @@ class _Session:
         from negmerge_cli.classifier.data import open_classifier_data
         from negmerge_cli.classifier.evaluate import UnlearningSets
         from negmerge_cli.classifier.split import load_forget_split
-        from negmerge_cli.units import parse_size, resolve_device
+        from negmerge_cli.core.units import parse_size, resolve_device
 
         self.model_options, self.options = model_options, options
         self.data = open_classifier_data(options.data)
@@ -210,10 +210,10 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 
 def read_evaluation(path: str | Path) -> ClassifierEvaluation:
-    """A classifier ``eval --json`` file, every field checked (negmerge_cli.schemas): one line naming
+    """A classifier ``eval --json`` file, every field checked (negmerge_cli.core.schema): one line naming
     the field when it is not one."""
-    from negmerge_cli import schemas
-    from negmerge_cli.schemas.results import ClassifierEvaluationFile
+    from negmerge_cli.core import schema as schemas
+    from negmerge_cli.results.files import ClassifierEvaluationFile
 
     where = f"{option('reference')} {path}"
     data = schemas.load(path, error=UsageError, what="a classifier eval JSON", where=where, limit=1 << 24)

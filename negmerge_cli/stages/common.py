@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from negmerge_cli.arithmetic.streaming import Engine, Process, TensorJob, WriteBehind
 from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.format import count_nonzero
+from negmerge_cli.checkpoint.opening import open_checkpoint
+from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
-from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
-from negmerge_cli.errors import OutputError, UsageError, option, switch
-from negmerge_cli.output import output
-from negmerge_cli.streaming import Engine, Process, TensorJob, WriteBehind
-from negmerge_cli.units import parse_dtype, parse_size, resolve_device
+from negmerge_cli.core.errors import OutputError, UsageError, option, switch
+from negmerge_cli.core.output import output
+from negmerge_cli.core.units import parse_dtype, parse_size, resolve_device
+from negmerge_cli.results.stream import StreamResult
 
 
 @dataclass
@@ -48,19 +50,6 @@ class StreamOptions:
         self.shard_bytes = parse_size(self.shard_size, option("shard_size")) if self.shard_size else None
 
 
-@dataclass
-class StreamResult:
-    outputs: list[Path]
-    tensors: int
-    elements: int
-    nonzero: int
-    bytes_read: int
-    seconds: float
-    metadata: dict[str, str] = field(default_factory=dict)  # the outputs' provenance, input digests included
-
-    @property
-    def kept_fraction(self) -> float:
-        return self.nonzero / self.elements if self.elements else 0.0
 
 
 def open_inputs(stack: ExitStack, paths: list, options: StreamOptions, role: kinds.Role) -> list[Checkpoint]:
@@ -99,7 +88,7 @@ def stream_to_file(
     Results are checked before they are written: a NaN or Inf (from the arithmetic, or from an
     overflow when converting to the output dtype) fails the run unless ``allow_nonfinite``. Inputs
     are checked slice by slice as they arrive, unless ``sums_checked``: ``process`` then checks
-    the running sum of each slice's sources instead (:func:`~negmerge_cli.streaming.check_sum`).
+    the running sum of each slice's sources instead (:func:`~negmerge_cli.arithmetic.streaming.check_sum`).
 
     ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the checkpoints it lists;
     their SHA-256 digests come from the digest cache, or for free from the reads, in which case

@@ -2,7 +2,7 @@
 
 :func:`evaluate` returns one CLIP_benchmark-shaped result per dataset. :func:`search_coefficient`
 evaluates theta = base - lambda * tau over a lambda grid without touching the disk again: the base
-and the vector stay in memory (:class:`~negmerge_cli.negation.NegatedModel`); images are decoded
+and the vector stay in memory (:class:`~negmerge_cli.arithmetic.negation.NegatedModel`); images are decoded
 and preprocessed once (``ImageCache``); zero-shot heads are built once when the vector leaves the
 text tower untouched (the case for image-encoder fine-tunes), else rebuilt per lambda.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli import files
-from negmerge_cli.errors import CheckpointError, NegmergeError, UsageError, option
-from negmerge_cli.output import output
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import CheckpointError, NegmergeError, UsageError, option
+from negmerge_cli.core.output import output
 from negmerge_cli.results import DatasetEvaluation, SearchPoint, SearchResult, SearchRun
 
 SEARCHES = ("grid", "fast", "compare")  # compare: fast, then the grid, and how they agree
@@ -40,9 +40,9 @@ class EvalOptions:
     precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
 
     def __post_init__(self) -> None:
-        from negmerge_cli import limits
-        from negmerge_cli.clip.precision import check_precision
-        from negmerge_cli.units import parse_size
+        from negmerge_cli.core import limits
+        from negmerge_cli.core.units import parse_size
+        from negmerge_cli.training.precision import check_precision
 
         limits.check_fields("eval", self)
         parse_size(self.cache_memory, option("cache_memory"))
@@ -69,7 +69,7 @@ class SearchOptions:
     base_retain: Optional[str] = None  # a fraction, or FILE.json[:KEY] of stored accuracies; None: evaluate
 
     def __post_init__(self) -> None:
-        from negmerge_cli import limits
+        from negmerge_cli.core import limits
 
         if self.search not in SEARCHES:
             raise UsageError(f"{option('search')} {self.search!r}: choose grid, fast or compare")
@@ -126,7 +126,7 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
     from negmerge_cli.clip import models
     from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached
     from negmerge_cli.clip.zeroshot import build_head
-    from negmerge_cli.units import parse_size, resolve_device
+    from negmerge_cli.core.units import parse_size, resolve_device
 
     started = time.perf_counter()
     budget = parse_size(options.cache_memory, option("cache_memory"))
@@ -143,7 +143,7 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
 
 def _load_model(options: EvalOptions):
     from negmerge_cli.clip import models
-    from negmerge_cli.units import resolve_device
+    from negmerge_cli.core.units import resolve_device
 
     if options.checkpoint and not Path(options.checkpoint).exists():
         raise CheckpointError(f"{options.checkpoint}: checkpoint does not exist ({option('checkpoint')})")
@@ -245,11 +245,11 @@ class _Search:
     """One search: the model, the cached images, and a memo of every lambda evaluated."""
 
     def __init__(self, model_options: EvalOptions, options: SearchOptions):
+        from negmerge_cli.arithmetic.negation import NegatedModel, load_task_vector
         from negmerge_cli.checkpoint.kinds import check_negation_inputs
         from negmerge_cli.clip import models
         from negmerge_cli.clip.evaluate import ImageCache
-        from negmerge_cli.negation import NegatedModel, load_task_vector
-        from negmerge_cli.units import parse_size
+        from negmerge_cli.core.units import parse_size
 
         self.model_options, self.options = model_options, options
         if Path(model_options.weights).exists():  # a file (not a tag): a checkpoint, and not the vector again
@@ -348,9 +348,9 @@ def _split_key(value: str) -> tuple[Path, Optional[str]]:
 
 def _read_accuracies(path: Path) -> tuple[dict[str, float], bool]:
     """The stored accuracies by name, and whether they came from an ``eval --json`` list; every
-    field checked (negmerge_cli.schemas), one line naming the one at fault."""
-    from negmerge_cli import schemas
-    from negmerge_cli.schemas.results import StoredEvaluation
+    field checked (negmerge_cli.core.schema), one line naming the one at fault."""
+    from negmerge_cli.core import schema as schemas
+    from negmerge_cli.results.files import StoredEvaluation
 
     where = f"{option('base_retain')} {path}"
     stored = schemas.load(path, error=UsageError, what="a file of accuracies", where=where, limit=1 << 20)

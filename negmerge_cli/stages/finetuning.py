@@ -1,6 +1,6 @@
 """``finetune``: a hyperparameter sweep of image-encoder fine-tunes written into one folder.
 
-Orchestration only: the grid and the sweep folder are :mod:`negmerge_cli.sweep`, the model, data and
+Orchestration only: the grid and the sweep folder are :mod:`negmerge_cli.training.sweep`, the model, data and
 training loop are the model family's (:mod:`negmerge_cli.clip`). Under torchrun, rank 0 does all
 file work.
 """
@@ -16,12 +16,22 @@ from typing import Optional, Sequence
 
 import torch
 
-from negmerge_cli import files
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.output import output
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import UsageError, option
+from negmerge_cli.core.output import output
 from negmerge_cli.results import Metrics, PointRecord, SweepManifest
-from negmerge_cli.sweep import (NO_AUGMENTATION, PER_POINT, Grid, GridPoint, SweepFolder, check_seed_mode,
-                                expand_grid, identity_of, normalise_randaug, select_points)
+from negmerge_cli.training.sweep import (
+    NO_AUGMENTATION,
+    PER_POINT,
+    Grid,
+    GridPoint,
+    SweepFolder,
+    check_seed_mode,
+    expand_grid,
+    identity_of,
+    normalise_randaug,
+    select_points,
+)
 
 
 @dataclass
@@ -57,9 +67,9 @@ class FinetuneOptions:
     schedule: str = "cosine"  # classifier: cosine | step
     augment: Optional[str] = None  # classifier: crop-flip | crop | none; None: the data's (crop-flip; crop for digits)
 
-    def __post_init__(self) -> None:  # every number in range before anything runs (negmerge_cli.limits)
-        from negmerge_cli import limits
-        from negmerge_cli.units import parse_size
+    def __post_init__(self) -> None:  # every number in range before anything runs (negmerge_cli.core.limits)
+        from negmerge_cli.core import limits
+        from negmerge_cli.core.units import parse_size
 
         limits.check_fields("finetune", self)
         limits.check_fields("finetune", self.grid)
@@ -70,7 +80,7 @@ CLIP_WARMUP_STEPS = 500
 
 
 def _family(options: FinetuneOptions) -> str:
-    from negmerge_cli.families import family_of
+    from negmerge_cli.stages.registry import family_of
 
     return family_of(options.model)
 
@@ -103,7 +113,7 @@ def _plan_clip(options: FinetuneOptions) -> list[GridPoint]:
     from negmerge_cli.clip import datasets, freeze, models
 
     _check_clip_only(options)
-    from negmerge_cli.clip.precision import check_precision
+    from negmerge_cli.training.precision import check_precision
 
     check_precision(options.precision)
     if options.randaug_interpolation not in models.RANDAUG_INTERPOLATIONS:
@@ -158,7 +168,7 @@ class _SweepRun:
 
     def __init__(self, options: FinetuneOptions, ranks):
         from negmerge_cli.clip import datasets, models
-        from negmerge_cli.units import parse_size, resolve_device
+        from negmerge_cli.core.units import parse_size, resolve_device
 
         self.options, self.ranks = options, ranks
         self.device = _rank_device(resolve_device(options.device), ranks)

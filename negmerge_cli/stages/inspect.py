@@ -8,11 +8,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.checkpoint.format import DTYPE_CODES, count_nonzero, is_float
+from negmerge_cli.checkpoint.opening import open_checkpoint
+from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import PREFIX
-from negmerge_cli.checkpoint.reader import Checkpoint, open_checkpoint
 from negmerge_cli.checkpoint.zero_tensors import read_zero_tensors
-from negmerge_cli.selection import EVERYTHING, TensorSelection
 
 _SLICE = 1 << 22
 

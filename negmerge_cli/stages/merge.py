@@ -9,18 +9,18 @@ from typing import Iterator, Sequence
 
 import torch
 
-from negmerge_cli import buffers as running_statistics
-from negmerge_cli import files, limits
+from negmerge_cli.arithmetic import running_stats as running_statistics
+from negmerge_cli.arithmetic.methods import Chunk, MergeMethod, create_method
+from negmerge_cli.arithmetic.plans import plan_merge, task_vectors, vector_sources
+from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
+from negmerge_cli.arithmetic.streaming import Engine, TensorJob, check_sum
 from negmerge_cli.checkpoint import kinds
+from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.methods import Chunk, MergeMethod, create_method
-from negmerge_cli.model_folder import plan_output
-from negmerge_cli.plans import plan_merge, task_vectors, vector_sources
-from negmerge_cli.selection import EVERYTHING, TensorSelection
+from negmerge_cli.core import files, limits
+from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, refuse_base_among, stream_to_file
 from negmerge_cli.stages.vector import omit_zero_tensors
-from negmerge_cli.streaming import Engine, TensorJob, check_sum
 
 
 def merge_vectors(
@@ -42,7 +42,7 @@ def merge_vectors(
     Tensors a vector lists as omitted zeros read as zeros; a result that is zero in every input is
     left out in turn (unless ``options.keep_zero``). An ``output`` folder (existing, or ending
     with ``/``) gets the weights in the base's layout, the base folder's other files and a model
-    card (:mod:`negmerge_cli.model_folder`).
+    card (:mod:`negmerge_cli.checkpoint.folder`).
     """
     running_statistics.check_choice(buffers)
     with files.operation():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli import files
+from negmerge_cli.core import files
 from negmerge_cli.report.rows import Report
 
 

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli import files
-from negmerge_cli.output import output
+from negmerge_cli.core import files
+from negmerge_cli.core.output import output
 
 
 def make_split(data: str, output_path: str | os.PathLike, fraction: Optional[float] = None,

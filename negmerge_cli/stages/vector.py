@@ -11,19 +11,19 @@ from typing import Iterator, Sequence
 
 import torch
 
-from negmerge_cli import buffers as running_statistics
-from negmerge_cli import files
+from negmerge_cli.arithmetic import running_stats as running_statistics
+from negmerge_cli.arithmetic.plans import plan_merge, split_zero_jobs, task_vectors
+from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
+from negmerge_cli.arithmetic.streaming import Engine, TensorJob
 from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
 from negmerge_cli.checkpoint.zero_tensors import zero_tensors_metadata
-from negmerge_cli.errors import UsageError, option
-from negmerge_cli.output import output as console
-from negmerge_cli.plans import plan_merge, split_zero_jobs, task_vectors
-from negmerge_cli.selection import EVERYTHING, TensorSelection
+from negmerge_cli.core import files
+from negmerge_cli.core.errors import UsageError, option
+from negmerge_cli.core.output import output as console
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, refuse_base_among, stream_to_file
-from negmerge_cli.streaming import Engine, TensorJob
 
 
 def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
@@ -31,7 +31,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
                 buffers: str | None = None) -> StreamResult:
     """Write tau = finetuned - base over the selected tensors. Integer and bool tensors are not part
     of a vector and are left out, and so (unless ``options.keep_zero``) are all-zero taus and, unless
-    ``buffers="include"``, BatchNorm running statistics (:mod:`negmerge_cli.buffers`)."""
+    ``buffers="include"``, BatchNorm running statistics (:mod:`negmerge_cli.arithmetic.running_stats`)."""
     options = options or StreamOptions()
     with files.operation(), ExitStack() as stack:
         base_checkpoint = open_inputs(stack, [base], options, kinds.VECTOR_BASE)[0]
@@ -58,7 +58,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
 def omit_zero_tensors(jobs: list[TensorJob], has_base: bool, options: StreamOptions,
                       target: Path) -> tuple[list[TensorJob], dict[str, str]]:
     """The jobs to write, and the metadata listing the all-zero results left out (see
-    :func:`~negmerge_cli.plans.split_zero_jobs`); everything when ``keep_zero``."""
+    :func:`~negmerge_cli.arithmetic.plans.split_zero_jobs`); everything when ``keep_zero``."""
     if options.keep_zero:
         return jobs, {}
     files.check_target(target, force=options.force)  # fail before reading, not after (the writer checks again)
