@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from negmerge_cli.checkpoint import load_state_dict  # noqa: E402
 from negmerge_cli.clip import datasets, models, train  # noqa: E402
+from negmerge_cli.training.distributed import Ranks  # noqa: E402
 from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached  # noqa: E402
 from negmerge_cli.clip.zeroshot import build_head  # noqa: E402
 from negmerge_cli.core.output import configure  # noqa: E402
@@ -52,7 +53,7 @@ def finetune_throughput(model_name: str, data: datasets.ImageSet, device, batch_
     settings = train.TrainSettings(lr=1e-5, wd=0.1, label_smoothing=0.0, seed=0, steps=steps,
                                    batch_size=batch_size, warmup_steps=0, workers=0)
     augmented = data.with_transform(models.transforms_for(model, train=True, randaug="rand-m5-n2-mstd0.5"))
-    rates = [train.train_image_encoder(model, head, augmented, settings, device, train.Distributed())
+    rates = [train.train_image_encoder(model, head, augmented, settings, device, Ranks())
              ["images_per_s"] for _ in range(2)]
     return max(rates)
 

@@ -1,4 +1,4 @@
-"""finetune for the classifier family (issue 10): original / retrain / forget-set sweeps of the
+"""finetune for the classifier family: original / retrain / forget-set sweeps of the
 tiny resnet8-cifar on digits through the real CLI, resume and --point, the unlearning objectives,
 and bad inputs (one line, nothing created)."""
 
@@ -30,6 +30,7 @@ def split_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_original_retrain_and_forget_sweep_through_the_cli(cli, tmp_path, split_file, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     original = tmp_path / "original"
@@ -104,6 +105,15 @@ def test_schedules():
     (["--augment", "sideways"], ["--augment", "crop-flip, crop, none"]),
     (["--randaug", "1,1"], ["--randaug is for CLIP models", "--augment"]),
     (["--model", "negmerge-tiny", "--augment", "none"], ["--augment is for classifier models"]),
+    # options only the CLIP family can honour are refused for a classifier, never ignored
+    (["--precision", "bf16"], ["--precision is for CLIP models", "resnet8-cifar"]),
+    (["--accum-steps", "2"], ["--accum-steps is for CLIP models"]),
+    (["--crop-scale", "0.5"], ["--crop-scale is for CLIP models"]),
+    (["--hflip", "0"], ["--hflip is for CLIP models"]),
+    (["--quick-gelu"], ["--quick-gelu is for CLIP models"]),
+    (["--randaug-interpolation", "bicubic"], ["--randaug-interpolation is for CLIP models"]),
+    (["--freeze", "fc.*"], ["--freeze is for CLIP models", "classifiers train every parameter"]),
+    (["--model", "negmerge-tiny", "--optimizer", "sgd"], ["--optimizer sgd", "adamw"]),
 ])
 def test_finetune_bad_inputs_create_nothing(cli, tmp_path, extra, fragments):
     target = tmp_path / "sweep"

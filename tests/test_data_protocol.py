@@ -115,7 +115,8 @@ def test_dtd_release_with_a_stray_test_class_is_a_clean_error(cli, base, tmp_pat
 
 
 def _train_transform(kind: str, randaug: str = RANDAUG, **options):
-    from negmerge_cli.stages.finetuning import FinetuneOptions, train_transform
+    from negmerge_cli.clip.sweep_run import train_transform
+    from negmerge_cli.training.options import FinetuneOptions
 
     model = models.create_model(TINY)
     return train_transform(model, FinetuneOptions(TINY, "digits", Path("unused"), **options), randaug, kind)

@@ -223,7 +223,7 @@ def test_crop_scale_and_hflip_reach_the_randaugment_transform(tmp_path, cli):
     assert not out.exists()
 
 
-# --- per-point seeds (issue 8.3) and frozen parameters (issue 8.4) ----------------------------------
+# --- per-point seeds and frozen parameters ----------------------------------------------------------
 
 RELEASE_FROZEN = "visual.transformer.resblocks.*.attn.*"
 
@@ -273,14 +273,14 @@ def test_point_jobs_train_exactly_as_a_whole_sweep_with_their_own_seeds(sweep, t
 def test_per_point_seeds_depend_on_the_point_alone():
     from negmerge_cli.training.sweep import Grid, expand_grid
 
-    big = expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7], randaug=["none", "rand-m1-n1-mstd0.5"]))
-    small = expand_grid(Grid(lr=[1e-4], steps=[5], seed=[7], randaug=["rand-m1-n1-mstd0.5"]))
+    big = expand_grid(Grid(wd=[0.1], lr=[1e-5, 1e-4], steps=[5], seed=[0, 7], randaug=["none", "rand-m1-n1-mstd0.5"]))
+    small = expand_grid(Grid(wd=[0.1], lr=[1e-4], steps=[5], seed=[7], randaug=["rand-m1-n1-mstd0.5"]))
     assert small[0].train_seed == next(p.train_seed for p in big if p.name == small[0].name)
     assert small[0].train_seed == _own_seed("lr0.0001_st5_wd0.1_ls0_seed7_rand-m1-n1-mstd0.5")
     assert len({p.train_seed for p in big}) == len(big) and all(0 <= p.train_seed < 2**31 for p in big)
-    shared = expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]), seed_mode="shared")
+    shared = expand_grid(Grid(wd=[0.1], lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]), seed_mode="shared")
     assert [p.train_seed for p in shared] == [p.seed for p in shared] == [0, 7, 0, 7]
-    assert [p.name for p in shared] == [p.name for p in expand_grid(Grid(lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]))]
+    assert [p.name for p in shared] == [p.name for p in expand_grid(Grid(wd=[0.1], lr=[1e-5, 1e-4], steps=[5], seed=[0, 7]))]
 
 
 def test_resuming_with_other_seed_or_freeze_settings_is_refused(sweep, tmp_path, cli):

@@ -1,4 +1,4 @@
-"""Hostile inputs to every command, one table row per case, grouped by the classes of issue 7.
+"""Hostile inputs to every command, one table row per case, grouped in the eight groups numbered below.
 
 test_hostile_inputs.py covers malformed checkpoint files in every checkpoint-reading role; this file
 covers the rest: outputs that are inputs (1), temporary files and partial outputs (2), special files
@@ -55,7 +55,8 @@ def nan_in(name: str) -> Callable[[dict], None]:
 
 def planted_sweep(w: Workspace, planted: str) -> Path:
     """A sweep folder as an earlier run left it (lock, identity, base), with a FIFO at ``planted``."""
-    from negmerge_cli.stages.finetuning import FinetuneOptions, sweep_identity
+    from negmerge_cli.clip.sweep_run import sweep_identity
+    from negmerge_cli.training.options import FinetuneOptions
 
     sweep = w.out / "sweep"
     sweep.mkdir()

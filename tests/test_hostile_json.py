@@ -1,14 +1,14 @@
-"""Hostile JSON and patterns from input files (issue 24, classes 2 and 3), through the real CLI.
+"""Hostile JSON and patterns from input files, through the real CLI.
 
-Class 3: every JSON file the tool reads (the forget split, ``eval --reference``, the files ``report``
-reads, ``--base-retain``, PEFT adapter configs, a sweep's sweep.json and records) is a real file
-written by the real command (or by PEFT, or in the released code's format), then corrupted one way
-per row: deep nesting, a huge integer, NaN/Infinity, a number too large for a float, a list where an
-object belongs, a string where a number belongs, a non-integer index (2.5, 2.0, true); the forget
-split also with indices out of range, negative and repeated. Every row must be refused with one
-line naming the file and the field, and change nothing (tests/hostile.py's checks).
+JSON files: every JSON file the tool reads (the forget split, ``eval --reference``, the files
+``report`` reads, ``--base-retain``, PEFT adapter configs, a sweep's sweep.json and records) is a
+real file written by the real command (or by PEFT, or in the released code's format), then corrupted
+one way per row: deep nesting, a huge integer, NaN/Infinity, a number too large for a float, a list
+where an object belongs, a string where a number belongs, a non-integer index (2.5, 2.0, true); the
+forget split also with indices out of range, negative and repeated. Every row must be refused with
+one line naming the file and the field, and change nothing (tests/hostile.py's checks).
 
-Class 2: a PEFT ``rank_pattern`` key that makes Python's re backtrack for hours is matched by RE2
+Patterns: a PEFT ``rank_pattern`` key that makes Python's re backtrack for hours is matched by RE2
 in linear time: a real subprocess under a timeout (SIGALRM cannot interrupt re's C loop) must give
 PEFT's own deltas; patterns RE2 cannot match are refused in one line naming the file and pattern.
 """
@@ -223,7 +223,7 @@ EXTRA = {
     "eval-reference-metric-above-one": ("eval-reference", "metrics.df_acc", "1.5",
                                         ["field 'metrics.df_acc': must be <= 1, got 1.5"]),
     "sweep-record-unknown-status": ("sweep-record", "status", '"finished"', ["field 'status'", "'finished'"]),
-    # class 2: patterns RE2 cannot match, or that Python's re and RE2 read differently
+    # rank_pattern keys: patterns RE2 cannot match, or that Python's re and RE2 read differently
     "adapter-pattern-backreference": ("adapter-config", "rank_pattern", '{"(a)\\\\1": 2}',
                                       ["field 'rank_pattern['(a)\\\\1']'", "cannot be matched by RE2"]),
     "adapter-pattern-lookahead": ("adapter-config", "alpha_pattern", '{"(?=a)a": 2}',
@@ -287,8 +287,8 @@ def test_every_input_is_read_as_its_writer_left_it(ws, cli, kits):
     corruption alone), and the tool's readers accept what its writers write."""
     from negmerge_cli.classifier.data import open_classifier_data
     from negmerge_cli.classifier.split import load_forget_split
-    from negmerge_cli.stages.classifier_evaluation import read_evaluation
-    from negmerge_cli.stages.evaluation import stored_base_retain
+    from negmerge_cli.classifier.eval_run import read_evaluation
+    from negmerge_cli.clip.eval_run import stored_base_retain
     from negmerge_cli.training.sweep import read_manifest
 
     for name in ("report-classifier-eval", "report-search", "report-eval-list", "report-demo", "report-inspect",
@@ -308,7 +308,7 @@ def test_every_input_is_read_as_its_writer_left_it(ws, cli, kits):
     assert [(p.name, p.status) for p in manifest.points] == [(POINT, "done")] and manifest.base_val is not None
 
 
-# -- class 2: patterns matched in linear time, with PEFT's rule ----------------------------------
+# -- rank_pattern keys matched in linear time, with PEFT's rule ----------------------------------
 
 
 def _peft_deltas(adapter: Path) -> dict[str, torch.Tensor]:

@@ -1,16 +1,16 @@
-"""Hostile strings in every rendered output and hostile numbers in every numeric option (issue 24,
-classes 7 and 8).
+"""Hostile strings in every rendered output and hostile numbers in every numeric option.
 
-Class 7: names from users and files (dataset labels, file and folder names, method names) holding a
-newline, a ``|``, a backtick, ``<script>``, ``---``, ``$x^$`` or Rich markup are rendered as
-themselves in every output language: the report's Markdown (checked by parsing it with
+Rendered strings: names from users and files (dataset labels, file and folder names, method names)
+holding a newline, a ``|``, a backtick, ``<script>``, ``---``, ``$x^$`` or Rich markup are rendered
+as themselves in every output language: the report's Markdown (checked by parsing it with
 markdown-it, the CommonMark parser Rich ships with), CSV and JSON; the model card's YAML front
 matter (yaml.safe_load and huggingface_hub's ModelCard) and Markdown body; matplotlib labels (SVG
 text); Rich tables on the terminal. NaN and infinity are never shown as numbers.
 
-Class 8: every numeric option of every command, given a negative, zero, huge, non-integer, NaN or
-infinite value where that is out of range, is refused in one line naming the option, with nothing
-written (the ``assert_refused`` rows); library callers get the same check from the option objects.
+Numeric options: every numeric option of every command, given a negative, zero, huge, non-integer,
+NaN or infinite value where that is out of range, is refused in one line naming the option, with
+nothing written (the ``assert_refused`` rows); library callers get the same check from the option
+objects.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ BIG = str(10**30)
 HOSTILE = "x`<script>alert(1)\n---\n$y$ | [red]z"  # one name with every class of trouble
 
 
-# -- class 8: every numeric option, every bad kind ------------------------------------------------
+# -- numeric options: every option, every bad kind ------------------------------------------------
 
 
 def _split(*args):
@@ -201,9 +201,9 @@ def _search_options(**values):
 
 
 def _unlearning_options(**values):
-    from negmerge_cli.stages import UnlearningEvalOptions
+    from negmerge_cli.stages import EvalOptions
 
-    return UnlearningEvalOptions("digits", "split.json", **values)
+    return EvalOptions("resnet8-cifar", checkpoint="original.safetensors", forget_split="split.json", **values)
 
 
 def _create_method(name, **values):
@@ -219,7 +219,7 @@ def _forget_split(**values):
     return make_forget_split(open_classifier_data("digits"), **values)
 
 
-# -- class 7: the report ----------------------------------------------------------------------------
+# -- rendered strings: the report -------------------------------------------------------------------
 
 
 def _evaluation(label: str, acc1: float) -> dict:
@@ -294,7 +294,7 @@ def test_non_finite_figures_are_never_shown_as_numbers():
         render.render(report, "json")
 
 
-# -- class 7: the model card ------------------------------------------------------------------------
+# -- rendered strings: the model card ---------------------------------------------------------------
 
 
 def test_model_card_of_hostile_file_names_parses_and_shows_them_literally(ws, cli):
@@ -341,7 +341,7 @@ def test_card_text_functions_keep_any_name_literal():
                 "<code>", "").replace("</code>", "")
 
 
-# -- class 7: plots and terminal tables ------------------------------------------------------------
+# -- rendered strings: plots and terminal tables ---------------------------------------------------
 
 
 def test_plot_labels_show_dollars_literally(ws, cli):

@@ -163,7 +163,7 @@ def test_checkpoint_names_match_finetune(tmp_path):
     rows = [line.split() for line in listing.splitlines()]
     assert len(rows) == 60
     for dataset, epochs in (("mnist", 30), ("cars", 70)):
-        points = expand_grid(Grid(lr=[1e-5], epochs=[epochs], randaug=normalise_randaug(["paper"])))
+        points = expand_grid(Grid(lr=[1e-5], wd=[0.1], epochs=[epochs], randaug=normalise_randaug(["paper"])))
         expected = [(str(p.index), f"{p.name}.safetensors") for p in points]
         got = [(r[1], Path(r[2]).name) for r in rows if r[0] == dataset]
         assert got == expected

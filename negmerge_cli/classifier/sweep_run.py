@@ -10,26 +10,31 @@ Df (``--subset forget``). Each point's Val metrics are its test-set accuracy.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import asdict
 from pathlib import Path
 
-from negmerge_cli.core import errors, files
+from negmerge_cli.core import errors
 from negmerge_cli.core.errors import UsageError
 from negmerge_cli.core.output import output
-from negmerge_cli.results import Metrics, PointRecord
-from negmerge_cli.training.sweep import NO_AUGMENTATION, Grid, SweepFolder, expand_grid, identity_of, select_points
+from negmerge_cli.results import Metrics
+from negmerge_cli.training.distributed import Ranks
+from negmerge_cli.training.family import TrainedPoint
+from negmerge_cli.training.options import FinetuneOptions
+from negmerge_cli.training.sweep import (
+    NO_AUGMENTATION,
+    Grid,
+    GridPoint,
+    SweepFolder,
+    expand_grid,
+    identity_of,
+    select_points,
+)
 
 SUBSETS = ("all", "retain", "forget")
 BASE_INIT_SEED = 0
-# The classifier family's defaults where the CLIP family has its own (cli/finetune.py)
-DEFAULT_LR = 0.1  # cli/finetune.py uses these when --lr/--wd are not given
-DEFAULT_WD = 5e-4
-DEFAULT_WARMUP_STEPS = 0
 
 
-def check_options(options) -> None:
+def check_options(options: FinetuneOptions) -> None:
     """Everything that can be refused before data or models are touched."""
     from negmerge_cli.classifier import models, train
     from negmerge_cli.classifier.data import AUGMENTATIONS
@@ -37,7 +42,7 @@ def check_options(options) -> None:
     models.check_classifier_name(options.model)
     if options.num_classes is not None:
         models.check_num_classes(options.num_classes)
-    train.check_choices(options.optimizer or "sgd", options.schedule, options.objective)
+    train.check_choices(options.optimizer, options.schedule, options.objective)
     if options.subset not in SUBSETS:
         raise UsageError(f"{errors.option('subset')} {options.subset!r}: must be one of {', '.join(SUBSETS)}")
     if options.subset != "all" and options.forget_split is None:
@@ -48,33 +53,24 @@ def check_options(options) -> None:
                          f"({', '.join(AUGMENTATIONS)})")
     if options.augment is not None and options.augment not in AUGMENTATIONS:
         raise UsageError(f"{errors.option('augment')} {options.augment!r}: must be one of {', '.join(AUGMENTATIONS)}")
-    if options.freeze:
-        raise UsageError(f"{errors.option('freeze')} is for CLIP image encoders; classifiers train every parameter")
 
 
-def plan(options):
+def plan(options: FinetuneOptions) -> list[GridPoint]:
     check_options(options)
     grid = Grid(**{**asdict(options.grid), "randaug": [NO_AUGMENTATION]})
     return select_points(expand_grid(grid, None, options.seed_mode), options.point)
 
 
-def finetune(options):
-    points = plan(options)
-    with files.operation():
-        run = ClassifierSweepRun(options)
-        with run.folder.claim():
-            for point in run.prepare(points):
-                run.train_point(point)
-        return run.folder.rebuild_manifest()
+class ClassifierTrainer:
+    """The state one classifier ``finetune`` call shares between its grid points (a
+    :class:`~negmerge_cli.training.family.PointTrainer`); a single process."""
 
-
-class ClassifierSweepRun:
-    def __init__(self, options):
+    def __init__(self, options: FinetuneOptions, ranks: Ranks):
         from negmerge_cli.classifier.data import open_classifier_data
         from negmerge_cli.classifier.split import load_forget_split
         from negmerge_cli.core.units import resolve_device
 
-        self.options = options
+        self.options, self.ranks = options, ranks
         self.device = resolve_device(options.device)
         self.data = open_classifier_data(options.data)
         self.num_classes = options.num_classes or self.data.num_classes
@@ -135,30 +131,19 @@ class ClassifierSweepRun:
 
         return test_metrics(model.to(self.device), self.data.test, self.num_classes, self.device)
 
-    def train_point(self, point) -> None:
+    def train(self, point: GridPoint) -> TrainedPoint:
         from negmerge_cli.classifier.train import train_classifier
 
         model = self.base
         model.load_state_dict(self.base_state)
-        record = PointRecord(point.index, point.name, "running", point.hyperparameters(),
-                             host=socket.gethostname(), pid=os.getpid())
-        self.folder.write_record(record)
-        try:
-            stats = train_classifier(model, self.train_set, self.indices, settings_for(self.options, point),
-                                     self.device, description=f"[{point.index}] {point.name}")
-        except Exception as exc:
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.folder.write_record(PointRecord(point.index, point.name, "failed", point.hyperparameters(),
-                                                 error=first_line))
-            raise
+        stats = train_classifier(model, self.train_set, self.indices, settings_for(self.options, point),
+                                 self.device, description=f"[{point.index}] {point.name}")
         metrics = self._test_metrics(model)
         path = self.folder.checkpoint(point)
         save_classifier(model, path, self._metadata(base=self.folder.base.name, hyperparameters=point.hyperparameters(),
                                                     test_acc1=f"{metrics.acc1:.6f}"),
                         self.options.model, self.num_classes, force=True)
-        self.folder.write_record(PointRecord(point.index, point.name, "done", point.hyperparameters(), file=path.name,
-                                             val=metrics, train=stats))
-        output().log(f"{point.name}: test acc1 {100 * metrics.acc1:.2f}%  ({stats['images_per_s']:.0f} img/s)")
+        return TrainedPoint(path, metrics, stats, "test acc1")
 
 
 def save_classifier(model, path: Path, metadata: dict, name: str, num_classes: int, force: bool = False) -> Path:
@@ -174,7 +159,7 @@ def settings_for(options, point):
 
     return ClassifierSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
                               epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
-                              warmup_steps=warmup_steps(options), optimizer=options.optimizer or "sgd",
+                              warmup_steps=options.warmup_steps, optimizer=options.optimizer,
                               schedule=options.schedule, objective=options.objective, workers=options.workers)
 
 
@@ -186,19 +171,15 @@ def training_augment(augment, data):
     return data.train.augment if augment is None else augment_named(augment)
 
 
-def warmup_steps(options) -> int:
-    return DEFAULT_WARMUP_STEPS if options.warmup_steps is None else options.warmup_steps
-
-
 def sweep_identity(options, data, split, num_classes: int, augment) -> dict:
     """The shared identity (model, weights, data, batch, seed mode...) plus what makes a classifier
     sweep: class count, dataset identity, subset, the forget split's digest, objective, optimizer and
     the training augmentation in force (a resume with another is refused)."""
     from negmerge_cli.classifier.data import augment_name
 
-    identity = identity_of(options.model, options.pretrained, options.data, options.batch_size, warmup_steps(options),
+    identity = identity_of(options.model, options.pretrained, options.data, options.batch_size, options.warmup_steps,
                            None, None, seed_mode=options.seed_mode)
     return {**identity, "family": "classifier", "num_classes": num_classes, "dataset": data.identity,
             "subset": options.subset, "forget_split": split.digest if split else None,
-            "objective": options.objective, "optimizer": options.optimizer or "sgd", "schedule": options.schedule,
+            "objective": options.objective, "optimizer": options.optimizer, "schedule": options.schedule,
             "augmentation": augment_name(augment)}

@@ -8,8 +8,10 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
+from negmerge_cli.cli.defaults import default
 from negmerge_cli.core.errors import UsageError
 from negmerge_cli.core.escape import json_text, number
+from negmerge_cli.training.options import FinetuneOptions as Options
 
 GridValues = Optional[list[str]]
 
@@ -30,31 +32,31 @@ def finetune(
     wd: Annotated[GridValues, _grid_option("--wd", "Weight decay(s) [default: 0.1; classifiers 5e-4].")] = None,
     label_smoothing: Annotated[GridValues, _grid_option("--label-smoothing", "Label smoothing(s) [default: 0].")] = None,
     seed: Annotated[GridValues, _grid_option("--seed", "Seed(s) for shuffling and augmentation; with --seed-mode per-point, each point's own seed is derived from it [default: 0].")] = None,
-    seed_mode: Annotated[str, typer.Option("--seed-mode", help="per-point: every grid point trains with its own seed, derived from --seed and the point (the released runs each had their own); shared: every point trains with its --seed value as given.")] = "per-point",
+    seed_mode: Annotated[str, typer.Option("--seed-mode", help="per-point: every grid point trains with its own seed, derived from --seed and the point (the released runs each had their own); shared: every point trains with its --seed value as given.")] = default(Options, "seed_mode"),
     randaug: Annotated[GridValues, _grid_option("--randaug", "timm RandAugment string(s) like rand-m1-n1-mstd0.5; 'none' for no augmentation [default]; 'paper' for the paper's 30.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).")] = 128,
-    accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Global batch per optimizer step (split over torchrun processes and --accum-steps).")] = default(Options, "batch_size"),
+    accum_steps: Annotated[int, typer.Option("--accum-steps", help="Gradient accumulation steps per optimizer step.")] = default(Options, "accum_steps"),
     warmup_steps: Annotated[Optional[int], typer.Option("--warmup-steps", help="Linear warm-up steps (capped at a quarter of a run) [default: 500; classifiers 0].")] = None,
-    workers: opt.Workers = 2,
+    workers: opt.Workers = default(Options, "workers"),
     point: Annotated[Optional[list[int]], typer.Option("--point", help="Run only grid point N (0-based; repeatable), e.g. one per Slurm array task.")] = None,
     list_points: Annotated[bool, typer.Option("--list-points", help="Print the grid (index, name) as JSON lines on stdout and exit.")] = False,
     templates: opt.Templates = None,
     classnames: opt.Classnames = None,
-    cache_memory: opt.CacheMemory = "4GiB",
-    crop_scale: Annotated[float, typer.Option("--crop-scale", help="With --randaug: smallest random-resized-crop area (timm's and the paper's 0.08).")] = 0.08,
-    hflip: Annotated[float, typer.Option("--hflip", help="With --randaug: horizontal flip probability (timm's and the paper's 0.5).")] = 0.5,
+    cache_memory: opt.CacheMemory = default(Options, "cache_memory"),
+    crop_scale: Annotated[float, typer.Option("--crop-scale", help="With --randaug: smallest random-resized-crop area (timm's and the paper's 0.08).")] = default(Options, "crop_scale"),
+    hflip: Annotated[float, typer.Option("--hflip", help="With --randaug: horizontal flip probability (timm's and the paper's 0.5).")] = default(Options, "hflip"),
     quick_gelu: opt.QuickGelu = None,
-    precision: opt.Precision = "fp32",
-    randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = "random",
+    precision: opt.Precision = default(Options, "precision"),
+    randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = default(Options, "randaug_interpolation"),
     freeze: Annotated[Optional[list[str]], typer.Option("--freeze", metavar="GLOB", help="Keep the image-encoder parameters whose OpenCLIP state-dict names match GLOB at their base values (repeatable); the released code froze 'visual.transformer.resblocks.*.attn.*'.")] = None,
     num_classes: opt.NumClasses = None,
     forget_split: opt.ForgetSplitFile = None,
-    subset: Annotated[str, typer.Option("--subset", help="Classifiers: train on all of the train split, retain (Dr) or forget (Df); retain/forget need --forget-split.", rich_help_panel="Classifier models")] = "all",
-    objective: Annotated[str, typer.Option("--objective", help="Classifiers: ce (cross-entropy), ascent (gradient ascent), random-labels (CE against a random wrong class).", rich_help_panel="Classifier models")] = "ce",
+    subset: Annotated[str, typer.Option("--subset", help="Classifiers: train on all of the train split, retain (Dr) or forget (Df); retain/forget need --forget-split.", rich_help_panel="Classifier models")] = default(Options, "subset"),
+    objective: Annotated[str, typer.Option("--objective", help="Classifiers: ce (cross-entropy), ascent (gradient ascent), random-labels (CE against a random wrong class).", rich_help_panel="Classifier models")] = default(Options, "objective"),
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd (momentum 0.9; the classifier default) or adamw (CLIP's, its only one).", rich_help_panel="Classifier models")] = None,
-    schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = "cosine",
+    schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = default(Options, "schedule"),
     augment: Annotated[Optional[str], typer.Option("--augment", help="Classifiers: crop-flip (pad-4 random crop + horizontal flip; the default), crop (the default for digits) or none.", rich_help_panel="Classifier models")] = None,
-    device: opt.Device = "auto",
+    device: opt.Device = default(Options, "device"),
 ) -> None:
     """Fine-tune a CLIP image encoder against the frozen zero-shot head, or train a classifier, once per grid point.
 
@@ -62,27 +64,24 @@ def finetune(
     it trains data-parallel (NCCL on GPUs, gloo on CPU).
     """
     # (Long only for its option declarations; the work is in negmerge_cli.stages.finetuning.)
-    from negmerge_cli.stages import FinetuneOptions, Grid, plan
+    from negmerge_cli.stages import Grid, plan
     from negmerge_cli.stages import finetune as run
-    from negmerge_cli.stages.registry import family_of
 
-    classifier = family_of(model) == "classifier"
     grid = Grid(
-        lr=_values(lr, float, "--lr", [0.1 if classifier else 1e-5]),
-        epochs=_values(epochs, int, "--epochs", []),
-        steps=_values(steps, int, "--steps", []),
-        wd=_values(wd, float, "--wd", [5e-4 if classifier else 0.1]),
-        label_smoothing=_values(label_smoothing, float, "--label-smoothing", [0.0]),
-        seed=_values(seed, int, "--seed", [0]),
-        randaug=_values(randaug, str, "--randaug", ["none"]),
+        lr=_values(lr, float, "--lr"),
+        epochs=_or_default(_values(epochs, int, "--epochs"), Grid, "epochs"),
+        steps=_or_default(_values(steps, int, "--steps"), Grid, "steps"),
+        wd=_values(wd, float, "--wd"),
+        label_smoothing=_or_default(_values(label_smoothing, float, "--label-smoothing"), Grid, "label_smoothing"),
+        seed=_or_default(_values(seed, int, "--seed"), Grid, "seed"),
+        randaug=_or_default(_values(randaug, str, "--randaug"), Grid, "randaug"),
     )
-    options = FinetuneOptions(
+    options = Options(
         model=model, data=data, output=output, pretrained=pretrained, grid=grid, batch_size=batch_size,
         accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
-        quick_gelu=quick_gelu, precision=precision,
-        randaug_interpolation=randaug_interpolation,
-        seed_mode=seed_mode, freeze=freeze or [], num_classes=num_classes, forget_split=forget_split,
+        quick_gelu=quick_gelu, precision=precision, randaug_interpolation=randaug_interpolation,
+        seed_mode=seed_mode, freeze=tuple(freeze or ()), num_classes=num_classes, forget_split=forget_split,
         subset=subset, objective=objective, optimizer=optimizer, schedule=schedule, augment=augment,
     )
     if list_points:
@@ -95,10 +94,11 @@ def finetune(
         _print_table(manifest)
 
 
-def _values(raw: GridValues, cast: Callable, flag: str, default: list) -> list:
-    """Repeated and/or comma-separated values; an option given only empty values leaves no points."""
+def _values(raw: GridValues, cast: Callable, flag: str) -> Optional[list]:
+    """Repeated and/or comma-separated values (None: not given, the library's default); an option
+    given only empty values leaves no points."""
     if raw is None:
-        return default
+        return None
     values = []
     for item in raw:
         for part in item.split(","):
@@ -110,6 +110,10 @@ def _values(raw: GridValues, cast: Callable, flag: str, default: list) -> list:
             except ValueError:
                 raise UsageError(f"{flag} {part!r}: not a valid {cast.__name__}") from None
     return values
+
+
+def _or_default(values: Optional[list], options_type: type, name: str):
+    return default(options_type, name) if values is None else values
 
 
 def _print_table(manifest) -> None:
@@ -130,4 +134,7 @@ def _print_table(manifest) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("finetune", short_help="Fine-tune a model once per point of a hyperparameter grid.",
+                epilog=epilog("finetune"))(finetune)

@@ -40,8 +40,13 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
+def is_model_name(name: str) -> bool:
+    """Whether open_clip's registry (with our shipped configs added) knows ``name``."""
+    return name in _open_clip().list_models()
+
+
 def check_model_name(name: str) -> None:
-    if name not in _open_clip().list_models():
+    if not is_model_name(name):
         tiny = ", ".join(shipped_models())
         raise UsageError(f"unknown model '{name}' for --model (open_clip.list_models() has none; shipped tiny configs: {tiny})")
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from negmerge_cli.clip import freeze, zeroshot
@@ -29,44 +27,11 @@ from negmerge_cli.clip.datasets import ImageSet
 from negmerge_cli.clip.evaluate import worker_errors
 from negmerge_cli.core.errors import NegmergeError, UsageError
 from negmerge_cli.core.output import output
+from negmerge_cli.training.distributed import Ranks
 from negmerge_cli.training.precision import autocast, gradient_scaler
 from negmerge_cli.training.seeding import seed_everything
 
 GRAD_CLIP_NORM = 1.0
-
-
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-
-def init_distributed() -> Distributed:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Distributed()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def shutdown_distributed(info: Distributed) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -110,7 +75,7 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
 
 
 def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: TrainSettings, device: torch.device,
-                        ranks: Distributed, description: str = "finetune") -> dict:
+                        ranks: Ranks, description: str = "finetune") -> dict:
     """Train ``model.visual`` in place; returns run statistics (steps, images/s, last loss)."""
     seed_everything(settings.seed + ranks.rank)
     _freeze_all_but_visual(model)
@@ -165,7 +130,7 @@ def _freeze_all_but_visual(model) -> None:
         parameter.requires_grad_(True)
 
 
-def _train_loader(data: ImageSet, settings: TrainSettings, ranks: Distributed) -> DataLoader:
+def _train_loader(data: ImageSet, settings: TrainSettings, ranks: Ranks) -> DataLoader:
     micro = micro_batch_size(settings, ranks.world_size)
     if ranks.enabled:
         sampler = DistributedSampler(data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True,

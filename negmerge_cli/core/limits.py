@@ -101,13 +101,13 @@ LIMITS: dict[str, dict[str, Range]] = {
         # the grid (negmerge_cli.training.sweep.Grid): every value of each list
         "lr": Range(float, 0.0, open_low=True), "wd": Range(float, 0.0), "label_smoothing": PROBABILITY_BELOW_ONE,
         "epochs": COUNT, "steps": COUNT, "seed": TRAIN_SEED,
-        # FinetuneOptions
+        # FinetuneOptions (negmerge_cli.training.options)
         "batch_size": COUNT, "accum_steps": COUNT, "warmup_steps": COUNT_OR_ZERO, "workers": WORKERS,
         "point": INDEX, "eval_batch_size": COUNT, "crop_scale": FRACTION, "hflip": PROBABILITY,
         "num_classes": CLASSES,
     },
     "eval": {
-        # EvalOptions, SearchOptions, and the classifier's UnlearningEvalOptions, UnlearningSearchOptions
+        # EvalOptions, SearchOptions (negmerge_cli.training.options)
         "batch_size": COUNT, "workers": WORKERS, "coefs": FINITE, "threshold": FRACTION, "refine": COUNT_OR_ZERO,
         "num_classes": CLASSES,
     },

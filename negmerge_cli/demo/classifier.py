@@ -120,19 +120,18 @@ def _finetune_stage(sweep: Path, subset: str, split_file: Path | None, epochs: t
     return [sweep / point.file for point in finetune(options).finished]
 
 
-def _model_options(checkpoint: Path):
+def _model_options(checkpoint: Path, work: Path, reference: Path | None):
     from negmerge_cli.stages import EvalOptions
 
-    return EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0)
+    return EvalOptions(model=MODEL, checkpoint=str(checkpoint), device="cpu", workers=0,
+                       forget_split=str(work / "forget.json"), reference=str(reference) if reference else None)
 
 
 def _evaluate(work: Path, checkpoint: Path, name: str, reference: Path | None, force: bool):
-    from negmerge_cli.stages import UnlearningEvalOptions, evaluate_unlearning
+    from negmerge_cli.stages import evaluate
 
-    options = UnlearningEvalOptions("digits", str(work / "forget.json"),
-                                    reference=str(reference) if reference else None)
-    return evaluate_unlearning(_model_options(checkpoint), options, json_out=work / "eval" / f"{name}.json",
-                               force=True)
+    return evaluate(["digits"], _model_options(checkpoint, work, reference), json_out=work / "eval" / f"{name}.json",
+                    force=True)
 
 
 def _merge(method: str, finetuned, original: Path, output: Path, force: bool, buffers=None) -> None:
@@ -144,12 +143,11 @@ def _merge(method: str, finetuned, original: Path, output: Path, force: bool, bu
 
 
 def _search(work: Path, name: str, original: Path, vector: Path, settings):
-    from negmerge_cli.stages import UnlearningEvalOptions, UnlearningSearchOptions, search_unlearning_coefficient
+    from negmerge_cli.stages import SearchOptions, search_coefficient
 
-    options = UnlearningEvalOptions("digits", str(work / "forget.json"), reference=str(work / "eval" / "retrain.json"))
-    search = UnlearningSearchOptions(str(vector), list(settings.coefs), "retain-bar")
-    return search_unlearning_coefficient(_model_options(original), options, search,
-                                         json_out=work / "search" / f"{name}.json", force=True)
+    options = _model_options(original, work, work / "eval" / "retrain.json")
+    search = SearchOptions(str(vector), coefs=list(settings.coefs), select="retain-bar")
+    return search_coefficient(options, search, data=["digits"], json_out=work / "search" / f"{name}.json", force=True)
 
 
 def _unlearn(work: Path, name: str, original: Path, vector: Path, settings, force: bool):

@@ -235,7 +235,9 @@ def _searches(work: Workdir, name: str, base: Path, vector: Path, force: bool, c
               plot: bool = False) -> list[tuple[SearchResult, Path]]:
     """Lambda on the paper's grid (``search/NAME.json``) and on the extended one
     (``search/NAME-matched.json``), each lambda evaluated once for both."""
-    from negmerge_cli.stages import SearchOptions, search_coefficients
+    from negmerge_cli.clip.eval_run import search_coefficients
+    from negmerge_cli.report.plots import save, search_curve
+    from negmerge_cli.stages import SearchOptions
 
     folder = work / "search"
     grids = [SearchOptions(str(vector), f"{work.digits}:val", f"{work.textures}:val", coefs=list(coefs),
@@ -243,7 +245,9 @@ def _searches(work: Workdir, name: str, base: Path, vector: Path, force: bool, c
     paths = [folder / f"{name}.json", folder / f"{name}-matched.json"]
     plot_path = folder / f"{name}.png"
     results = search_coefficients(_eval_options(base), grids, json_outs=paths,
-                                  plots=[plot_path if plot else None, None], force=force)
+                                  also_writes=[plot_path if plot else None], force=force)
+    if plot:
+        save(search_curve(results[0]), plot_path, force=force)
     search = (f"negmerge eval --model {MODEL} --checkpoint {base} --vector {vector} --forget {work.digits}:val "
               f"--retain {work.textures}:val")
     commands.append(f"{search} --json {paths[0]}" + (f" --plot {plot_path}" if plot else ""))

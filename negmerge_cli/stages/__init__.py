@@ -22,23 +22,17 @@ _EXPORTS = {
     "CheckpointSummary": "inspect",
     # classifier forget/retain splits
     "make_split": "split",
-    # OpenCLIP fine-tuning and evaluation
+    # fine-tuning and evaluation, for every model family (stages/registry.py)
     "finetune": "finetuning",
     "plan": "finetuning",
     "FinetuneOptions": "finetuning",
     "Grid": "finetuning",
     "evaluate": "evaluation",
     "search_coefficient": "evaluation",
-    "search_coefficients": "evaluation",
     "require_choice": "evaluation",
     "check_eval_mode": "evaluation",
     "EvalOptions": "evaluation",
     "SearchOptions": "evaluation",
-    # classifier evaluation: the unlearning metrics and the lambda search
-    "evaluate_unlearning": "classifier_evaluation",
-    "search_unlearning_coefficient": "classifier_evaluation",
-    "UnlearningEvalOptions": "classifier_evaluation",
-    "UnlearningSearchOptions": "classifier_evaluation",
     # results as tables and figures
     "make_report": "report",
 }
@@ -50,3 +44,8 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    """The exported names as well (imported on first use), so that completion offers them."""
+    return sorted(set(globals()) | set(__all__))

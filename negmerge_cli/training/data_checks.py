@@ -2,7 +2,8 @@
 
 A dataset's own files (class lists, annotations, split lists, label arrays) are input like any
 other: a label must be an integer naming one of its classes, and a file it names must lie inside
-its root. Both dataset families (classifier/data.py, clip/datasets.py) check through here:
+its root. Both dataset families (classifier/data.py; clip/datasets.py and clip/paper_datasets.py)
+check through here:
 
 - :func:`checked_labels`: integers (not floats, strings or booleans) in 0..C-1, or one line naming
   the file, the field and the first bad entry;

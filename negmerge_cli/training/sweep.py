@@ -42,12 +42,13 @@ SEED_LIMIT = limits.TRAIN_SEED.high  # seeds (and seed + torchrun rank) stay val
 
 @dataclass
 class Grid:
-    """Values per hyperparameter; the sweep is their product (in this field order)."""
+    """Values per hyperparameter; the sweep is their product (in this field order). ``lr`` and ``wd``
+    None: the model family's default (negmerge_cli.training.family.with_defaults)."""
 
-    lr: Sequence[float] = (1e-5,)
+    lr: Optional[Sequence[float]] = None
     epochs: Sequence[int] = ()
     steps: Sequence[int] = ()
-    wd: Sequence[float] = (0.1,)
+    wd: Optional[Sequence[float]] = None
     label_smoothing: Sequence[float] = (0.0,)
     seed: Sequence[int] = (0,)
     randaug: Sequence[str] = (NO_AUGMENTATION,)

@@ -1,9 +1,9 @@
-"""``eval`` for the classifier family: the unlearning metrics of a checkpoint, and the lambda search.
+"""The classifier family's ``eval``: the unlearning metrics of a checkpoint, and the lambda search.
 
-:func:`evaluate_unlearning` measures accuracy on Dr, Df and Dtest and MIA-efficacy
+:func:`evaluate` measures accuracy on Dr, Df and Dtest and MIA-efficacy
 (:mod:`negmerge_cli.classifier.metrics`), plus the Avg. Gap to ``reference`` (a retrained
 checkpoint, evaluated here on the same sets, or its earlier ``eval --json``).
-:func:`search_unlearning_coefficient` evaluates theta = original - lambda * tau for every lambda
+:func:`search_coefficient` evaluates theta = original - lambda * tau for every lambda
 (the shared :class:`~negmerge_cli.arithmetic.negation.NegatedModel`; images transformed once) and picks lambda
 by ``retain-bar`` or ``gap`` (:mod:`negmerge_cli.classifier.search`).
 """
@@ -12,66 +12,36 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from negmerge_cli.core import files, limits
+from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError, UsageError, option
 from negmerge_cli.core.output import output
 from negmerge_cli.results import ClassifierEvaluation, ClassifierSearchPoint, ClassifierSearchResult, ReferenceMetrics
+from negmerge_cli.training.options import EvalOptions, SearchOptions
 
-DEFAULT_COEFS = [round(i / 20, 10) for i in range(21)]
-
-
-@dataclass
-class UnlearningEvalOptions:
-    """What a classifier is evaluated on: one dataset, one forget split, optionally a reference."""
-
-    data: str
-    forget_split: str
-    num_classes: Optional[int] = None  # default: the dataset's class count
-    reference: Optional[str] = None  # a retrained checkpoint, or its eval JSON
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            raise UsageError(f"a classifier is evaluated on one {option('data')} SPEC")
-        if not self.forget_split:
-            raise UsageError(f"a classifier evaluation needs {option('forget_split')} FORGET.json "
-                             "(make one with 'negmerge split')")
-        limits.check_fields("eval", self)
+def check_evaluation(data: Sequence[str], options: EvalOptions) -> str:
+    """The one dataset a classifier is evaluated on; refuses what a classifier evaluation cannot do."""
+    if len(data) != 1:
+        raise UsageError(f"a classifier is evaluated on exactly one {option('data')} SPEC (got {len(data)})")
+    if not options.checkpoint:
+        raise UsageError(f"a classifier is evaluated from {option('checkpoint')} FILE")
+    if not options.forget_split:
+        raise UsageError(f"a classifier evaluation needs {option('forget_split')} FORGET.json "
+                         "(make one with 'negmerge split')")
+    return data[0]
 
 
-@dataclass
-class UnlearningSearchOptions:
-    vector: str
-    coefs: Sequence[float] = field(default_factory=lambda: list(DEFAULT_COEFS))
-    select: str = "retain-bar"
-    threshold: float = 0.95
-
-    def __post_init__(self) -> None:
-        if not len(self.coefs):
-            raise UsageError(f"{option('coefs')}: give one or more coefficients")
-        limits.check_fields("eval", self)
-
-
-def check_classifier_model_options(model_options) -> None:
-    """The CLIP-only parts of :class:`~negmerge_cli.stages.EvalOptions` have no meaning here."""
-    given = [name for name in ("pretrained", "templates", "classnames", "quick_gelu")
-             if getattr(model_options, name) is not None]
-    if given:
-        raise UsageError(f"{option(given[0])} belongs to CLIP models; {model_options.model} is a classifier "
-                         f"(give {option('checkpoint')})")
-
-
-def evaluate_unlearning(model_options, options: UnlearningEvalOptions, *, json_out: Optional[Path] = None,
-                        force: bool = False) -> ClassifierEvaluation:
-    """The four metrics of ``model_options.checkpoint`` (and the Avg. Gap to the reference)."""
-    check_classifier_model_options(model_options)
+def evaluate(data: Sequence[str], model_options: EvalOptions, *, json_out: Optional[Path] = None,
+             force: bool = False) -> ClassifierEvaluation:
+    """The four metrics of ``model_options.checkpoint`` on ``data`` (one dataset) and its forget split,
+    and the Avg. Gap to the reference."""
+    spec = check_evaluation(data, model_options)
     with files.operation():
-        _check_inputs(model_options, options, json_out, force)
+        _check_inputs(model_options, json_out, force)
         started = time.perf_counter()
-        session = _Session(model_options, options)
+        session = _Session(model_options, spec)
         model = session.load(model_options.checkpoint)
         metrics = session.evaluate(model, f"eval {Path(model_options.checkpoint).name}")
         seconds = time.perf_counter() - started
@@ -87,20 +57,21 @@ def evaluate_unlearning(model_options, options: UnlearningEvalOptions, *, json_o
         return result
 
 
-def search_unlearning_coefficient(model_options, options: UnlearningEvalOptions, search: UnlearningSearchOptions,
-                                  *, json_out: Optional[Path] = None, force: bool = False) -> ClassifierSearchResult:
-    """Every lambda's metrics for original - lambda * tau, and the choice by ``search.select``."""
+def search_coefficient(data: Sequence[str], model_options: EvalOptions, search: SearchOptions, *,
+                       json_out: Optional[Path] = None, force: bool = False) -> ClassifierSearchResult:
+    """Every lambda's metrics for original - lambda * tau on ``data`` (one dataset), and the choice by
+    ``search.select``."""
     from negmerge_cli.arithmetic.negation import NegatedModel, load_task_vector
     from negmerge_cli.checkpoint.kinds import check_negation_inputs
     from negmerge_cli.classifier import search as rules
 
-    check_classifier_model_options(model_options)
-    rules.check_select(search.select, options.reference is not None)
+    spec = check_evaluation(data, model_options)
+    rules.check_select(search.select, model_options.reference is not None)
     with files.operation():
-        _check_inputs(model_options, options, json_out, force, search.vector)
+        _check_inputs(model_options, json_out, force, search.vector)
         check_negation_inputs(model_options.checkpoint, search.vector)
         started = time.perf_counter()
-        session = _Session(model_options, options)
+        session = _Session(model_options, spec)
         model = session.load(model_options.checkpoint)
         negated = NegatedModel(model, load_task_vector(search.vector), search.vector, model_options.model)
         reference = session.reference()
@@ -143,15 +114,15 @@ def _gap(metrics, reference: Optional[ReferenceMetrics]) -> Optional[float]:
 class _Session:
     """The dataset, the split, the device and the transformed images of one evaluation."""
 
-    def __init__(self, model_options, options: UnlearningEvalOptions):
+    def __init__(self, model_options: EvalOptions, spec: str):
         from negmerge_cli.classifier.data import open_classifier_data
         from negmerge_cli.classifier.evaluate import UnlearningSets
         from negmerge_cli.classifier.split import load_forget_split
         from negmerge_cli.core.units import parse_size, resolve_device
 
-        self.model_options, self.options = model_options, options
-        self.data = open_classifier_data(options.data)
-        self.num_classes = _num_classes(options.num_classes, self.data, options.data)
+        self.model_options = options = model_options
+        self.data = open_classifier_data(spec)
+        self.num_classes = _num_classes(options.num_classes, self.data, spec)
         self.split = load_forget_split(options.forget_split, self.data)
         if not self.split.forget_indices:
             raise UsageError(f"{options.forget_split}: the forget set is empty ({option('forget_split')})")
@@ -171,7 +142,7 @@ class _Session:
         return load_classifier(self.model_options.model, self.num_classes, path, self.device)
 
     def _stored_reference(self) -> Optional[ReferenceMetrics]:
-        source = self.options.reference
+        source = self.model_options.reference
         if source is None or Path(source).suffix.lower() != ".json":
             return None
         stored = read_evaluation(source)
@@ -179,7 +150,7 @@ class _Session:
         return ReferenceMetrics(str(source), "eval_json", stored.metrics)
 
     def reference(self) -> Optional[ReferenceMetrics]:
-        source = self.options.reference
+        source = self.model_options.reference
         if source is None or self.stored_reference is not None:
             return self.stored_reference
         metrics = self.evaluate(self.load(source), f"reference {Path(source).name}")
@@ -230,10 +201,9 @@ def _check_same_sets(stored: ClassifierEvaluation, session: _Session, source: st
                          f"({stored.forget_split.get('file')})")
 
 
-def _check_inputs(model_options, options: UnlearningEvalOptions, json_out: Optional[Path], force: bool,
-                  vector: Optional[str] = None) -> None:
+def _check_inputs(options: EvalOptions, json_out: Optional[Path], force: bool, vector: Optional[str] = None) -> None:
     """Missing files and unwritable outputs fail before any evaluation; inputs are registered."""
-    for path, name in ((model_options.checkpoint, "checkpoint"), (options.forget_split, "forget_split"),
+    for path, name in ((options.checkpoint, "checkpoint"), (options.forget_split, "forget_split"),
                        (options.reference, "reference"), (vector, "vector")):
         if path is None:
             continue
