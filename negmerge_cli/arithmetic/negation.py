@@ -45,7 +45,8 @@ class NegatedModel:
             self.tau[key] = tau.to(device, torch.float32)
         if not self.targets:
             raise CheckpointError(f"{vector_path}: no floating-point tensor of the vector matches model {model_name}")
-        # heads depend on everything outside the image encoder (text tower, logit scale)
+        # CLIP models: zero-shot heads depend on everything outside the image encoder (text tower,
+        # logit scale). Classifiers have no such heads: their evaluation never reads this
         self.touches_text = any(not k.startswith("visual.") and bool(t.any()) for k, t in self.tau.items())
 
     @torch.no_grad()

@@ -32,7 +32,7 @@ from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, MODEL_CONFIG, configure
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError, OutputError, option, switch
 from negmerge_cli.core.invocation import command_line
-from negmerge_cli.core.output import output as console
+from negmerge_cli.core.output import output
 
 if TYPE_CHECKING:
     from negmerge_cli.results.stream import StreamResult
@@ -79,7 +79,7 @@ class OutputPlan:
             if self.card is not None:
                 result.outputs.append(write_card(self.folder, result.metadata, force=self.force, **self.card))
         if copied:
-            console().log(f"{self.folder}: copied {len(copied)} files from the base ({', '.join(p.name for p in copied)})")
+            output().log(f"{self.folder}: copied {len(copied)} files from the base ({', '.join(p.name for p in copied)})")
         return result
 
 

@@ -48,6 +48,11 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+def __dir__() -> list[str]:
+    """``CLASSIFIER_MODELS`` as well (computed on first use), so that completion offers it."""
+    return sorted(set(globals()) | {"CLASSIFIER_MODELS"})
+
+
 def is_classifier_name(name: str) -> bool:
     return name in CIFAR_MODELS or name in torchvision_models()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from negmerge_cli.core.output import output
 
 
-def report(result, kept: bool = False) -> None:
+def print_stream_result(result, kept: bool = False) -> None:
     """One summary line of a :class:`~negmerge_cli.stages.StreamResult` (quiet: nothing)."""
     outputs = ", ".join(str(p) for p in result.outputs)
     kept_text = f", kept {result.kept_fraction:.2%} non-zero" if kept else ""

@@ -65,7 +65,8 @@ class OptionGroup:
         return OptionGroup(self.target, [p for p in self.params if p.name in names], self.build)
 
 
-def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+def option_parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    """A keyword-only parameter ``name`` of a command's signature, which Typer reads as an option."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
 
@@ -107,7 +108,7 @@ def _configure_output(quiet: bool) -> None:
 
 
 # Every command: --quiet sets up the one output object before the command runs.
-QUIET = OptionGroup(None, [option("quiet", Quiet, False)], _configure_output)
+QUIET = OptionGroup(None, [option_parameter("quiet", Quiet, False)], _configure_output)
 
 
 def _stream_options(**values: Any):
@@ -119,30 +120,30 @@ def _stream_options(**values: Any):
 
 
 STREAMING = OptionGroup("stream", [
-    option("device", Device, "auto"),
-    option("dtype", Annotated[Optional[str], typer.Option(
+    option_parameter("device", Device, "auto"),
+    option_parameter("dtype", Annotated[Optional[str], typer.Option(
         "--dtype", help="Output dtype: float32, float16, bfloat16 or float64 (default: the inputs').")], None),
-    option("max_memory", Annotated[str, typer.Option(
+    option_parameter("max_memory", Annotated[str, typer.Option(
         "--max-memory", help="Memory budget for tensor buffers, e.g. 512MB or 2GiB.")], "1GB"),
-    option("shard_size", Annotated[Optional[str], typer.Option(
+    option_parameter("shard_size", Annotated[Optional[str], typer.Option(
         "--shard-size", help="Split the output into shards of at most this size, with an index.")], None),
-    option("missing_as_zero", Annotated[bool, typer.Option(
+    option_parameter("missing_as_zero", Annotated[bool, typer.Option(
         "--missing-as-zero", help="Treat a tensor absent from some inputs as zero instead of failing.")], False),
-    option("keep_zero", Annotated[bool, typer.Option(
+    option_parameter("keep_zero", Annotated[bool, typer.Option(
         "--keep-zero", help="Also write tensors that are zero in every element (default: left out, listed in "
                             "the metadata as negmerge.zero_tensors, read back as zeros).")], False),
-    option("allow_nonfinite", Annotated[bool, typer.Option(
+    option_parameter("allow_nonfinite", Annotated[bool, typer.Option(
         "--allow-nonfinite", help="Accept NaN/Inf in inputs and results instead of failing.")], False),
-    option("no_hash", Annotated[bool, typer.Option(
+    option_parameter("no_hash", Annotated[bool, typer.Option(
         "--no-hash", help="Skip the SHA-256 of the inputs in the output's metadata (faster on huge merges).")],
         False),
-    option("rehash", Annotated[bool, typer.Option(
+    option_parameter("rehash", Annotated[bool, typer.Option(
         "--rehash", help="Hash every input afresh instead of trusting the digest cache (docs/files.md).")], False),
-    option("no_copy_files", Annotated[bool, typer.Option(
+    option_parameter("no_copy_files", Annotated[bool, typer.Option(
         "--no-copy-files", help="With an output folder: do not copy the base folder's other files (config, "
                                 "tokenizer...).")], False),
-    option("no_model_card", NoModelCard, False),
-    option("force", Force, False),
+    option_parameter("no_model_card", NoModelCard, False),
+    option_parameter("force", Force, False),
 ], _stream_options)
 
 # the streaming options of a command that writes no model folder (vector)
@@ -157,10 +158,10 @@ def _selection(include: Optional[list[str]], exclude: Optional[list[str]]):
 
 # vector, merge, apply, inspect: which tensors to work on (negmerge_cli.arithmetic.selection.TensorSelection).
 SELECTION = OptionGroup("selection", [
-    option("include", Annotated[Optional[list[str]], typer.Option(
+    option_parameter("include", Annotated[Optional[list[str]], typer.Option(
         "--include", metavar="GLOB",
         help="Only tensors whose name matches GLOB (fnmatch, e.g. 'visual.*'); repeatable; default: all.")], None),
-    option("exclude", Annotated[Optional[list[str]], typer.Option(
+    option_parameter("exclude", Annotated[Optional[list[str]], typer.Option(
         "--exclude", metavar="GLOB",
         help="Leave out tensors whose name matches GLOB (after --include); repeatable.")], None),
 ], _selection)

@@ -21,5 +21,9 @@ class LazyModule:
         setattr(self, attribute, value)  # cached: later look-ups are plain attribute reads
         return value
 
+    def __dir__(self) -> list[str]:
+        """The module's names (importing it), so that completion on ``torch.`` works as usual."""
+        return dir(importlib.import_module(self._name))
+
 
 torch = LazyModule("torch")

@@ -2,9 +2,12 @@
 
 What a PATH may be:
 
-- ``eval --vector --json`` (a search): the chosen lambda and its Val accuracies, and the curve;
-- ``eval --json`` (a list of zero-shot results): test accuracies of one model, forget set first
-  (or the one not named ``imagenet``), then the retain set;
+- a CLIP model's ``eval --vector --json`` (a search): the chosen lambda and its Val accuracies, and
+  the curve;
+- a CLIP model's ``eval --json`` (a list of zero-shot results): test accuracies of one model, forget
+  set first (or the one not named ``imagenet``), then the retain set;
+- a classifier's ``eval --json``: Df and Dr accuracy as forget and retain, Dtest, MIA-efficacy and
+  the Avg. Gap as extra metrics;
 - a demo folder (``results.json``, and the searches it names);
 - a method folder of the reproduction layout (``search.json``, ``test.json``, ``inspect.json``,
   ``choice.json``: the method is the folder's name), or a folder holding method folders one or two

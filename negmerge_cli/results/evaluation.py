@@ -1,5 +1,7 @@
-"""CLIP results: zero-shot accuracy on a dataset and the lambda search over forget/retain sets
-(CLIP_benchmark's result shape, plus counts and speed)."""
+"""Accuracy in CLIP_benchmark's shape: :class:`Metrics`, which both families' sweeps record as a
+point's Val accuracy, and the CLIP family's results: zero-shot accuracy on a dataset (plus counts
+and speed) and the lambda search over forget/retain sets. The classifier family's unlearning
+results are :mod:`negmerge_cli.results.classifier`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ SEARCH_RULE = "lowest forget acc1 among coefs with retain acc1 >= threshold x ba
 
 @dataclass(frozen=True)
 class Metrics:
-    """Classification accuracy, as fractions (CLIP_benchmark's keys)."""
+    """Classification accuracy, as fractions (CLIP_benchmark's keys), of either family's models."""
 
     acc1: float
     acc5: float

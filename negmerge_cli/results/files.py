@@ -18,11 +18,12 @@ from negmerge_cli import results
 from negmerge_cli.core.schema import Count, FieldProblem, Fraction, NonNegative, Object, Positive, Schema, validate
 from negmerge_cli.results.split_file import DatasetIdentity
 
-# -- CLIP: zero-shot evaluations and the lambda search -------------------------------------------
+# -- accuracies (both families), and the CLIP family's zero-shot evaluations and lambda search ---
 
 
 class MetricsFile(Schema):
-    """CLIP_benchmark's accuracies; other scenarios may add metrics (numbers) of their own."""
+    """Accuracies under CLIP_benchmark's keys: a CLIP evaluation's, and every sweep point's Val (both
+    families); other scenarios may add metrics (numbers) of their own."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -42,7 +43,7 @@ class MetricsFile(Schema):
 
 
 class ZeroshotEvaluationFile(Schema):
-    """One entry of ``eval --json``'s list."""
+    """One entry of a CLIP model's ``eval --json`` list."""
 
     dataset: str
     split_source: Optional[str] = None

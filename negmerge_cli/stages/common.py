@@ -10,7 +10,8 @@ from typing import Callable
 
 import torch
 
-from negmerge_cli.arithmetic.streaming import Engine, Process, TensorJob, WriteBehind
+from negmerge_cli.arithmetic.background import WriteBehind
+from negmerge_cli.arithmetic.streaming import Engine, Process, TensorJob
 from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.format import count_nonzero
 from negmerge_cli.checkpoint.opening import open_checkpoint

@@ -51,7 +51,7 @@ def merge_vectors(
 
 
 def _merge(inputs, output, method, base, weights, options: StreamOptions, selection: TensorSelection,
-           method_params: dict, running_stats: str | None = None) -> StreamResult:
+           method_params: dict, buffers: str | None = None) -> StreamResult:
     merger = method if isinstance(method, MergeMethod) else create_method(method, **method_params)
     if not inputs:
         raise UsageError("merge needs at least one input")
@@ -68,9 +68,10 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         has_base = base_checkpoint is not None
         statistics = {}
         if has_base:  # vectors made here from checkpoints follow vector's rule; given vectors are kept as made
-            jobs, statistics = running_statistics.apply_choice(jobs, running_stats)
+            jobs, statistics = running_statistics.apply_choice(jobs, buffers)
         jobs, omitted = omit_zero_tensors(jobs, has_base, options, target.weights)
-        buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)
+        # float buffers per element while merging (the slice size follows from it and the budget)
+        float_buffers = merger.state_buffers + (len(sources) if merger.holds_all_inputs else 0)
         # methods that sum every input check one running sum per slice instead of every input
         sums_checked = merger.sums_every_input and not options.allow_nonfinite
 
@@ -84,7 +85,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
                 # whole tensors when the budget allows: per-tensor statistics (TIES' top-k) then
                 # take one kthvalue instead of a bisection over many slices
                 picked = vector_sources(job, index, has_base)
-                for start, stop in engine.slices(job, buffers, cache_sized=False):
+                for start, stop in engine.slices(job, float_buffers, cache_sized=False):
                     yield from task_vectors((engine.read_prepared(job, s, start, stop) for s in picked), has_base)
 
             merger.prepare(job.name, job.numel, len(sources), read_taus)
@@ -96,7 +97,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         hashed = {"inputs": sources, **({"base": [base_checkpoint]} if has_base else {})}
         return target.write(lambda weights, shard_bytes: stream_to_file(
             weights, jobs, process, metadata, hashed, options,
-            float_buffers=lambda job: buffers, before_job=before_job, description=f"merge ({merger.name})",
+            float_buffers=lambda job: float_buffers, before_job=before_job, description=f"merge ({merger.name})",
             sums_checked=sums_checked, shard_bytes=shard_bytes,
         ))
 

@@ -22,7 +22,7 @@ from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
 from negmerge_cli.checkpoint.zero_tensors import zero_tensors_metadata
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import UsageError, option
-from negmerge_cli.core.output import output as console
+from negmerge_cli.core.output import output
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, refuse_base_among, stream_to_file
 
 
@@ -66,8 +66,8 @@ def omit_zero_tensors(jobs: list[TensorJob], has_base: bool, options: StreamOpti
     kept, zeros = split_zero_jobs(jobs, has_base, engine)
     if zeros:
         elements = sum(z.numel for z in zeros)
-        console().log(f"{target}: leaving out {len(zeros)} all-zero tensors ({elements:,} elements), "
-                      f"listed in the metadata")
+        output().log(f"{target}: leaving out {len(zeros)} all-zero tensors ({elements:,} elements), "
+                     f"listed in the metadata")
     return kept, zero_tensors_metadata(zeros)
 
 
