@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 import traceback
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from negmerge_cli import __version__
 from negmerge_cli.cli import apply, convert, demo, evaluate, finetune, inspect, merge, report, split, vector
@@ -21,8 +24,51 @@ from negmerge_cli.core.errors import NegmergeError, use_cli_option_names
 from negmerge_cli.core.invocation import invoked_as
 from negmerge_cli.core.output import output
 
+
+# -- help as written ------------------------------------------------------------------------------
+
+_MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")  # what Rich reads as a tag (rich.markup.escape)
+
+
+def _literal(text: Optional[str]) -> Optional[str]:
+    """``text`` as Rich markup that shows it as written: "[default: 0]" stays, not a style tag."""
+    return text and _MARKUP_TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
+class _HelpAsWritten:
+    """Every command's and the group's help: flags are plain ``--flag`` (Typer's Rich panel would
+    print a ``<bool>`` type beside each), and, under Rich markup, square brackets in help texts,
+    summaries and epilogs (the examples, :mod:`negmerge_cli.cli.examples`) are text, not markup."""
+
+    rich_markup_mode: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.rich_markup_mode == "rich":
+            self.help, self.short_help, self.epilog = map(_literal, (self.help, self.short_help, self.epilog))
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        rich = self.rich_markup_mode == "rich"
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None and hasattr(param, "display_type_rich"):
+                param.metavar = ""  # Typer's Rich panel shows a set metavar instead of the type
+            if rich and getattr(param, "help", None) and not getattr(param, "_help_as_written", False):
+                param.help, param._help_as_written = _literal(param.help), True
+        return params
+
+
+class Command(_HelpAsWritten, TyperCommand):
+    pass
+
+
+class Group(_HelpAsWritten, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="negmerge",
+    cls=Group,
     help="Unlearning by weight negation (NegMerge) and streaming merges of safetensors checkpoints.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,6 +78,9 @@ app = typer.Typer(
 
 for module in (split, finetune, convert, vector, merge, apply, inspect, evaluate, report, demo):
     module.register(app)
+for registered in app.registered_commands:  # app.command() makes every cls a plain TyperCommand
+    if registered.cls in (None, TyperCommand):
+        registered.cls = Command
 
 
 def _version_callback(value: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.cli.common import report
+from negmerge_cli.cli.common import print_stream_result
 
 
 @opt.with_options(opt.STREAMING.only("device", "dtype", "max_memory", "shard_size", "allow_nonfinite", "no_hash",
@@ -27,8 +27,11 @@ def apply(
     model folder: weights in BASE's layout, BASE's other files, a model card."""
     from negmerge_cli.stages import apply_vector
 
-    report(apply_vector(base, vector, scale, output, stream, selection))
+    print_stream_result(apply_vector(base, vector, scale, output, stream, selection))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("apply")(apply)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("apply", short_help="Add a scaled task vector to a model (negative to unlearn).",
+                epilog=epilog("apply"))(apply)

@@ -81,4 +81,7 @@ def results_tables(results) -> list[Table]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("demo", short_help="Run the whole unlearning pipeline on built-in data.",
+                epilog=epilog("demo"))(demo)

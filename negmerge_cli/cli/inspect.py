@@ -126,4 +126,7 @@ def wrap_name(name: str, width: int) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("inspect")(inspect)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("inspect", short_help="Show a checkpoint's tensors, metadata and sparsity.",
+                epilog=epilog("inspect"))(inspect)

@@ -13,7 +13,7 @@ import typer
 
 from negmerge_cli.arithmetic.methods import REGISTRY
 from negmerge_cli.cli import options as opt
-from negmerge_cli.cli.common import report
+from negmerge_cli.cli.common import print_stream_result
 
 
 def _method_options() -> opt.OptionGroup:
@@ -28,7 +28,7 @@ def _method_options() -> opt.OptionGroup:
         takers = ", ".join(method for method, _ in users)
         text = f"{takers}: {first.help} Must be {first.requirement} (default {first.default})."
         flag = "--" + name.replace("_", "-")
-        options.append(opt.option(name, Annotated[Optional[first.type], typer.Option(flag, help=text)], None))
+        options.append(opt.option_parameter(name, Annotated[Optional[first.type], typer.Option(flag, help=text)], None))
     return opt.OptionGroup("method_params", options, lambda **values: {k: v for k, v in values.items() if v is not None})
 
 
@@ -53,8 +53,11 @@ def merge(
 
     result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, selection=selection,
                            buffers=buffers, **method_params)
-    report(result, kept=True)
+    print_stream_result(result, kept=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("merge", epilog="Methods:\n\n" + METHODS_HELP)(merge)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("merge", short_help="Merge task vectors into one (NegMerge by default).",
+                epilog=epilog("merge", before="Methods:\n\n" + METHODS_HELP))(merge)

@@ -36,4 +36,7 @@ def _classes(raw: Optional[str]) -> Optional[list[int]]:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("split")(split)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("split", short_help="Choose the forget set of a classifier's training data.",
+                epilog=epilog("split"))(split)

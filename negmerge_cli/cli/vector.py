@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from negmerge_cli.cli import options as opt
-from negmerge_cli.cli.common import report
+from negmerge_cli.cli.common import print_stream_result
 
 
 @opt.with_options(opt.SELECTION, opt.STREAMING_TO_FILE, opt.QUIET)
@@ -28,8 +28,11 @@ def vector(
 
     for result in write_vectors(base, finetuned, output=output, out_dir=out_dir, options=stream, selection=selection,
                                 buffers=buffers):
-        report(result)
+        print_stream_result(result)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("vector")(vector)
+    from negmerge_cli.cli.examples import epilog
+
+    app.command("vector", short_help="Make task vectors: fine-tuned minus base weights.",
+                epilog=epilog("vector"))(vector)
