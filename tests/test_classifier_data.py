@@ -1,4 +1,4 @@
-"""Classifier data and forget splits (issue 10): CIFAR readers on synthetic files in torchvision's
+"""Classifier data and forget splits: CIFAR readers on synthetic files in torchvision's
 exact formats, a hostile pickle, `negmerge split` reproducibility, disjointness and bad inputs."""
 
 from __future__ import annotations

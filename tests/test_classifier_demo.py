@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from helpers import assert_clean_failure
 
 
+@pytest.mark.slow
 def test_quick_classifier_demo_unlearns_the_forgotten_class(cli, tmp_path):
     work = tmp_path / "demo"
     result = cli("demo", "--scenario", "classifier", "--quick", "-w", work)

@@ -64,6 +64,7 @@ def _eval(setup, *extra, run=run_cli):
                    "--forget-split", root / "forget.json", "--device", "cpu", "-j", "0", *extra)
 
 
+@pytest.mark.slow
 def test_eval_metrics_and_gap_through_the_cli(setup, cli):
     from negmerge_cli.classifier.data import open_classifier_data
     from negmerge_cli.classifier.metrics import accuracy, predictions_from_logits

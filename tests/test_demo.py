@@ -21,6 +21,7 @@ def quick_demo(tmp_path_factory):
     return workdir, cache, result
 
 
+@pytest.mark.slow
 def test_quick_demo_forgets_digits_and_keeps_textures(quick_demo):
     workdir, cache, result = quick_demo
     assert "Traceback" not in result.stderr
@@ -44,6 +45,7 @@ def test_quick_demo_forgets_digits_and_keeps_textures(quick_demo):
     assert "negmerge" in result.stderr and "best_single" in result.stderr  # the table
 
 
+@pytest.mark.slow
 def test_matched_retain_table_searches_the_extended_grid(quick_demo):
     """The second table: each method's lowest Val forget accuracy over lambda 0 to 3 at the same
     retain bar, so it can only forget as much as or more than under the paper's grid (0 to 1)."""
@@ -65,6 +67,7 @@ def test_matched_retain_table_searches_the_extended_grid(quick_demo):
     assert (workdir / "tradeoff.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.slow
 def test_report_of_the_demo_folder_in_every_format(quick_demo, cli, tmp_path):
     workdir, _, _ = quick_demo
     results = json.loads((workdir / "results.json").read_text())

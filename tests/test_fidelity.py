@@ -1,4 +1,4 @@
-"""Paper fidelity of the CLIP path (issue 8, section 1): QuickGELU, precision and the retain bar's base,
+"""Paper fidelity of the CLIP path: QuickGELU, precision and the retain bar's base,
 through the real CLI on CPU with tiny models."""
 
 from __future__ import annotations

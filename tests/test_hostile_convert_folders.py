@@ -1,14 +1,14 @@
-"""Issue 24, classes 4 and 6: what ``convert`` is given as tensors, and which weights a model folder is.
+"""What ``convert`` is given as tensors, and which weights a model folder is.
 
-Class 4: every source tensor is checked against the target model's skeleton (a dense CPU tensor with
-values, of the weight's dtype class, in exactly the shape its part of the model needs) before any
-arithmetic, and one weight under two names (two naming schemes, or a block both fused and split) is
-refused instead of one of them being dropped. The legitimate layouts still convert to tensors equal
-to the model's.
+Convert sources: every source tensor is checked against the target model's skeleton (a dense CPU
+tensor with values, of the weight's dtype class, in exactly the shape its part of the model needs)
+before any arithmetic, and one weight under two names (two naming schemes, or a block both fused and
+split) is refused instead of one of them being dropped. The legitimate layouts still convert to
+tensors equal to the model's.
 
-Class 6: a folder is read from the weights ``transformers.AutoModel.from_pretrained(FOLDER)`` loads
-(``model.safetensors`` before an index; config.json's ``transformers_weights`` first), checked here
-against transformers itself on a real tiny model whose folder also holds an index and shards of
+Model folders: a folder is read from the weights ``transformers.AutoModel.from_pretrained(FOLDER)``
+loads (``model.safetensors`` before an index; config.json's ``transformers_weights`` first), checked
+here against transformers itself on a real tiny model whose folder also holds an index and shards of
 DIFFERENT weights; folders only an arbitrary rule could resolve are refused, and an output folder in
 which other weights would win over the ones written is refused before any work.
 
@@ -35,7 +35,7 @@ PROJ = "visual.proj"  # (64, 64) in the tiny model
 IN_PROJ = f"{BLOCK}.in_proj_weight"  # (192, 64)
 
 
-# -- class 4: convert sources -------------------------------------------------------------------
+# -- convert sources ----------------------------------------------------------------------------
 
 
 def base_state(w: Workspace) -> dict[str, torch.Tensor]:
@@ -219,7 +219,7 @@ def test_legitimate_sources_convert_to_the_same_tensors(case, ws, cli):
         assert converted[name].dtype == expected.dtype and torch.equal(converted[name], expected), name
 
 
-# -- class 6: which weights a model folder is -----------------------------------------------------
+# -- model folders: which weights a model folder is -----------------------------------------------
 
 def _gpt2(seed: int):
     transformers = pytest.importorskip("transformers")

@@ -1,4 +1,4 @@
-"""Hostile datasets (issue 24, class 5): a dataset's own files (label arrays, class lists,
+"""Hostile datasets: a dataset's own files (label arrays, class lists,
 annotations, split lists, symlinks) are input like any other. Labels must be integers naming one
 of its classes and every file it names must lie inside its root, checked when the dataset is
 opened, by `split`, classifier and CLIP `finetune` and `eval` alike; and a sweep that fails before

@@ -1,4 +1,4 @@
-"""Issue 24, classes 9 and 10: a checkpoint where a task vector belongs (or the reverse), and an
+"""The wrong kind of input (a checkpoint where a task vector belongs, or the reverse) and an
 input that is another one again, through the real CLI in every command.
 
 Each input's kind is what its ``negmerge.kind`` metadata records, else what its folder says for sure
@@ -93,7 +93,7 @@ CHECKPOINT_AS_VECTOR = "is a model checkpoint, not a task vector (its metadata s
 VECTOR_AS_CHECKPOINT = "is a task vector, not a model checkpoint (its metadata says so)"
 
 ROWS: dict[str, Row] = {
-    # -- class 10: the wrong kind in every role -------------------------------------------------------------
+    # -- the wrong kind in every role -----------------------------------------------------------------------
     "merge-checkpoints-without-base": lambda w: (
         merge(w, w.base, fine_tune(w)), [str(w.base), CHECKPOINT_AS_VECTOR, "pass --base BASE", "negmerge vector"]),
     "merge-with-base-over-task-vectors": lambda w: (merge(w, "--base", w.base, w.tau, w.tau),
@@ -129,7 +129,7 @@ ROWS: dict[str, Row] = {
     "finetune-pretrained-is-a-task-vector": lambda w: (w.finetune("-p", w.tau), [str(w.tau), VECTOR_AS_CHECKPOINT]),
     "convert-source-is-a-task-vector": lambda w: (["convert", w.tau, "-o", w.out / "c.safetensors", "-m", TINY],
                                                   [str(w.tau), VECTOR_AS_CHECKPOINT, "negmerge apply"]),
-    # -- class 9: an input that is another one again -------------------------------------------------------
+    # -- an input that is another one again ----------------------------------------------------------------
     "eval-vector-is-the-checkpoint": lambda w: (
         search(w, plain(w), plain(w)), [str(w.root / "plain.safetensors"), "is the same file as --checkpoint"]),
     "eval-vector-is-a-copy-of-the-checkpoint": lambda w: (

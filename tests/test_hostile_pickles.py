@@ -1,4 +1,4 @@
-"""Class 1 of issue 24: nothing in an input ever runs. Every pickle the tool reads (``convert``'s
+"""Nothing in an input ever runs. Every pickle the tool reads (``convert``'s
 ``torch.save`` files, CIFAR batches) goes through one allow-list unpickler, and ``convert`` reads the
 ``torch.save`` container itself: no input reaches ``torch.load`` or ``torch.jit``.
 

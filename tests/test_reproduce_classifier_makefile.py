@@ -81,6 +81,7 @@ def test_grid_size_matches_finetune_points(tmp_path):
     assert len(points) == len(grid) == 27
 
 
+@pytest.mark.slow
 def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     """Every target for real (a tiny run: 1-epoch original and retrain, two fine-tunes, two merge
     methods, one baseline; OUT relative, as the Makefile's default): the best single vector is picked by Avg. Gap, a rerun redoes only the report, and the report
