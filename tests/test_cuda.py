@@ -68,7 +68,7 @@ def test_classifier_finetune_and_eval_on_cuda(tmp_path):
 
     from negmerge_cli.classifier.data import open_classifier_data
     from negmerge_cli.classifier.split import make_forget_split
-    from tests.helpers import run_cli
+    from helpers import run_cli
 
     trained = run_cli("finetune", *CLASSIFIER, "--steps", "80", "--lr", "0.05", "--device", "cuda",
                       "-o", tmp_path / "original")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPRO = Path(__file__).resolve().parents[1] / "docs" / "reproduce"
+REPRO = Path(__file__).resolve().parents[2] / "docs" / "reproduce"
 MAKEFILE = REPRO / "Makefile"
 MARK = "negmerge"  # NEGMERGE as the Makefile runs it
 SUBCOMMANDS = {"finetune", "vector", "merge", "apply", "inspect", "eval", "report"}

@@ -1,6 +1,6 @@
 """`negmerge report` on the real outputs of a tiny sweep laid out as the reproduction Makefile lays
 them out (OUT/DS/<method>/{search,test,inspect}.json), in every format, with its figures; and
-`eval --plot` in every figure format. The demo's folder is reported in tests/test_demo.py."""
+`eval --plot` in every figure format. The demo's folder is reported in tests/demo/test_demo.py."""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reproduce_makefile import MARK, _negmerge_commands
+from tests.demo.test_reproduce_makefile import MARK, _negmerge_commands
 
-MAKEFILE = Path(__file__).resolve().parents[1] / "docs" / "reproduce" / "classifier" / "Makefile"
+MAKEFILE = Path(__file__).resolve().parents[2] / "docs" / "reproduce" / "classifier" / "Makefile"
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 

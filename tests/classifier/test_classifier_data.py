@@ -22,7 +22,7 @@ from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import load_forget_split, make_forget_split
 from negmerge_cli.core.errors import CheckpointError, NegmergeError, UsageError
 from negmerge_cli.stages.registry import family_of
-from tests.helpers import assert_clean_failure, run_cli
+from helpers import assert_clean_failure, run_cli
 
 
 def test_cifar10_pickles_read_in_torchvision_layout(tmp_path):

@@ -14,7 +14,7 @@ from negmerge_cli.classifier.data import open_classifier_data
 from negmerge_cli.classifier.models import create_classifier, load_classifier
 from negmerge_cli.classifier.split import make_forget_split
 from negmerge_cli.classifier.train import ClassifierSettings, learning_rate, mean_loss, train_classifier
-from tests.helpers import run_cli
+from helpers import run_cli
 
 # one thread: the tiny model's steps take milliseconds, and two OpenMP threads on a shared 2-core
 # machine spin-wait for each other (seconds per step)

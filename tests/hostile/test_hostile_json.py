@@ -92,7 +92,7 @@ def kits(originals, tmp_path_factory) -> Path:
          "--json", method / "search.json")
     _cli("eval", *common, "-d", shapes, "--json", root / "clip" / "test.json")
     best = root / "best"
-    script = Path(__file__).resolve().parents[1] / "docs" / "reproduce" / "best_single.py"
+    script = Path(__file__).resolve().parents[2] / "docs" / "reproduce" / "best_single.py"
     subprocess.run([sys.executable, script, "--out-dir", best, method], check=True, capture_output=True)
     shutil.copy(best / "choice.json", method / "choice.json")
     demo = root / "clip" / "demo"

@@ -364,7 +364,7 @@ def test_duplicate_inputs_and_mixed_float_dtypes(tmp_path, cli):
     mixed, twice, zero, on_the_fly = (tmp_path / f"{n}.safetensors" for n in ("mixed", "twice", "zero", "fly"))
     assert cli("merge", "-m", "mean", "-o", mixed, *vectors, "-q").returncode == 0
     assert cli("merge", "-m", "mean", "-o", twice, vectors[0], vectors[0], "-q").returncode == 0
-    # all-zero results are written only with --keep-zero (tests/test_selection.py: left out by default);
+    # all-zero results are written only with --keep-zero (tests/arithmetic/test_selection.py: left out by default);
     # a fine-tune that changed no weight (only its int buffer), since the base itself is refused as one
     unchanged = [path.with_suffix(".same.safetensors") for path in paths]
     for path, twin in zip(paths, unchanged):
