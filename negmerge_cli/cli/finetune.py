@@ -49,6 +49,7 @@ def finetune(
     precision: opt.Precision = default(Options, "precision"),
     randaug_interpolation: Annotated[str, typer.Option("--randaug-interpolation", help="With --randaug: resampling of crops and geometric ops: random (timm's default, the release's), bicubic or bilinear.")] = default(Options, "randaug_interpolation"),
     freeze: Annotated[Optional[list[str]], typer.Option("--freeze", metavar="GLOB", help="Keep the image-encoder parameters whose OpenCLIP state-dict names match GLOB at their base values (repeatable); the released code froze 'visual.transformer.resblocks.*.attn.*'.")] = None,
+    finetuning_mode: Annotated[str, typer.Option("--finetuning-mode", help="standard, or linear: train the linearization of the image encoder around the base (tangent fine-tuning, the release's second mode); its checkpoints are evaluated linearized.")] = default(Options, "finetuning_mode"),
     num_classes: opt.NumClasses = None,
     forget_split: opt.ForgetSplitFile = None,
     subset: Annotated[str, typer.Option("--subset", help="Classifiers: train on all of the train split, retain (Dr) or forget (Df); retain/forget need --forget-split.", rich_help_panel="Classifier models")] = default(Options, "subset"),
@@ -81,7 +82,8 @@ def finetune(
         accum_steps=accum_steps, warmup_steps=warmup_steps, workers=workers, point=point, templates=templates,
         classnames=classnames, device=device, cache_memory=cache_memory, crop_scale=crop_scale, hflip=hflip,
         quick_gelu=quick_gelu, precision=precision, randaug_interpolation=randaug_interpolation,
-        seed_mode=seed_mode, freeze=tuple(freeze or ()), num_classes=num_classes, forget_split=forget_split,
+        seed_mode=seed_mode, freeze=tuple(freeze or ()), finetuning_mode=finetuning_mode,
+        num_classes=num_classes, forget_split=forget_split,
         subset=subset, objective=objective, optimizer=optimizer, schedule=schedule, augment=augment,
     )
     if list_points:

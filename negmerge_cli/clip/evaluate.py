@@ -111,14 +111,16 @@ def _loader(dataset, batch_size: int, workers: int) -> DataLoader:
 
 @torch.no_grad()
 def image_features(model, cache: ImageCache, batch_size: int = 256, device=None,
-                   description: str = "eval", precision: str = "fp32") -> torch.Tensor:
-    """One full pass of the image encoder over a cached dataset: [N, embed_dim] float32."""
+                   description: str = "eval", precision: str = "fp32", encode=None) -> torch.Tensor:
+    """One full pass of the image encoder over a cached dataset: [N, embed_dim] float32.
+    ``encode``: images -> features instead of ``model.encode_image`` (e.g. a linearized encoder)."""
     device = device or next(model.parameters()).device
+    encode = encode or model.encode_image
     features = []
     with output().progress(description, len(cache)) as advance:
         for batch in cache.batches(batch_size):
             with autocast(precision, device):
-                features.append(model.encode_image(batch.to(device, non_blocking=True)).float().cpu())
+                features.append(encode(batch.to(device, non_blocking=True)).float().cpu())
             advance(len(batch))
     return torch.cat(features)
 
@@ -136,6 +138,6 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Metric
 
 
 def evaluate_cached(model, cache: ImageCache, head: torch.Tensor, batch_size: int = 256, device=None,
-                    description: str = "eval", precision: str = "fp32") -> Metrics:
-    features = image_features(model, cache, batch_size, device, description, precision)
+                    description: str = "eval", precision: str = "fp32", encode=None) -> Metrics:
+    features = image_features(model, cache, batch_size, device, description, precision, encode)
     return classification_metrics(zeroshot.logits(features, head.cpu()), cache.labels)

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.training.distributed import Ranks
 from negmerge_cli.training.family import FinetuneDefaults, refuse_foreign_options, with_defaults
-from negmerge_cli.training.options import EvalOptions, FinetuneOptions, SearchOptions
+from negmerge_cli.training.options import FINETUNING_MODES, EvalOptions, FinetuneOptions, SearchOptions
 from negmerge_cli.training.sweep import (
     NO_AUGMENTATION,
     Grid,
@@ -38,6 +38,9 @@ class ClipFamily:
         from negmerge_cli.clip import datasets, freeze, models
 
         options = self.resolve(options)
+        if options.finetuning_mode not in FINETUNING_MODES:
+            raise UsageError(f"{option('finetuning_mode')} {options.finetuning_mode!r}: choose "
+                             f"{' or '.join(FINETUNING_MODES)}")
         if options.optimizer != "adamw":
             raise UsageError(f"{option('optimizer')} {options.optimizer}: CLIP models train with adamw only")
         if options.randaug_interpolation not in models.RANDAUG_INTERPOLATIONS:

@@ -75,6 +75,7 @@ class ClipTrainer:
 
         self.model = models.create_model(self.options.model, str(self.folder.base), self.device)
         self.base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.base_visual = {k[len("visual."):]: v for k, v in self.base_state.items() if k.startswith("visual.")}
         tokenizer = models.tokenizer_for(self.options.model)
         self.head = build_head(self.model, tokenizer, self.train_set.classnames, self.train_set.templates)
         self.val_cache = None
@@ -86,11 +87,14 @@ class ClipTrainer:
                 self.folder.set_base_metrics(metrics)
                 output().log(f"base Val acc1 {100 * metrics.acc1:.2f}%")
 
-    def _validate(self) -> Metrics:
+    def _validate(self, linear: bool = False) -> Metrics:
+        """Val accuracy of the model as it is; ``linear``: of its linearization around the base."""
         from negmerge_cli.clip.evaluate import evaluate_cached
+        from negmerge_cli.clip.linearize import LinearizedEncoder
 
+        encode = LinearizedEncoder(self.model.visual, self.base_visual) if linear else None
         return evaluate_cached(self.model, self.val_cache, self.head, self.options.eval_batch_size, self.device,
-                               precision=self.options.precision)
+                               precision=self.options.precision, encode=encode)
 
     def train(self, point: GridPoint) -> Optional[TrainedPoint]:
         from negmerge_cli.clip import train
@@ -109,17 +113,28 @@ class ClipTrainer:
         from negmerge_cli.clip import models
 
         options = self.options
-        metrics = self._validate()
+        linear = options.finetuning_mode == "linear"
+        metrics = self._validate(linear)
         transform = describe_train_transform(options, point.randaug, self.train_set.spec.kind)
         metadata = provenance("finetune", kind="checkpoint", model=options.model, pretrained=options.pretrained,
                               data=options.data, base=self.folder.base.name, hyperparameters=point.hyperparameters(),
                               precision=options.precision, seed_mode=options.seed_mode,
                               freeze=self.folder.identity["freeze"], frozen_parameters=stats["frozen_parameters"],
                               val_acc1=f"{metrics.acc1:.6f}", train_split=self.train_set.split_source,
-                              val_split=self.val_set.split_source, transform=transform)
+                              val_split=self.val_set.split_source, transform=transform,
+                              **(linearized_around(self.folder.base) if linear else {}))
         path = self.folder.checkpoint(point)
         models.save_checkpoint(self.model, path, metadata, force=True)
         return TrainedPoint(path, metrics, {**stats, "transform": transform}, "Val acc1")
+
+
+def linearized_around(base) -> dict:
+    """The metadata of a linear checkpoint: its mode and expansion point (file name and SHA-256)."""
+    from negmerge_cli.checkpoint import open_checkpoint
+
+    with open_checkpoint(base) as checkpoint:
+        digest = next(iter(checkpoint.file_hashes().values()))
+    return {"finetuning_mode": "linear", "linearized_around": base.name, "linearized_around_sha256": digest}
 
 
 def train_transform(model, options: FinetuneOptions, randaug: str, kind: str):
@@ -155,8 +170,11 @@ def sweep_identity(options: FinetuneOptions, train_set=None, val_set=None) -> di
         options.templates, options.classnames, options.crop_scale, options.hflip, options.seed_mode,
         options.freeze, quick_gelu=_quick_gelu(options), precision=options.precision)
     # where train and Val come from and how RandAugment resamples are part of what a sweep is
-    return {**identity, "train_split": train_set.split_source, "val_split": val_set.split_source,
-            "randaug_interpolation": options.randaug_interpolation}
+    identity = {**identity, "train_split": train_set.split_source, "val_split": val_set.split_source,
+                "randaug_interpolation": options.randaug_interpolation}
+    if options.finetuning_mode != "standard":  # recorded only when not standard: older sweeps stay valid
+        identity["finetuning_mode"] = options.finetuning_mode
+    return identity
 
 
 def _quick_gelu(options: FinetuneOptions) -> bool:
@@ -172,7 +190,8 @@ def _settings(options: FinetuneOptions, point: GridPoint):
     return TrainSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
                          epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
                          accum_steps=options.accum_steps, warmup_steps=options.warmup_steps, workers=options.workers,
-                         precision=options.precision, freeze=tuple(options.freeze))
+                         precision=options.precision, freeze=tuple(options.freeze),
+                         linear=options.finetuning_mode == "linear")
 
 
 def _val_spec(data: str) -> str:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from negmerge_cli.clip import freeze, zeroshot
 from negmerge_cli.clip.datasets import ImageSet
 from negmerge_cli.clip.evaluate import worker_errors
+from negmerge_cli.clip.linearize import LinearizedEncoder
 from negmerge_cli.core.errors import NegmergeError, UsageError
 from negmerge_cli.core.output import output
 from negmerge_cli.training.distributed import Ranks
@@ -50,6 +51,7 @@ class TrainSettings:
     workers: int = 2
     precision: str = "fp32"  # the paper's; bf16/fp16 autocast on request
     freeze: tuple[str, ...] = ()  # globs of image-encoder parameters kept at their base values
+    linear: bool = False  # train the linearization around the encoder's weights at the start (clip/linearize.py)
 
 
 def micro_batch_size(settings: TrainSettings, world_size: int) -> int:
@@ -80,7 +82,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     seed_everything(settings.seed + ranks.rank)
     _freeze_all_but_visual(model)
     frozen = freeze.apply(model, settings.freeze)  # before DDP and the optimizer see the parameters
-    encoder = model.visual.train()
+    encoder = (LinearizedEncoder(model.visual) if settings.linear else model.visual).train()
     if ranks.enabled:
         ids = [device.index] if device.type == "cuda" else None
         encoder = torch.nn.parallel.DistributedDataParallel(encoder, device_ids=ids)

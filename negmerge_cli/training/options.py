@@ -18,6 +18,7 @@ from negmerge_cli.core import limits
 from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.training.sweep import PER_POINT, Grid
 
+FINETUNING_MODES = ("standard", "linear")
 FOR_CLIP = {"family": "clip"}
 FOR_CLASSIFIER = {"family": "classifier"}
 DEFAULT_COEFS = tuple(round(i / 20, 10) for i in range(21))  # the paper's lambda grid, 0 to 1 by 0.05
@@ -60,6 +61,7 @@ class FinetuneOptions:
     precision: str = _clip("fp32")  # the released code's; bf16/fp16 autocast on request
     randaug_interpolation: str = _clip("random")  # RandAugment runs: timm's default, as the release left it
     freeze: Sequence[str] = _clip((), hint="classifiers train every parameter")
+    finetuning_mode: str = _clip("standard")  # standard | linear (the tangent space of the base)
     # the classifier family
     num_classes: Optional[int] = _classifier(None)  # None: the dataset's
     forget_split: Optional[Path] = _classifier(None)  # `negmerge split` JSON; needed by subset retain/forget
@@ -120,7 +122,9 @@ class SearchOptions:
     search: str = _clip("grid")  # CLIP: grid (the paper's), fast, or compare
     refine: int = _clip(2)
     base_retain: Optional[str] = _clip(None)  # CLIP: a fraction, or FILE.json[:KEY] of stored accuracies
-    select: str = _classifier("retain-bar")  # classifiers: the rule that picks lambda (retain-bar | gap)
+    # classifiers: the rule that picks lambda. retain-bar (the default, honest: reads only Dr, or the split's
+    # hold-out val, and Df) | gap (the oracle: reads the retrained model and Dtest; benchmarking only)
+    select: str = _classifier("retain-bar")
 
     def __post_init__(self) -> None:
         self.coefs = tuple(self.coefs)

@@ -1,0 +1,79 @@
+"""``finetune --finetuning-mode linear``: the points train the linearization of the image encoder
+around the sweep's base, record the mode and the expansion point (name and SHA-256), are validated
+with the linearized forward, keep --freeze'd tensors at the base, and the mode is part of what the
+sweep is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from helpers import assert_clean_failure
+from safetensors import safe_open
+
+pytestmark = pytest.mark.slow
+
+TINY = "negmerge-tiny"
+COMMON = ["finetune", "-m", TINY, "-d", "digits", "--steps", "3", "-b", "32", "-j", "0", "--lr", "1e-3", "-q"]
+POINT = "lr0.001_st3_wd0.1_ls0_seed0_noaug.safetensors"
+FROZEN = "visual.conv1.weight"
+
+
+@pytest.fixture(scope="module")
+def linear_sweep(tmp_path_factory):
+    from negmerge_cli.cli.app import main
+
+    out = tmp_path_factory.mktemp("linear") / "sweep"
+    with pytest.raises(SystemExit) as exit:
+        main([*COMMON, "--finetuning-mode", "linear", "--freeze", FROZEN, "-o", str(out)])
+    assert exit.value.code in (0, None)
+    return out
+
+
+def _read(path):
+    with safe_open(str(path), "pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+
+
+def test_linear_points_record_the_mode_and_the_expansion_point(linear_sweep):
+    tensors, metadata = _read(linear_sweep / POINT)
+    base, _ = _read(linear_sweep / "base.safetensors")
+    assert metadata["negmerge.finetuning_mode"] == "linear"
+    assert metadata["negmerge.linearized_around"] == "base.safetensors"
+    assert metadata["negmerge.linearized_around_sha256"] == hashlib.sha256(
+        (linear_sweep / "base.safetensors").read_bytes()).hexdigest()
+    assert json.loads((linear_sweep / "sweep.json").read_text())["identity"]["finetuning_mode"] == "linear"
+    assert torch.equal(tensors[FROZEN], base[FROZEN])  # frozen: tangent zero, never moved
+    changed = [k for k in tensors if k.startswith("visual.") and not torch.equal(tensors[k], base[k])]
+    assert changed and not [k for k in tensors if not k.startswith("visual.") and not torch.equal(tensors[k], base[k])]
+
+
+def test_val_accuracy_is_the_linearized_models(linear_sweep):
+    """The recorded Val acc1 is that of f_lin(theta) around the base, not of the plain model at theta."""
+    from negmerge_cli.clip import datasets, models
+    from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached
+    from negmerge_cli.clip.linearize import LinearizedEncoder
+    from negmerge_cli.clip.zeroshot import build_head
+
+    record = json.loads((linear_sweep / "manifest.json").read_text())["points"][0]
+    model = models.create_model(TINY, str(linear_sweep / POINT))
+    base = models.create_model(TINY, str(linear_sweep / "base.safetensors"))
+    val = datasets.load_dataset("digits:val", "val")
+    cache = ImageCache.build(val, models.transforms_for(model, train=False), 1 << 28)
+    head = build_head(base, models.tokenizer_for(TINY), val.classnames, val.templates)
+    linear = evaluate_cached(model, cache, head, 256, encode=LinearizedEncoder(model.visual, base.visual.state_dict()))
+    plain = evaluate_cached(model, cache, head, 256)
+    assert record["val"]["acc1"] == pytest.approx(linear.acc1, abs=1e-9)
+    assert linear.acc1 != plain.acc1 or linear.acc5 != plain.acc5  # the two forwards really differ here
+
+
+def test_the_mode_is_part_of_the_sweep_and_classifiers_refuse_it(linear_sweep, cli, tmp_path):
+    assert_clean_failure(cli(*COMMON, "--freeze", FROZEN, "-o", linear_sweep), str(linear_sweep), "different sweep",
+                         "finetuning_mode")
+    assert_clean_failure(cli(*COMMON, "--finetuning-mode", "tangent", "-o", tmp_path / "a"), "--finetuning-mode",
+                         "standard or linear")
+    assert_clean_failure(cli("finetune", "-m", "resnet8-cifar", "-d", "digits", "--steps", "1", "--finetuning-mode",
+                             "linear", "-o", tmp_path / "b"), "--finetuning-mode is for CLIP models")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
