@@ -36,6 +36,8 @@ def evaluate(
     workers: opt.Workers = default(Options, "workers"),
     cache_memory: opt.CacheMemory = default(Options, "cache_memory"),
     quick_gelu: opt.QuickGelu = None,
+    linearized_around: Annotated[Optional[str], typer.Option("--linearized-around", help="A linear checkpoint's expansion point theta0 [default: the base recorded beside it, checked by SHA-256].")] = None,
+    linearize: Annotated[bool, typer.Option("--linearize", help="Evaluate linearized around --linearized-around (plain eval) or around --checkpoint (search), whatever the files record.")] = False,
     precision: opt.Precision = default(Options, "precision"),
     device: opt.Device = default(Options, "device"),
     force: opt.Force = False,
@@ -58,6 +60,7 @@ def evaluate(
     options = Options(model=model, checkpoint=checkpoint, pretrained=pretrained, templates=templates,
                       classnames=classnames, device=device, batch_size=batch_size, workers=workers,
                       cache_memory=cache_memory, quick_gelu=quick_gelu, precision=precision,
+                      linearized_around=linearized_around, linearize=linearize,
                       forget_split=forget_split, num_classes=num_classes, reference=reference)
     search_options = SearchOptions(vector=vector or "", forget=forget, retain=retain, coefs=default(SearchOptions, "coefs") if coefs is None else parse_coefs(coefs),
                                    threshold=threshold, search=search, refine=refine, base_retain=base_retain,

@@ -53,7 +53,8 @@ def evaluate(specs: Sequence[str], options: EvalOptions, *, json_out: Optional[P
     the results also go to ``json_out`` when given."""
     with files.operation():
         _check_outputs([json_out], force, options, specs)
-        results = [_evaluate_one(data, model, options) for model, data in _each_dataset(specs, options, "test")]
+        results = [_evaluate_one(data, model, encode, options)
+                   for model, encode, data in _each_dataset(specs, options, "test")]
         if json_out:
             files.write_json(json_out, [r.to_json() for r in results], force=force)
         return results
@@ -62,11 +63,26 @@ def evaluate(specs: Sequence[str], options: EvalOptions, *, json_out: Optional[P
 def _each_dataset(specs: Sequence[str], options: EvalOptions, default_split: str):
     sets = _open_sets(specs, options, default_split)
     model, _ = _load_model(options)
+    encode = _linear_encoder(model, options)
     for data in sets:
-        yield model, data
+        yield model, encode, data
 
 
-def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
+def _linear_encoder(model, options: EvalOptions):
+    """The linearized image encoder when the checkpoint is linear (or --linearize), else None."""
+    from negmerge_cli.clip import linear_eval
+    from negmerge_cli.clip.linearize import LinearizedEncoder
+
+    if not options.checkpoint or not (options.linearize or linear_eval.is_linear(options.checkpoint)):
+        if options.linearized_around and not options.linearize:
+            raise UsageError(f"{option('linearized_around')} is for linear checkpoints (or with {option('linearize')})")
+        return None
+    around, _ = linear_eval.expansion_point(options.checkpoint, options.linearized_around)
+    theta0 = linear_eval.visual_state(around, options.model)
+    return LinearizedEncoder(model.visual, theta0).eval()
+
+
+def _evaluate_one(data, model, encode, options: EvalOptions) -> DatasetEvaluation:
     from negmerge_cli.clip import models
     from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached
     from negmerge_cli.clip.zeroshot import build_head
@@ -77,7 +93,7 @@ def _evaluate_one(data, model, options: EvalOptions) -> DatasetEvaluation:
     cache = ImageCache.build(data, models.transforms_for(model, train=False), budget, options.workers)
     head = build_head(model, models.tokenizer_for(options.model), data.classnames, data.templates)
     metrics = evaluate_cached(model, cache, head, options.batch_size, resolve_device(options.device),
-                              f"eval {data.label}", options.precision)
+                              f"eval {data.label}", options.precision, encode=encode)
     seconds = time.perf_counter() - started
     return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
                              len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2),
@@ -191,18 +207,39 @@ class _Search:
         self.stored_base = (None if options.base_retain is None
                             else stored_base_retain(options.base_retain, self.sets[1].label))
         self.model, self.device = _load_model(model_options)
-        self.negated = NegatedModel(self.model, load_task_vector(options.vector), options.vector, model_options.model)
+        vector = load_task_vector(options.vector)
+        self.negated = NegatedModel(self.model, vector, options.vector, model_options.model)
         self.tokenizer = models.tokenizer_for(model_options.model)
         transform = models.transforms_for(self.model, train=False)
         # each half of the budget for one set
         self.caches = [ImageCache.build(s, transform, budget // 2, model_options.workers) for s in self.sets]
         self.heads = None
         self.memo: dict[float, SearchPoint] = {}
+        self.linear, self.linearized_around = self._one_pass(vector)
+
+    def _one_pass(self, vector):
+        """For a linear vector (or --linearize): the whole lambda grid from one jvp pass per set,
+        around the base, which must be the vector's expansion point."""
+        from negmerge_cli.clip import linear_eval
+        from negmerge_cli.clip.zeroshot import build_head
+
+        model_options, options = self.model_options, self.options
+        if not (model_options.linearize or linear_eval.is_linear(options.vector)):
+            return None, None
+        if not model_options.checkpoint:
+            raise UsageError(f"a linearized search needs the expansion point as {option('checkpoint')} FILE")
+        around = linear_eval.base_as_expansion_point(options.vector, model_options.checkpoint,
+                                                     model_options.linearize)
+        self.heads = [build_head(self.model, self.tokenizer, s.classnames, s.templates) for s in self.sets]
+        return (linear_eval.OnePassSearch(self.model, vector, options.vector, self.caches, model_options.batch_size,
+                                          self.device), around)
 
     def accuracies(self, coef: float) -> SearchPoint:
         from negmerge_cli.clip.evaluate import evaluate_cached
         from negmerge_cli.clip.zeroshot import build_head
 
+        if coef not in self.memo and self.linear is not None:
+            self.memo[coef] = SearchPoint(coef, *(self.linear.accuracy(i, coef, h) for i, h in enumerate(self.heads)))
         if coef not in self.memo:
             self.negated.set(coef)
             if self.heads is None or self.negated.touches_text:
@@ -234,7 +271,9 @@ class _Search:
             coefs=list(options.coefs), base=base, n_forget_images=len(self.caches[0]),
             n_retain_images=len(self.caches[1]), runs=runs, evaluations=len(self.memo),
             heads_rebuilt=self.negated.touches_text, seconds=round(time.perf_counter() - started, 3),
-            split_sources={"forget": forget.split_source, "retain": retain.split_source})
+            split_sources={"forget": forget.split_source, "retain": retain.split_source},
+            linearized_around=self.linearized_around,
+            forward_passes=self.linear.forward_passes if self.linear else 2 * len(self.memo))
 
     def _run_one(self, kind: str, base_retain: float) -> SearchRun:
         from negmerge_cli.clip import search

@@ -107,6 +107,8 @@ class SearchResult:
     precision: str = "fp32"
     quick_gelu: bool = False
     split_sources: Optional[dict] = None  # {"forget": ..., "retain": ...}: where each split's images come from
+    linearized_around: Optional[dict] = None  # linearized search: {"file", "sha256"} of the expansion point
+    forward_passes: Optional[int] = None  # image-encoder passes over both sets (a jvp pass counts one)
 
     @property
     def primary(self) -> SearchRun:
@@ -149,6 +151,11 @@ class SearchResult:
         }
         if self.split_sources:
             result["split_sources"] = self.split_sources
+        result["linearized"] = self.linearized_around is not None
+        if self.linearized_around is not None:
+            result["linearized_around"] = self.linearized_around
+        if self.forward_passes is not None:
+            result["forward_passes"] = self.forward_passes
         agreement = self.agreement()
         if agreement is not None:
             result["agreement"] = agreement

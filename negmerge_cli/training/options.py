@@ -92,6 +92,8 @@ class EvalOptions:
     cache_memory: str = "4GiB"  # decoded images kept in memory
     quick_gelu: Optional[bool] = _clip(None)  # None: what the weights need
     precision: str = "fp32"  # the released code's; bf16/fp16 autocast on request
+    linearized_around: Optional[str] = _clip(None)  # a linear checkpoint's theta0; None: the recorded base beside it
+    linearize: bool = _clip(False)  # evaluate linearized whatever the files record (post-hoc linearization)
     # the classifier family: one dataset, its forget split, optionally the retrained reference
     forget_split: Optional[str] = _classifier(None)
     num_classes: Optional[int] = _classifier(None)  # None: the dataset's class count

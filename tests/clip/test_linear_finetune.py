@@ -77,3 +77,47 @@ def test_the_mode_is_part_of_the_sweep_and_classifiers_refuse_it(linear_sweep, c
     assert_clean_failure(cli("finetune", "-m", "resnet8-cifar", "-d", "digits", "--steps", "1", "--finetuning-mode",
                              "linear", "-o", tmp_path / "b"), "--finetuning-mode is for CLIP models")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_eval_of_a_linear_checkpoint_is_linearized_around_its_recorded_base(linear_sweep, cli, tmp_path):
+    import shutil
+
+    record = json.loads((linear_sweep / "manifest.json").read_text())["points"][0]
+    common = ["eval", "-m", TINY, "-d", "digits:val", "-j", "0", "-q"]
+    found = cli(*common, "-c", linear_sweep / POINT)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["metrics"]["acc1"] == pytest.approx(record["val"]["acc1"], abs=1e-9)
+    # moved away from its base: one line with what to do; another base: refused by its SHA-256
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(linear_sweep / POINT, alone / POINT)
+    assert_clean_failure(cli(*common, "-c", alone / POINT), str(alone / POINT), "--linearized-around")
+    other = tmp_path / "other.safetensors"
+    from negmerge_cli.clip import models
+
+    models.save_checkpoint(models.create_model(TINY), other, {"format": "pt"})
+    assert_clean_failure(cli(*common, "-c", linear_sweep / POINT, "--linearized-around", other), str(other),
+                         "not the expansion point")
+    given = cli(*common, "-c", alone / POINT, "--linearized-around", linear_sweep / "base.safetensors")
+    assert given.returncode == 0 and json.loads(given.stdout)[0]["metrics"] == json.loads(found.stdout)[0]["metrics"]
+
+
+def test_the_one_pass_search_equals_apply_then_eval_at_every_lambda(linear_sweep, cli, tmp_path):
+    base, tau = linear_sweep / "base.safetensors", tmp_path / "tau.safetensors"
+    assert cli("vector", "-b", base, "-o", tau, linear_sweep / POINT, "-q").returncode == 0
+    coefs = [0.0, 0.5, 1.5]
+    search = cli("eval", "-m", TINY, "-c", base, "--vector", tau, "--linearize", "--forget", "digits:val",
+                 "--retain", "digits:test", "--coefs", ",".join(map(str, coefs)), "--threshold", "0.01",
+                 "--json", tmp_path / "search.json", "-j", "0", "-q")
+    assert search.returncode == 0, search.stderr
+    result = json.loads((tmp_path / "search.json").read_text())
+    assert result["linearized"] is True and result["forward_passes"] == 2
+    assert result["linearized_around"]["file"] == "base.safetensors"
+    for point in result["points"]:
+        applied = tmp_path / f"theta-{point['coef']}.safetensors"
+        assert cli("apply", "-b", base, "-v", tau, "-s", -point["coef"], "-o", applied, "-q").returncode == 0
+        for split, key in (("digits:val", "forget_acc1"), ("digits:test", "retain_acc1")):
+            found = cli("eval", "-m", TINY, "-c", applied, "-d", split, "--linearize", "--linearized-around", base,
+                        "-j", "0", "-q")
+            assert found.returncode == 0, found.stderr
+            assert json.loads(found.stdout)[0]["metrics"]["acc1"] == pytest.approx(point[key], abs=1e-9), point
