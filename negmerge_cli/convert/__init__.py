@@ -8,7 +8,7 @@ then every value is checked against the model's skeleton, and only then combined
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,9 +16,10 @@ import torch
 from negmerge_cli.checkpoint import save_state_dict
 from negmerge_cli.checkpoint.folder import MODEL_CARD, check_read_back, is_folder_target, write_card
 from negmerge_cli.checkpoint.provenance import describe_inputs, provenance
-from negmerge_cli.convert import fit, hf_clip, layouts
+from negmerge_cli.convert import fit, hf_clip, layouts, linear_release
 from negmerge_cli.convert.sources import read_source, sha256_of
 from negmerge_cli.core import files
+from negmerge_cli.core.errors import UsageError, option
 
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # open_clip's names for a model folder (its hub layout)
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -32,6 +33,7 @@ class Conversion:
     filled: list[str]  # tensors taken from the pretrained model
     architecture: dict[str, str]  # metadata a later stage needs to rebuild the model (QuickGELU)
     open_clip_config: dict  # open_clip_config.json of an output folder: model and preprocessing
+    linearized: dict[str, str] = field(default_factory=dict)  # a linear checkpoint's mode and expansion point
 
 
 @dataclass
@@ -51,12 +53,38 @@ def convert_checkpoint(source: str | Path, model: str, pretrained: str | None = 
 
     models.check_model_name(model)
     read = read_source(source)
-    expected = models.skeleton(model).state_dict()
+    skeleton = models.skeleton(model)
+    expected = skeleton.state_dict()
+    if linear_release.is_linear_release(read.tensors):
+        return _convert_linear(read, model, pretrained, quick_gelu, skeleton, expected)
     tensors, layout = to_open_clip(read.tensors, expected, model, read.path, completing=bool(pretrained))
     reference_model = models.create_model(model, pretrained, quick_gelu=quick_gelu)
     fitted = fit.complete(tensors, expected, reference_model.state_dict() if pretrained else None)
     return Conversion(fitted.tensors, layout, read.file_hashes, fitted.filled,
                       models.architecture_metadata(reference_model), _open_clip_config(model, reference_model))
+
+
+def _convert_linear(read, model: str, pretrained: str | None, quick_gelu: bool | None, skeleton,
+                    expected: dict[str, torch.Tensor]) -> Conversion:
+    """A release linear checkpoint: theta by position, mapped to names, fused, completed; theta0
+    (its expansion point) must equal the ``pretrained`` weights, which proves the mapping."""
+    from negmerge_cli.clip import models
+
+    if not pretrained:
+        raise UsageError(f"{read.path}: a linearized (tangent) checkpoint of the release; give {option('pretrained')} "
+                         "(the weights it was linearized around), which checks how its parameters map to names")
+    names = linear_release.release_names(skeleton)
+    theta, layout = to_open_clip(linear_release.by_name(read.tensors, names, read.path, "params"), expected, model,
+                                 read.path, completing=True)
+    theta0, _ = to_open_clip(linear_release.by_name(read.tensors, names, read.path, "params0"), expected, model,
+                             read.path, completing=True)
+    reference_model = models.create_model(model, pretrained, quick_gelu=quick_gelu)
+    reference = reference_model.state_dict()
+    linear_release.check_expansion_point(theta0, reference, read.path, pretrained)
+    fitted = fit.complete(theta, expected, reference)
+    return Conversion(fitted.tensors, f"release-linear ({layout})", read.file_hashes, fitted.filled,
+                      models.architecture_metadata(reference_model), _open_clip_config(model, reference_model),
+                      {"finetuning_mode": "linear", "linearized_around": f"--pretrained {pretrained}"})
 
 
 def _open_clip_config(name: str, model) -> dict:
@@ -74,7 +102,6 @@ def to_open_clip(state: dict[str, object], expected: dict[str, torch.Tensor], mo
                  completing: bool) -> tuple[dict[str, torch.Tensor], str]:
     """SOURCE's values as OpenCLIP tensors of ``model`` (whose ``expected`` tensors may be a
     skeleton's), and SOURCE's layout: names planned, every value checked, then assembled."""
-    layouts.refuse_linearized(state, path)
     names = list(state)
     if hf_clip.is_hf_clip(names):
         renamed, transposed = hf_clip.renamed(names)
@@ -111,6 +138,7 @@ def convert_file(source: str | Path, output: str | Path, model: str, pretrained:
             "convert", kind="checkpoint", model=model, layout=conversion.layout,
             source=describe_inputs(list(conversion.source_hashes), list(conversion.source_hashes.values())),
             pretrained=describe_inputs([pretrained_file], [sha256_of(pretrained_file)]) if pretrained_file else pretrained,
+            **conversion.linearized,
         )
         save_state_dict(conversion.tensors, output, {**metadata, **conversion.architecture}, force=force)
         if folder is not None:

@@ -43,16 +43,6 @@ class Part:
     form: str
 
 
-def refuse_linearized(state: dict[str, object], path: Path) -> None:
-    """Linearized (tangent) fine-tunes store parameters by position around a frozen copy
-    (``model.params.N``, ``model.params0.N``, ``model_name``): a Taylor expansion, not a model."""
-    if "model_name" in state or any(k.startswith("model.params0.") for k in state):
-        raise CheckpointError(
-            f"{path}: a linearized (--finetuning-mode=linear) fine-tune; its weights define a first-order "
-            "expansion around the pretrained model, not an OpenCLIP model: convert standard fine-tunes"
-        )
-
-
 def research_names(names: list[str]) -> dict[str, str]:
     """OpenCLIP names (split attention still split) of an ImageEncoder's or a bare OpenCLIP model's keys."""
     if names and all(k.startswith(_RESEARCH_PREFIX) for k in names):

@@ -402,3 +402,70 @@ def test_a_folder_output_loads_as_an_open_clip_local_dir(modeling, pretrained, t
     assert_clean_failure(cli("convert", source, "-o", out, "-m", TINY, "--pretrained", pretrained_path),
                          "open_clip_model.safetensors", "--force")
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def _release_linear_file(path, theta: dict, theta0: dict, model_name: str) -> None:
+    """A ``torch.save`` of the release's LinearizedImageEncoder state: parameters by position in the
+    release ImageEncoder's order (visual attention as Q, K, V, O linear layers), written here from
+    the module order independently of the converter's code."""
+    from negmerge_cli.clip import models
+
+    def split(state: dict, block: str, layer: str, kind: str):
+        if layer == "O":
+            return state[f"{block}.out_proj.{kind}"]
+        return state[f"{block}.in_proj_{kind}"].chunk(3, dim=0)["QKV".index(layer)]
+
+    positions = []
+    seen = set()
+    for name, _ in models.skeleton(model_name).named_parameters():
+        if name.startswith("transformer."):
+            continue
+        if name.startswith("visual.") and ".attn." in name:
+            block = name.split(".attn.")[0] + ".attn"
+            if block not in seen:
+                seen.add(block)
+                positions += [(block, layer, kind) for layer in "QKVO" for kind in ("weight", "bias")]
+            continue
+        positions.append(name)
+    state = {"model_name": model_name}
+    for index, where in enumerate(positions):
+        for prefix, source in (("params", theta), ("params0", theta0)):
+            value = split(source, *where) if isinstance(where, tuple) else source[where]
+            state[f"model.{prefix}.{index}"] = value.clone()
+    torch.save(state, path)
+
+
+def test_a_release_linear_checkpoint_converts_by_position_and_proves_the_mapping(tmp_path, cli):
+    from negmerge_cli.clip import models
+
+    torch.manual_seed(0)
+    pretrained = models.create_model(TINY)
+    models.save_checkpoint(pretrained, tmp_path / "pretrained.safetensors", {"format": "pt"})
+    theta0 = pretrained.state_dict()
+    theta = {k: v + 0.01 * torch.randn_like(v) if k.startswith("visual.") and v.is_floating_point() else v
+             for k, v in theta0.items()}
+    _release_linear_file(tmp_path / "linear_finetuned.pt", theta, theta0, TINY)
+    out = tmp_path / "theta.safetensors"
+    result = cli("convert", tmp_path / "linear_finetuned.pt", "-o", out, "-m", TINY, "--pretrained",
+                 tmp_path / "pretrained.safetensors", "-q")
+    assert result.returncode == 0, result.stderr
+    with safe_open(str(out), "pt") as handle:
+        converted = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    assert set(converted) == set(theta0)
+    assert all(torch.equal(converted[k], theta[k]) for k in converted), "theta by name, attention fused"
+    assert metadata["negmerge.finetuning_mode"] == "linear"
+    assert metadata["negmerge.layout"].startswith("release-linear")
+
+    # Q and K of one block swapped in the expansion point: same shapes, caught by the pretrained weights
+    swapped = dict(theta0)
+    block = "visual.transformer.resblocks.0.attn.in_proj_weight"
+    q, k, v = theta0[block].chunk(3, dim=0)
+    swapped[block] = torch.cat([k, q, v])
+    _release_linear_file(tmp_path / "swapped.pt", theta, swapped, TINY)
+    assert_clean_failure(cli("convert", tmp_path / "swapped.pt", "-o", out, "-m", TINY, "--pretrained",
+                             tmp_path / "pretrained.safetensors", "--force"), "swapped.pt", "model.params0",
+                         "resblocks.0.attn.in_proj_weight")
+    assert_clean_failure(cli("convert", tmp_path / "linear_finetuned.pt", "-o", tmp_path / "b.safetensors", "-m",
+                             TINY), "linearized", "--pretrained")
+    assert not (tmp_path / "b.safetensors").exists()
