@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import re
 
-from negmerge_cli.checkpoint.provenance import PREFIX
+from negmerge_cli.checkpoint.provenance import PREFIX, VECTOR_PROVENANCE, read_inputs
 from negmerge_cli.core.errors import NegmergeError
 from negmerge_cli.core.escape import markdown, markdown_code, one_line, yaml_string
 from negmerge_cli.core.strict_json import load_json
 
 # provenance keys shown as inputs, or not at all; every other negmerge.* key is a parameter
 INPUT_ROLES = {"base": "base", "inputs": "input", "vector": "vector", "source": "source"}
-_NOT_PARAMETERS = {"version", "command", "kind", "zero_tensors", *INPUT_ROLES}
+_NOT_PARAMETERS = {"version", "command", "kind", "zero_tensors", VECTOR_PROVENANCE.removeprefix(PREFIX), *INPUT_ROLES}
+_INPUT_HEADER = ("role", "input", "file", "SHA-256")
 
 _DESCRIPTIONS = {  # the fields are filled with Markdown (escaped by _description)
     "merge": "A task vector: the merge of {count} task vectors with the method {method}.",
@@ -50,8 +51,11 @@ def render(metadata: dict[str, str], *, title: str, base_model: str | None, libr
         "",
         "## Inputs",
         "",
-        *_table(("role", "file", "SHA-256"), inputs),
+        "Each input as named on the command line, with the SHA-256 of each of its files (one per shard).",
         "",
+        *_table(_INPUT_HEADER, inputs),
+        "",
+        *_vector_section(metadata),
         "## Command",
         "",
         *_code_block(command_line or f"(library call: {command})"),
@@ -88,7 +92,7 @@ def _description(command: str, method: str | None, metadata: dict[str, str], inp
     text = _DESCRIPTIONS.get(command, "Made by {command}.").format(
         command=markdown_code(command), method=markdown_code(method or "?"),
         scale=markdown(metadata.get(PREFIX + "scale", "?")),
-        count=sum(1 for role, *_ in inputs if role == INPUT_ROLES["inputs"]))
+        count=len(read_inputs(metadata.get(PREFIX + "inputs"))))
     if command == "merge" and PREFIX + "base" in metadata:
         text += " Each input is a fine-tuned checkpoint minus the base."
     return text
@@ -103,18 +107,38 @@ def _parameters(metadata: dict[str, str]) -> list[tuple[str, str]]:
     return rows or [("(none)", "")]
 
 
-def _inputs(metadata: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(role, file, SHA-256) of every input the provenance lists."""
-    rows = []
-    for key, role in INPUT_ROLES.items():
-        try:
-            listed = load_json(metadata.get(PREFIX + key, "[]").encode(), key, NegmergeError)
-        except NegmergeError:
-            continue  # a tag (convert's --pretrained), not a list of files
-        if isinstance(listed, list):
-            rows += [(role, str(item.get("file", "?")), str(item.get("sha256", "?")))
-                     for item in listed if isinstance(item, dict)]
-    return rows
+def _inputs(metadata: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """(role, input as named, file, SHA-256) of every file of every input the provenance lists
+    (the older flat lists of files read as one input per file)."""
+    return [(role, named["input"], file["file"], file["sha256"])
+            for key, role in INPUT_ROLES.items()
+            for named in read_inputs(metadata.get(PREFIX + key))
+            for file in named["files"]]
+
+
+def _vector_section(metadata: dict[str, str]) -> list[str]:
+    """``apply``: how the vector was made, from its own metadata (command, method, inputs)."""
+    try:
+        made = load_json(metadata.get(VECTOR_PROVENANCE, "").encode(), "vector", NegmergeError)
+    except NegmergeError:
+        return []
+    if not isinstance(made, dict) or not all(isinstance(v, str) for v in made.values()):
+        return []
+    command, method = made.get(PREFIX + "command", "?"), made.get(PREFIX + "method")
+    inputs = _inputs(made)
+    count = len(read_inputs(made.get(PREFIX + "inputs")))
+    how = f"{markdown_code(command)}" + (f" with the method {markdown_code(method)}" if method else "")
+    return [
+        "## The vector",
+        "",
+        f"The vector was made by {how} from {count} input{'s' if count != 1 else ''}"
+        + (" (each a fine-tuned checkpoint minus the base)." if PREFIX + "base" in made else "."),
+        "",
+        *_table(("parameter", "value"), _parameters(made)),
+        "",
+        *_table(_INPUT_HEADER, inputs),
+        "",
+    ]
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf",
                    ".index.json")
 MODEL_CARD = "README.md"
-DEFAULT_WEIGHTS = "model.safetensors"  # a folder output with no base to take the name from
+DEFAULT_WEIGHTS = "model.safetensors"  # a folder output with no base (or a lone-file base) to take the name from
+LOADER_WEIGHTS = (DEFAULT_WEIGHTS, "open_clip_model.safetensors")  # names a lone-file base lends its output
 _COPY_BLOCK = 1 << 20
 
 
@@ -101,8 +102,8 @@ def plan_output(output: str | os.PathLike, options, base: str | os.PathLike | No
     folder = Path(output)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: exists and is not a folder")
-    name, shard_bytes = _weights_layout(base_checkpoint, options.shard_bytes)
     base_folder = _base_folder(Path(base)) if base is not None else None
+    name, shard_bytes = _weights_layout(base_checkpoint, options.shard_bytes, lone_file=base_folder is None)
     companions = _companions(base_folder) if base_folder is not None and options.copy_files else []
     card = _card_fields(Path(base) if base is not None else None, base_folder) if options.model_card else None
     plan = OutputPlan(folder / name, shard_bytes, folder, companions, card, options.force)
@@ -140,12 +141,18 @@ def check_read_back(folder: Path, weights: str, sharded: bool, companions: Seque
                               f"{written} written now; remove it or write to another folder")
 
 
-def _weights_layout(base: Checkpoint | None, shard_bytes: int | None) -> tuple[str, int | None]:
+def _weights_layout(base: Checkpoint | None, shard_bytes: int | None, lone_file: bool = False) -> tuple[str, int | None]:
     """The base's weights file name, and the shard size: the one asked for, else the base's
-    largest shard when it is sharded (so the output has about as many shards), else none."""
+    largest shard when it is sharded (so the output has about as many shards), else none.
+
+    A base given as a lone file (an OpenCLIP ``sweep/base.safetensors``) lends its name only when
+    it is a loader's own (``model.safetensors``, ``open_clip_model.safetensors``): the result is
+    not the base, so ``DIR/base.safetensors`` would say the wrong thing; ``model.safetensors`` then."""
     if base is None:
         return DEFAULT_WEIGHTS, shard_bytes
     name = base.path.name
+    if lone_file and name not in LOADER_WEIGHTS:
+        name = DEFAULT_WEIGHTS
     if not name.endswith(INDEX_SUFFIX):
         return name, shard_bytes
     largest = max(sum(entry.nbytes for entry in f.header.tensors.values()) for f in base.files)

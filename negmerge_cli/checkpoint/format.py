@@ -119,9 +119,11 @@ def read_header(path: Path, fd: int) -> Header:
     file_size = os.fstat(fd).st_size
     if file_size < 8:
         raise CheckpointError(f"{path}: not a safetensors file (only {file_size} bytes)")
-    (length,) = struct.unpack("<Q", os.pread(fd, 8, 0))
+    head = os.pread(fd, 8, 0)
+    (length,) = struct.unpack("<Q", head)
     if length > MAX_HEADER_BYTES:
-        raise CheckpointError(f"{path}: not a safetensors file (header claims {length} bytes)")
+        raise CheckpointError(f"{path}: not a safetensors file ({_what_it_looks_like(head, length)}); pass a "
+                              ".safetensors file, a sharded checkpoint's .safetensors.index.json, or a model folder")
     if 8 + length > file_size:
         raise CheckpointError(
             f"{path}: truncated or not a safetensors file (header claims {length} bytes, file has {file_size})"
@@ -135,6 +137,19 @@ def read_header(path: Path, fd: int) -> Header:
     entries.sort(key=lambda e: (e.begin, e.end))
     _check_tiling(path, entries, header_size, file_size)
     return Header(path, header_size, {e.name: e for e in entries}, metadata, file_size)
+
+
+def _what_it_looks_like(head: bytes, length: int) -> str:
+    """What a file whose first 8 bytes are ``head`` seems to be, when they are no safetensors header
+    length (a safetensors file starts with a small little-endian length, then ``{``)."""
+    start = head.lstrip(b" \t\r\n\xef\xbb\xbf")[:1]
+    if start in (b"{", b"["):
+        return "it starts like a JSON file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, as torch.save writes: re-save it with safetensors, or convert a CLIP with 'negmerge convert'"
+    if head[:1] == b"\x80":
+        return "a pickle, as torch.save writes: re-save it with safetensors, or convert a CLIP with 'negmerge convert'"
+    return f"header claims {length} bytes, more than any safetensors header"
 
 
 def parse_index(path: Path, raw: bytes) -> dict[str, str]:

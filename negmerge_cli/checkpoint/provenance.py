@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from negmerge_cli import __version__
+from negmerge_cli.core.errors import NegmergeError
+from negmerge_cli.core.strict_json import load_json
 
 PREFIX = "negmerge."
 HASH_PLACEHOLDER = "0" * 64  # same length as a SHA-256 hex digest, filled in after streaming
@@ -34,7 +37,54 @@ def provenance(command: str, **params: object) -> dict[str, str]:
     return metadata
 
 
+# apply: the vector's own provenance (its negmerge.* entries), so the chain from the fine-tunes to
+# the unlearned model reads from the output; minus what only describes the vector's tensors
+VECTOR_PROVENANCE = PREFIX + "vector_provenance"
+_NOT_CARRIED = {PREFIX + "zero_tensors", PREFIX + "kind", *ARCHITECTURE_KEYS}
+
+
 def describe_inputs(paths: list[Path], hashes: list[str] | None = None) -> str:
-    """JSON list of ``{"file", "sha256"}`` for the given inputs (placeholders when not yet known)."""
+    """JSON list of ``{"file", "sha256"}`` for the given files (placeholders when not yet known)."""
     hashes = hashes or [HASH_PLACEHOLDER] * len(paths)
     return json.dumps([{"file": Path(p).name, "sha256": h} for p, h in zip(paths, hashes)])
+
+
+def describe_named_inputs(inputs: list[tuple[str | os.PathLike, list[Path], list[str] | None]]) -> str:
+    """JSON list with one entry per input as the user named it (a file, a folder, an index):
+    ``{"input": as named, "path": resolved, "files": [{"file", "sha256"}, ...]}``, one file per shard
+    (placeholder digests when not yet known)."""
+    entries = []
+    for named, paths, hashes in inputs:
+        hashes = hashes or [HASH_PLACEHOLDER] * len(paths)
+        entries.append({"input": os.fspath(named), "path": str(Path(named).expanduser().resolve()),
+                        "files": sorted(({"file": Path(p).name, "sha256": h} for p, h in zip(paths, hashes)),
+                                        key=lambda file: file["file"])})
+    return json.dumps(entries)
+
+
+def read_inputs(value: str | None) -> list[dict]:
+    """The inputs a ``negmerge.<role>`` entry lists, each as ``{"input", "path", "files"}``: the
+    format above, or the older flat list of ``{"file", "sha256"}`` (one input per file, as recorded).
+    Anything else (convert's ``--pretrained`` tag, damaged JSON) lists none."""
+    try:
+        listed = load_json(value.encode(), "inputs", NegmergeError) if value else []
+    except NegmergeError:
+        return []
+    inputs = []
+    for item in listed if isinstance(listed, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("files"), list):
+            files = [{"file": str(f.get("file", "?")), "sha256": str(f.get("sha256", "?"))}
+                     for f in item["files"] if isinstance(f, dict)]
+            inputs.append({"input": str(item.get("input", "?")), "path": item.get("path"), "files": files})
+        else:
+            name = str(item.get("file", "?"))
+            inputs.append({"input": name, "path": None, "files": [{"file": name, "sha256": str(item.get("sha256", "?"))}]})
+    return inputs
+
+
+def vector_provenance(metadata: dict[str, str]) -> str | None:
+    """``apply``: what a vector's metadata says of how it was made (JSON), or None if nothing."""
+    carried = {key: value for key, value in metadata.items() if key.startswith(PREFIX) and key not in _NOT_CARRIED}
+    return json.dumps(carried, sort_keys=True) if PREFIX + "command" in carried else None

@@ -246,8 +246,14 @@ def _resolve_folder(folder: Path) -> Path:
     chosen = folder_weights(folder, names, configured)
     if not chosen.endswith((".safetensors", INDEX_SUFFIX)):
         raise CheckpointError(f"{folder}: transformers loads {chosen} from this folder, a pickle this tool does not "
-                              "read (safetensors only); pass a safetensors file or index of the same weights")
+                              f"read (safetensors only); {PICKLE_ADVICE}")
     return folder / chosen
+
+
+# what to do with weights saved as pickles (torch.save): said wherever one is found instead of safetensors
+PICKLE_ADVICE = ("re-save the model with safetensors (transformers: model.save_pretrained(DIR, "
+                 "safe_serialization=True)), or for a research CLIP .pt file run 'negmerge convert'")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def folder_weights(folder: Path, names: set[str], configured: str | None) -> str:
@@ -271,6 +277,14 @@ def folder_weights(folder: Path, names: set[str], configured: str | None) -> str
         return indexes[0]
     if not indexes and len(files) == 1:
         return files[0]
+    if not indexes and not files:
+        pickles = sorted(name for name in names if name.lower().endswith(_PICKLE_SUFFIXES))
+        if pickles:
+            raise CheckpointError(f"{folder}: holds no safetensors weights, only {', '.join(pickles[:3])}"
+                                  f"{' ...' if len(pickles) > 3 else ''} (pickles this tool does not read); "
+                                  f"{PICKLE_ADVICE}")
+        raise CheckpointError(f"{folder}: holds no weights (no .safetensors file or index); pass a model folder, "
+                              "a .safetensors file or its index")
     found = f"{len(indexes)} index files" if indexes else f"{len(files)} safetensors files"
     raise CheckpointError(f"{folder}: expected one safetensors file or one index, found {found}; "
                           "pass the file or the index itself")

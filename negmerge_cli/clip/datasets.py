@@ -21,6 +21,7 @@ Where the images come from (digits, image folders, the image readers) is
 
 from __future__ import annotations
 
+import difflib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,7 +96,18 @@ def parse_spec(text: str) -> DatasetSpec:
         return DatasetSpec(kind.lower(), Path(root).expanduser(), split, text)
     if body.lower() in PAPER_DATASETS:
         raise UsageError(f"dataset spec {text!r}: {body} needs a local root, e.g. {body}:/data (nothing is downloaded)")
+    if sep and _looks_like_kind(kind) and not Path(body).expanduser().exists():
+        close = difflib.get_close_matches(kind.lower(), [*PAPER_DATASETS, "digits"], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"dataset spec {text!r}: unknown dataset kind {kind!r}{hint}; known kinds: "
+                         f"{', '.join(f'{name}:ROOT' for name in sorted(PAPER_DATASETS))}, digits, or an image folder PATH")
     return DatasetSpec("folder", Path(body).expanduser(), split, text)
+
+
+def _looks_like_kind(text: str) -> bool:
+    """``NAME`` of ``NAME:ROOT``: a word of two or more letters or digits (a one-letter drive ``C:``
+    or a path is a folder)."""
+    return len(text) > 1 and text.replace("_", "").replace("-", "").isalnum() and text.isascii()
 
 
 def val_split_indices(n: int, seed: int = VAL_SEED) -> tuple[list[int], list[int]]:

@@ -14,7 +14,7 @@ from negmerge_cli.arithmetic.streaming import TensorJob
 from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
-from negmerge_cli.checkpoint.provenance import CHECKPOINT, architecture_of, provenance
+from negmerge_cli.checkpoint.provenance import CHECKPOINT, architecture_of, provenance, vector_provenance
 from negmerge_cli.core import files, limits
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, stream_to_file
 
@@ -44,8 +44,10 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
             return theta
 
         # the result is the base's model: whoever rebuilds it needs the base's architecture entries
-        metadata = {**provenance("apply", kind=CHECKPOINT, scale=scale), **architecture_of(base_checkpoint.metadata),
-                    **selection.metadata()}
-        hashed = {"base": [base_checkpoint], "vector": [vector_checkpoint]}
+        # and whoever reads it, how its vector was made (its method and inputs): the whole chain
+        metadata = {**provenance("apply", kind=CHECKPOINT, scale=scale,
+                                 vector_provenance=vector_provenance(vector_checkpoint.metadata)),
+                    **architecture_of(base_checkpoint.metadata), **selection.metadata()}
+        hashed = {"base": [(base, base_checkpoint)], "vector": [(vector, vector_checkpoint)]}
         return target.write(lambda weights, shard_bytes: stream_to_file(
             weights, jobs, process, metadata, hashed, options, description="apply", shard_bytes=shard_bytes))

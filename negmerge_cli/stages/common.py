@@ -16,7 +16,7 @@ from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.format import count_nonzero
 from negmerge_cli.checkpoint.opening import open_checkpoint
 from negmerge_cli.checkpoint.protocol import Checkpoint
-from negmerge_cli.checkpoint.provenance import PREFIX, describe_inputs
+from negmerge_cli.checkpoint.provenance import PREFIX, describe_named_inputs
 from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
 from negmerge_cli.core.errors import OutputError, UsageError, option, switch
 from negmerge_cli.core.output import output
@@ -75,7 +75,7 @@ def stream_to_file(
     jobs: list[TensorJob],
     process: Process,
     metadata: dict[str, str],
-    hashed_inputs: dict[str, list[Checkpoint]],
+    hashed_inputs: dict[str, list[tuple[str | Path, Checkpoint]]],
     options: StreamOptions,
     *,
     float_buffers: Callable[[TensorJob], int] = lambda job: 2,
@@ -91,13 +91,13 @@ def stream_to_file(
     are checked slice by slice as they arrive, unless ``sums_checked``: ``process`` then checks
     the running sum of each slice's sources instead (:func:`~negmerge_cli.arithmetic.streaming.check_sum`).
 
-    ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the checkpoints it lists;
-    their SHA-256 digests come from the digest cache, or for free from the reads, in which case
+    ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the inputs it lists, each as
+    the user named it (a file, a folder, an index) and its open checkpoint; their files' SHA-256 digests come from the digest cache, or for free from the reads, in which case
     they are written once streaming is done. ``shard_bytes`` overrides ``options.shard_bytes``.
     """
     started = time.perf_counter()
     layout = [OutputTensor(j.name, j.out_dtype, j.shape) for j in jobs]
-    known = all(c.hashes_known for group in hashed_inputs.values() for c in group)
+    known = all(c.hashes_known for group in hashed_inputs.values() for _, c in group)
     metadata.update(_input_metadata(hashed_inputs, with_hashes=known))
     total_bytes = sum(j.read_bytes for j in jobs)
     counts = {"nonzero": 0, "elements": 0}
@@ -129,18 +129,13 @@ def _write(writer: StreamingWriter, name: str, result: torch.Tensor, target: Pat
     writer.write(name, result)
 
 
-def _input_metadata(hashed_inputs: dict[str, list[Checkpoint]], with_hashes: bool) -> dict[str, str]:
-    """The ``negmerge.<key>`` lists of input files and their digests (placeholders until known)."""
-    return {PREFIX + key: describe_inputs(_file_paths(group), _file_hashes(group) if with_hashes else None)
-            for key, group in hashed_inputs.items()}
-
-
-def _file_paths(group: list[Checkpoint]) -> list[Path]:
-    return [f.path for c in group for f in c.files]
-
-
-def _file_hashes(group: list[Checkpoint]) -> list[str]:
-    return [h for c in group for h in c.file_hashes().values()]
+def _input_metadata(hashed_inputs: dict[str, list[tuple[str | Path, Checkpoint]]],
+                    with_hashes: bool) -> dict[str, str]:
+    """The ``negmerge.<key>`` lists of inputs (as named, resolved) with their files' digests
+    (placeholders until known)."""
+    return {PREFIX + key: describe_named_inputs([
+        (named, [f.path for f in checkpoint.files], list(checkpoint.file_hashes().values()) if with_hashes else None)
+        for named, checkpoint in group]) for key, group in hashed_inputs.items()}
 
 
 _CHECKED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp8 is copied as bytes

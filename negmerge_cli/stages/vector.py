@@ -50,7 +50,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
             return next(task_vectors(slices, has_base=not from_adapter))
 
         metadata = {**provenance("vector", kind=TASK_VECTOR), **selection.metadata(), **statistics, **omitted}
-        hashed = {"inputs": [finetuned_checkpoint], "base": [base_checkpoint]}
+        hashed = {"inputs": [(finetuned, finetuned_checkpoint)], "base": [(base, base_checkpoint)]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description=f"vector {Path(finetuned).name}")
 

@@ -38,7 +38,8 @@ def sha256sum(path: Path) -> str:
 
 def recorded_inputs(output: Path, key: str = "inputs") -> dict[str, str]:
     with open_checkpoint(output, digest=False) as checkpoint:
-        return {item["file"]: item["sha256"] for item in json.loads(checkpoint.metadata["negmerge." + key])}
+        return {file["file"]: file["sha256"] for item in json.loads(checkpoint.metadata["negmerge." + key])
+                for file in item["files"]}
 
 
 def cached(path: Path) -> str | None:

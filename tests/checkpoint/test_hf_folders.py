@@ -187,11 +187,13 @@ def test_model_card_front_matter_and_inputs(llama, tmp_path):
     # every input file with its SHA-256, as the weights' provenance records them
     rows = {tuple(cell.strip(" `") for cell in line.strip("|").split("|")) for line in card.splitlines()
             if line.startswith("| `input` |") or line.startswith("| `base` |")}
-    expected = {(role, p.name, _sha256(p)) for role, folder in [("base", base), *[("input", f) for f in finetuned]]
+    expected = {(role, str(folder), p.name, _sha256(p))
+                for role, folder in [("base", base), *[("input", f) for f in finetuned]]
                 for p in folder.glob("*.safetensors")}
     assert rows == expected
     recorded = json.loads(safe_open(next(tau.glob("model-*.safetensors")), "pt").metadata()["negmerge.inputs"])
-    assert {(r["file"], r["sha256"]) for r in recorded} == {(f, s) for role, f, s in expected if role == "input"}
+    assert {(r["input"], f["file"], f["sha256"]) for r in recorded for f in r["files"]} == {
+        (named, f, s) for role, named, f, s in expected if role == "input"}
     assert '"density": 0.5' in card and f"negmerge merge -m ties --density 0.5 --base {base}" in card
 
 
@@ -260,7 +262,7 @@ def test_base_folder_without_weights_is_one_line(tmp_path, cli, llama):
     empty.mkdir()
     (empty / "config.json").write_text("{}")
     result = run_cli("merge", "--base", empty, "-o", f"{tmp_path / 'out'}/", *finetuned)
-    assert_clean_failure(result, str(empty), "found 0 safetensors files")
+    assert_clean_failure(result, str(empty), "holds no weights (no .safetensors file or index)")
     assert not (tmp_path / "out").exists()
 
 

@@ -101,7 +101,8 @@ def test_vector_from_an_adapter_is_scaling_times_b_a_under_the_base_names(setup)
         recorded = json.loads(handle.metadata()["negmerge.inputs"])
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
                for p in (setup.adapter / "adapter_config.json", setup.adapter / "adapter_model.safetensors")}
-    assert {r["file"]: r["sha256"] for r in recorded} == digests
+    assert [r["input"] for r in recorded] == [str(setup.adapter)]  # one input: the adapter folder, two files
+    assert {f["file"]: f["sha256"] for r in recorded for f in r["files"]} == digests
 
 
 @pytest.mark.parametrize("scale", [1.0, -1.0])

@@ -61,11 +61,12 @@ def test_pipeline_vector_merge_apply_inspect(model_files, tmp_path):
     assert meta["is_task_vector"] and meta["metadata"]["negmerge.method"] == "negmerge"
     assert meta["metadata"]["format"] == "pt"
     inputs = json.loads(meta["metadata"]["negmerge.inputs"])
-    assert [i["sha256"] for i in inputs] == [sha256(p) for p in sorted(vectors.iterdir())]
+    assert [i["input"] for i in inputs] == [str(p) for p in sorted(vectors.iterdir())]
+    assert [f["sha256"] for i in inputs for f in i["files"]] == [sha256(p) for p in sorted(vectors.iterdir())]
     fast = tmp_path / "fast.safetensors"
     assert run_cli("merge", "--no-hash", "-o", fast, *sorted(vectors.iterdir()), "-q").returncode == 0
     fast_meta = json.loads(run_cli("inspect", "--json", fast).stdout)["metadata"]
-    assert {i["sha256"] for i in json.loads(fast_meta["negmerge.inputs"])} == {"skipped"}
+    assert {f["sha256"] for i in json.loads(fast_meta["negmerge.inputs"]) for f in i["files"]} == {"skipped"}
     assert load_file(str(fast))["layer.weight"].equal(a["layer.weight"])
     nonzero = (a["layer.weight"] != 0).sum() + (a["layer.bias"] != 0).sum() + (a["norm.weight"] != 0).sum()
     assert meta["nonzero_fraction"] == pytest.approx(float(nonzero) / (40 * 30 + 40 + 30))

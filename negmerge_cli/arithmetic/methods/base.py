@@ -103,10 +103,18 @@ def register(cls: type[MergeMethod]) -> type[MergeMethod]:
 
 
 def create_method(name: str, **values: object) -> MergeMethod:
-    """Instantiate a registered method with validated parameters (unset ones take defaults)."""
-    if name not in REGISTRY:
+    """Instantiate a registered method with validated parameters (unset ones take defaults).
+    Names are matched without regard to case (``TIES`` is ``ties``)."""
+    found = lookup(name)
+    return found(**{k: v for k, v in values.items() if v is not None})
+
+
+def lookup(name: str) -> type[MergeMethod]:
+    """The registered method called ``name``, in any case; UsageError listing the methods."""
+    found = REGISTRY.get(name) or REGISTRY.get(name.strip().lower())
+    if found is None:
         raise UsageError(f"{option('method')} {name}: unknown method; choose from {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name](**{k: v for k, v in values.items() if v is not None})
+    return found
 
 
 def uniform_or(weights: tuple[float, ...] | None, count: int) -> tuple[float, ...]:
