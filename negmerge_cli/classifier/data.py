@@ -122,6 +122,9 @@ class ClassifierData:
     test: ImageArrayDataset
     num_classes: int
     identity: dict = field(default_factory=dict)
+    # Tiny-ImageNet: imagefolder_order[p] is the index here of torchvision ImageFolder's p-th training
+    # sample (class folders and files sorted by name), the numbering the SalUn protocol draws in
+    imagefolder_order: np.ndarray | None = None
 
     def train_eval_view(self) -> ImageArrayDataset:
         """The train split with the test-time transform (for Dr/Df accuracy and MIA)."""
@@ -158,7 +161,8 @@ def _parse(spec: str) -> tuple[str, Path | None]:
     return "folder", Path(spec)
 
 
-def _assemble(name, root, train_x, train_y, test_x, test_y, num_classes: int | None = None) -> ClassifierData:
+def _assemble(name, root, train_x, train_y, test_x, test_y, num_classes: int | None = None,
+              imagefolder_order: np.ndarray | None = None) -> ClassifierData:
     num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
     mean, std = _STATS.get(name, _DEFAULT_STATS)
     augment = Augment(crop=True, flip=name != "digits")
@@ -171,7 +175,7 @@ def _assemble(name, root, train_x, train_y, test_x, test_y, num_classes: int | N
         "train_labels_sha256": hashlib.sha256(np.ascontiguousarray(train_y, dtype=np.int64).tobytes()).hexdigest(),
     }
     return ClassifierData(name, identity["root"], ImageArrayDataset(train_x, train_y, mean, std, augment),
-                          ImageArrayDataset(test_x, test_y, mean, std), num_classes, identity)
+                          ImageArrayDataset(test_x, test_y, mean, std), num_classes, identity, imagefolder_order)
 
 
 def _read_digits():
@@ -270,11 +274,22 @@ def _read_folder(root: Path, inside: Confinement):
 
 
 def _read_class_folders(folder: Path, classes: list[str], inside: Confinement):
+    return _read_images(_list_class_folders(folder, classes), inside)
+
+
+def _list_class_folders(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
     listed = [(path, label) for label, name in enumerate(classes) if (folder / name).is_dir()
               for path in sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)]
     if not listed:
         raise NegmergeError(f"{folder}: no images found (expected one sub-folder per class)")
-    return _read_images(listed, inside)
+    return listed
+
+
+def _imagefolder_order(listed: list[tuple[Path, int]], classes: list[str]) -> np.ndarray:
+    """Where torchvision's ImageFolder puts each listed sample: class folders by sorted name, then
+    ``sorted(os.walk(...))`` (sub-folders by path) and sorted file names; ``order[p]`` = our index."""
+    keys = [(classes[label], str(path.parent), path.name) for path, label in listed]
+    return np.asarray(sorted(range(len(listed)), key=keys.__getitem__), dtype=np.int64)
 
 
 def _read_images(listed: list[tuple[Path, int]], inside: Confinement):
@@ -311,7 +326,8 @@ def _read_tinyimagenet(root: Path, inside: Confinement):
              for number, line in enumerate(lines, 1) if line.strip()]
     if not wnids or len(set(wnids)) != len(wnids):
         raise NegmergeError(f"{wnids_file}: expected distinct class ids, one per line")
-    train_x, train_y = _read_class_folders(base / "train", wnids, inside)
+    listed_train = _list_class_folders(base / "train", wnids)
+    train_x, train_y = _read_images(listed_train, inside)
     labels = {wnid: label for label, wnid in enumerate(wnids)}
     listed = []
     for number, line in enumerate(files.read_text(annotations).splitlines(), 1):
@@ -327,4 +343,4 @@ def _read_tinyimagenet(root: Path, inside: Confinement):
     test_x, test_y = _read_images(listed, inside)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise NegmergeError(f"{base}: train and val images differ in size")
-    return train_x, train_y, test_x, test_y, len(wnids)
+    return train_x, train_y, test_x, test_y, len(wnids), _imagefolder_order(listed_train, wnids)

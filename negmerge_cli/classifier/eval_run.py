@@ -5,7 +5,8 @@
 checkpoint, evaluated here on the same sets, or its earlier ``eval --json``).
 :func:`search_coefficient` evaluates theta = original - lambda * tau for every lambda
 (the shared :class:`~negmerge_cli.arithmetic.negation.NegatedModel`; images transformed once) and picks lambda
-by ``retain-bar`` or ``gap`` (:mod:`negmerge_cli.classifier.search`).
+by ``retain-bar`` (the default: reads only Dr, or the hold-out val, and Df) or ``gap`` (the oracle: reads the
+retrained model and Dtest) (:mod:`negmerge_cli.classifier.search`).
 """
 
 from __future__ import annotations
@@ -44,14 +45,18 @@ def evaluate(data: Sequence[str], model_options: EvalOptions, *, json_out: Optio
         session = _Session(model_options, spec)
         model = session.load(model_options.checkpoint)
         metrics = session.evaluate(model, f"eval {Path(model_options.checkpoint).name}")
+        val_acc = session.held_out_accuracy(model, f"eval {Path(model_options.checkpoint).name} (hold-out val)")
         seconds = time.perf_counter() - started
         reference = session.reference()
         result = ClassifierEvaluation(
             model=model_options.model, num_classes=session.num_classes, checkpoint=str(model_options.checkpoint),
             checkpoint_sha256=checkpoint_sha256(model_options.checkpoint), data=session.data.identity,
-            forget_split=session.split_record, counts=session.sets.counts, metrics=metrics, reference=reference,
+            forget_split=session.split_record, counts=session.counts, metrics=metrics, reference=reference,
             avg_gap=_gap(metrics, reference), seconds=round(seconds, 3),
-            images_per_s=round(session.sets.n_images / max(seconds, 1e-9), 1))
+            images_per_s=round(session.sets.n_images / max(seconds, 1e-9), 1), val_acc=val_acc)
+        if val_acc is not None:
+            output().log(f"Dval (the split's hold-out, {len(session.val):,} images, never trained on): "
+                         f"accuracy {100 * val_acc:.2f}%")
         if json_out:
             files.write_json(json_out, result.to_json(), force=force)
         return result
@@ -79,19 +84,35 @@ def search_coefficient(data: Sequence[str], model_options: EvalOptions, search: 
         for coef in search.coefs:
             negated.set(coef)
             points.append(_search_point(session, model, coef, reference))
-        chosen = rules.select(points, search.select, search.threshold)
-        limit = rules.retain_limit(points, search.threshold) if search.select == "retain-bar" else None
+        choice = _choose(points, search, rules)
         result = ClassifierSearchResult(
             model=model_options.model, checkpoint=str(model_options.checkpoint), vector=str(search.vector),
-            data=session.data.identity, forget_split=session.split_record, select=search.select,
-            rule=rules.RULES[search.select], threshold=search.threshold, retain_limit=limit, points=points,
-            chosen=chosen, reference=reference, counts=session.sets.counts,
-            seconds=round(time.perf_counter() - started, 3))
+            data=session.data.identity, forget_split=session.split_record, points=points, reference=reference,
+            counts=session.counts, seconds=round(time.perf_counter() - started, 3), **choice)
         if json_out:
             files.write_json(json_out, result.to_json(), force=force)
-        if chosen is None:
-            output().log("no coefficient keeps Dr accuracy at the threshold; nothing chosen")
+        _say_choice(result, rules)
         return result
+
+
+def _choose(points: list[ClassifierSearchPoint], search: SearchOptions, rules) -> dict:
+    """The choice and how it was made: the rule's name, text, the metrics it read, whether it is the
+    oracle, the bar, and whether the chosen lambda is the grid's last."""
+    chosen = rules.select(points, search.select, search.threshold)
+    limit = rules.retain_limit(points, search.threshold) if search.select == "retain-bar" else None
+    return dict(select=search.select, rule=rules.describe(search.select, points), threshold=search.threshold,
+                retain_limit=limit, chosen=chosen, oracle=rules.is_oracle(search.select),
+                reads=rules.reads(search.select, points), at_grid_end=rules.at_grid_end(points, chosen))
+
+
+def _say_choice(result: ClassifierSearchResult, rules) -> None:
+    if result.oracle:
+        output().log(f"lambda chosen by the oracle ({option('select')} {result.select}): it reads the retrained "
+                     "model and Dtest, which a real unlearner does not hold; for benchmarking only")
+    if result.chosen is None:
+        output().log("no coefficient keeps the retained accuracy at the threshold; nothing chosen")
+    elif result.at_grid_end:
+        output().warn(rules.grid_end_warning(result.points, result.chosen))
 
 
 def _search_point(session, model, coef: float, reference) -> ClassifierSearchPoint:
@@ -102,7 +123,13 @@ def _search_point(session, model, coef: float, reference) -> ClassifierSearchPoi
     except NonFiniteOutputs as error:  # recorded, never chosen; the other lambdas still count
         output().warn(f"lambda {coef:g}: {error}")
         return ClassifierSearchPoint(coef, None, None, str(error))
-    return ClassifierSearchPoint(coef, metrics, _gap(metrics, reference))
+    return ClassifierSearchPoint(coef, metrics, _gap(metrics, reference), val_acc=_held_out(session, model, coef))
+
+
+def _held_out(session, model, coef: float) -> Optional[float]:
+    """The accuracy on the split's hold-out validation set (a split with ``val_indices``); the
+    retain-bar rule then reads it instead of the Dr accuracy. None without one."""
+    return session.held_out_accuracy(model, f"lambda {coef:g} (hold-out val)")
 
 
 def _gap(metrics, reference: Optional[ReferenceMetrics]) -> Optional[float]:
@@ -126,15 +153,41 @@ class _Session:
         self.split = load_forget_split(options.forget_split, self.data)
         if not self.split.forget_indices:
             raise UsageError(f"{options.forget_split}: the forget set is empty ({option('forget_split')})")
-        self.split_record = {"file": str(options.forget_split), "sha256": split_digest(self.split.forget_indices)}
+        self.split_record = {"file": str(options.forget_split),
+                             "sha256": split_digest(self.split.forget_indices, self.split.held_out)}
         self.stored_reference = self._stored_reference()  # read before any evaluation: a bad file fails at once
         self.device = resolve_device(model_options.device)
         budget = parse_size(model_options.cache_memory, option("cache_memory"))
+        self.val = self._held_out_images(budget)  # the split's hold-out (Dval), or None
+        val_share = budget * len(self.val) // len(self.data.train) if self.val is not None else 0
         self.sets = UnlearningSets.build(self.data, self.split, model_options.batch_size, model_options.workers,
-                                         budget)
+                                         budget - val_share)
+
+    def _held_out_images(self, budget: int):
+        from negmerge_cli.classifier.evaluate import SubsetImages
+
+        if not self.split.val_indices:
+            return None
+        options = self.model_options
+        return SubsetImages(self.data.train_eval_view(), self.split.val_indices, options.batch_size, options.workers,
+                            budget * len(self.split.val_indices) // len(self.data.train), "Dval")
+
+    @property
+    def counts(self) -> dict:
+        return {**self.sets.counts, **({"dval": len(self.val)} if self.val is not None else {})}
 
     def evaluate(self, model, description: str):
         return self.sets.evaluate(model, self.device, description, self.model_options.precision)
+
+    def held_out_accuracy(self, model, description: str) -> Optional[float]:
+        """Accuracy on the split's hold-out validation set (Dval, never trained on); None without one."""
+        from negmerge_cli.classifier.evaluate import predict
+
+        if self.val is None:
+            return None
+        with output().progress(description, total=len(self.val), unit="images") as advance:
+            found = predict(model, self.val, self.device, self.model_options.precision, advance)
+        return float(found.correct.mean())
 
     def load(self, path: str):
         from negmerge_cli.classifier.models import load_classifier
@@ -163,12 +216,15 @@ def _num_classes(requested: Optional[int], data, spec: str) -> int:
     return data.num_classes
 
 
-def split_digest(forget_indices: Sequence[int]) -> str:
+def split_digest(forget_indices: Sequence[int], held_out: Sequence[int] = ()) -> str:
     """SHA-256 of the sorted forget indices written as a compact JSON list: the same split
-    gives the same digest whatever the file's formatting."""
+    gives the same digest whatever the file's formatting. A split with a hold-out (protocol salun)
+    adds its sorted held-out indices (another hold-out is another Dr)."""
     import hashlib
 
-    text = json.dumps(sorted(int(i) for i in forget_indices), separators=(",", ":"))
+    forget = sorted(int(i) for i in forget_indices)
+    body = {"forget": forget, "held_out": sorted(int(i) for i in held_out)} if held_out else forget
+    text = json.dumps(body, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

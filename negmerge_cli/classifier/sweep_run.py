@@ -85,8 +85,8 @@ class ClassifierTrainer:
                                                                  self.train_set.augment))
 
     def _subset_indices(self):
-        if self.options.subset == "all":
-            return range(len(self.data.train))
+        if self.options.subset == "all":  # with a split: never its hold-out (protocol salun's val_indices)
+            return range(len(self.data.train)) if self.split is None else self.split.training_indices
         return self.split.forget_indices if self.options.subset == "forget" else self.split.retain_indices
 
     def _build_base(self):

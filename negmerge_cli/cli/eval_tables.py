@@ -29,18 +29,38 @@ def search_table(result):
     from rich.table import Table
 
     chosen = result.chosen.coef if result.chosen else None
-    limit = f"; Dr bar {100 * result.retain_limit:.2f}%" if result.retain_limit is not None else ""
-    table = Table(title=f"lambda search ({result.select}{limit})")
-    for column in ("lambda", "Dr acc %", "Df acc %", "Dtest acc %", "MIA-efficacy %", "Avg. Gap", ""):
+    held_out = "val_acc" in result.reads
+    gap = "Avg. Gap (oracle)" if result.oracle else "Avg. Gap"
+    table = Table(title=search_title(result), caption=search_caption(result))
+    for column in ("lambda", *(("val acc %",) if held_out else ()), "Dr acc %", "Df acc %", "Dtest acc %",
+                   "MIA-efficacy %", gap, ""):
         table.add_column(column, justify="right")
     for p in result.points:
+        val = (number(p.val_acc, scale=100),) if held_out else ()
         if p.metrics is None:
-            table.add_row(f"{p.coef:g}", *["-"] * 5, "NaN/Inf outputs")
+            table.add_row(f"{p.coef:g}", *["-"] * (len(val) + 5), "NaN/Inf outputs")
             continue
-        below = result.retain_limit is not None and p.metrics.dr_acc < result.retain_limit
+        retained = p.val_acc if held_out else p.metrics.dr_acc
+        below = result.retain_limit is not None and (retained is None or retained < result.retain_limit)
         mark = "chosen" if p.coef == chosen else ("below bar" if below else "")
-        table.add_row(f"{p.coef:g}", *_percent(p.metrics), number(p.avg_gap), mark)
+        table.add_row(f"{p.coef:g}", *val, *_percent(p.metrics), number(p.avg_gap), mark)
     return table
+
+
+def search_title(result) -> str:
+    """The classifier search table's title: the rule, what it read, and ORACLE for ``gap``."""
+    if result.oracle:
+        return (f"lambda search ({result.select}: ORACLE, chosen with the retrained model and Dtest, "
+                "which an unlearner does not hold; for benchmarking only)")
+    retained = "hold-out val" if "val_acc" in result.reads else "Dr"
+    limit = f"; {retained} bar {100 * result.retain_limit:.2f}%" if result.retain_limit is not None else ""
+    return f"lambda search ({result.select}: reads {retained} and Df only{limit})"
+
+
+def search_caption(result):
+    if result.chosen is not None and result.at_grid_end:
+        return f"lambda {result.chosen.coef:g} is the grid's last point: extend the grid (--coefs)"
+    return None
 
 
 def _percent(metrics) -> list[str]:

@@ -44,7 +44,7 @@ def evaluate(
     num_classes: opt.NumClasses = None,
     forget_split: opt.ForgetSplitFile = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Classifiers: the retrained model (checkpoint, evaluated too, or its eval --json) for the Avg. Gap.")] = None,
-    select: Annotated[str, typer.Option("--select", help="Classifiers with --vector: retain-bar (lowest Df acc with Dr acc >= threshold x the original's) or gap (smallest Avg. Gap to --reference).")] = default(SearchOptions, "select"),
+    select: Annotated[str, typer.Option("--select", help="Classifiers with --vector: retain-bar (the default, reads only Dr (or the split's hold-out) and Df: lowest Df acc with retained acc >= threshold x the original's) or gap (the oracle: smallest Avg. Gap to --reference, which reads Dtest and the retrained model; benchmarking only).")] = default(SearchOptions, "select"),
 ) -> None:
     """Zero-shot top-1/top-5/per-class recall on each --data; or, with --vector, choose lambda.
 

@@ -16,6 +16,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "negmerge split --data cifar10:/data --forget-fraction 0.1 -o forget.json",
         "negmerge split --data cifar10:/data --forget-classes 3,5 -o cats-dogs.json",
         "negmerge split --data digits --forget-fraction 0.1 --seed 1 -o forget.json",
+        "negmerge split --data cifar10:/data --protocol salun --forget-fraction 0.1 \\\n"
+        "    -o salun-forget.json",
     ),
     "finetune": (
         "negmerge finetune -m negmerge-tiny-16 -d digits -o sweep --steps 200",

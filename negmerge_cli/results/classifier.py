@@ -57,12 +57,14 @@ class ClassifierEvaluation:
     seconds: float = 0.0
     images_per_s: float = 0.0
     task: str = CLASSIFIER_EVAL_TASK
+    val_acc: Optional[float] = None  # accuracy on the split's hold-out validation set (Dval), when it has one
 
     def to_json(self) -> dict:
+        held_out = {"val_acc": self.val_acc} if self.val_acc is not None else {}
         return {"task": self.task, "model": self.model, "num_classes": self.num_classes,
                 "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "data": self.data,
                 "forget_split": self.forget_split, "counts": self.counts, "metrics": self.metrics.to_json(),
-                "reference": self.reference.to_json() if self.reference else None,
+                **held_out, "reference": self.reference.to_json() if self.reference else None,
                 "avg_gap_points": self.avg_gap, "seconds": self.seconds, "images_per_s": self.images_per_s}
 
 
@@ -75,31 +77,41 @@ class ClassifierSearchPoint:
     metrics: Optional[UnlearningMetrics]
     avg_gap: Optional[float] = None
     error: Optional[str] = None
+    val_acc: Optional[float] = None  # accuracy on the split's hold-out validation set, when it has one
 
     def to_json(self) -> dict:
         values = self.metrics.to_json() if self.metrics else {}
-        return {"coef": self.coef, **values, "avg_gap_points": self.avg_gap, **({"error": self.error} if self.error else {})}
+        held_out = {"val_acc": self.val_acc} if self.val_acc is not None else {}
+        return {"coef": self.coef, **values, **held_out, "avg_gap_points": self.avg_gap,
+                **({"error": self.error} if self.error else {})}
 
 
 @dataclass
 class ClassifierSearchResult:
-    """The classifier's lambda search: every point, the rule, and the choice (None: nothing passed)."""
+    """The classifier's lambda search: every point, the rule, and the choice (None: nothing passed).
+
+    ``oracle``: the rule read what a real unlearner does not hold (the retrained model, Dtest);
+    ``reads``: the metrics the rule read; ``at_grid_end``: the chosen lambda is the grid's largest,
+    so the best one may lie beyond the grid."""
 
     model: str
     checkpoint: str
     vector: str
     data: dict
     forget_split: dict
-    select: str  # retain-bar | gap
+    select: str  # retain-bar | gap (the oracle)
     rule: str
     threshold: float
-    retain_limit: Optional[float]  # retain-bar: threshold x the original's Dr accuracy
+    retain_limit: Optional[float]  # retain-bar: threshold x the original's Dr (or hold-out) accuracy
     points: list[ClassifierSearchPoint]
     chosen: Optional[ClassifierSearchPoint]
     reference: Optional[ReferenceMetrics]
     counts: dict
     seconds: float
     task: str = CLASSIFIER_SEARCH_TASK
+    oracle: bool = False
+    reads: tuple[str, ...] = ()
+    at_grid_end: bool = False
 
     @property
     def base(self) -> ClassifierSearchPoint:
@@ -107,9 +119,10 @@ class ClassifierSearchResult:
 
     def to_json(self) -> dict:
         return {"task": self.task, "model": self.model, "checkpoint": self.checkpoint, "vector": self.vector,
-                "data": self.data, "forget_split": self.forget_split, "select": self.select, "rule": self.rule,
-                "threshold": self.threshold, "retain_limit": self.retain_limit,
+                "data": self.data, "forget_split": self.forget_split, "select": self.select, "oracle": self.oracle,
+                "rule": self.rule, "reads": list(self.reads), "threshold": self.threshold,
+                "retain_limit": self.retain_limit,
                 "reference": self.reference.to_json() if self.reference else None, "counts": self.counts,
                 "points": [p.to_json() for p in self.points],
                 "chosen": self.chosen.to_json() if self.chosen else None, "feasible": self.chosen is not None,
-                "seconds": self.seconds}
+                "chosen_at_grid_end": self.at_grid_end, "seconds": self.seconds}

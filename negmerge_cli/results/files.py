@@ -119,6 +119,9 @@ class SearchFile(Schema):
     precision: str = "fp32"
     quick_gelu: bool = False
     split_sources: Optional[dict[str, Optional[str]]] = None
+    linearized: bool = False
+    linearized_around: Optional[dict[str, str]] = None
+    forward_passes: Optional[Count] = None
 
     @field_validator("runs")
     @classmethod
@@ -138,7 +141,8 @@ class SearchFile(Schema):
             runs={kind: run.build() for kind, run in self.runs.items()}, evaluations=self.n_evaluations,
             heads_rebuilt=self.heads.startswith("rebuilt"), seconds=self.seconds, base_retain=self.base_retain_acc1,
             base_retain_source=self.base_retain_source, precision=self.precision, quick_gelu=self.quick_gelu,
-            split_sources=self.split_sources)
+            split_sources=self.split_sources, linearized_around=self.linearized_around,
+            forward_passes=self.forward_passes)
 
 
 class StoredMetrics(Schema):
@@ -196,6 +200,7 @@ class ClassifierEvaluationFile(Schema):
     avg_gap_points: Optional[NonNegative] = None
     seconds: NonNegative = 0.0
     images_per_s: NonNegative = 0.0
+    val_acc: Optional[Fraction] = None  # the hold-out validation accuracy (a split with val_indices)
 
     def build(self) -> results.ClassifierEvaluation:
         return results.ClassifierEvaluation(
@@ -203,7 +208,7 @@ class ClassifierEvaluationFile(Schema):
             checkpoint_sha256=self.checkpoint_sha256, data=self.data.model_dump(),
             forget_split=self.forget_split.model_dump(), counts=dict(self.counts), metrics=self.metrics.build(),
             reference=self.reference.build() if self.reference else None, avg_gap=self.avg_gap_points,
-            seconds=self.seconds, images_per_s=self.images_per_s)
+            seconds=self.seconds, images_per_s=self.images_per_s, val_acc=self.val_acc)
 
 
 class ClassifierSearchPointFile(Schema):
@@ -216,13 +221,14 @@ class ClassifierSearchPointFile(Schema):
     mia_efficacy: Optional[Fraction] = None
     avg_gap_points: Optional[NonNegative] = None
     error: Optional[str] = None
+    val_acc: Optional[Fraction] = None  # the hold-out validation accuracy (a split with val_indices)
 
     def build(self) -> results.ClassifierSearchPoint:
         values = [getattr(self, name) for name in results.UNLEARNING_METRICS]
         metrics = None if values[0] is None else results.UnlearningMetrics(
             **dict(zip(results.UNLEARNING_METRICS, values)))
         return results.ClassifierSearchPoint(coef=self.coef, metrics=metrics, avg_gap=self.avg_gap_points,
-                                             error=self.error)
+                                             error=self.error, val_acc=self.val_acc)
 
     @model_validator(mode="after")
     def _all_metrics_or_none(self) -> "ClassifierSearchPointFile":
@@ -252,8 +258,9 @@ class OutcomeFile(Schema):
     val_forget: Optional[Fraction] = None
     val_retain: Optional[Fraction] = None
     search: Optional[str] = None
-    nonzero_fraction: Optional[Fraction] = None
-    kept: Optional[Fraction] = None
+    nonzero_fraction: Optional[Fraction] = None  # of all the vector's float elements
+    kept_fraction: Optional[Fraction] = None  # of the elements the fine-tunes changed
+    kept: Optional[Fraction] = None  # the old name of kept_fraction: read, never written
     vector: Optional[str] = None
 
     @field_validator("search")
@@ -267,7 +274,9 @@ class OutcomeFile(Schema):
     def build(self) -> results.Outcome:
         return results.Outcome(coef=self.coef, forget=self.forget, retain=self.retain, feasible=self.feasible,
                                val_forget=self.val_forget, val_retain=self.val_retain, search=self.search,
-                               nonzero_fraction=self.nonzero_fraction, kept=self.kept, vector=self.vector)
+                               nonzero_fraction=self.nonzero_fraction,
+                               kept_fraction=self.kept_fraction if self.kept_fraction is not None else self.kept,
+                               vector=self.vector)
 
 
 class MatchedFile(Schema):

@@ -115,9 +115,29 @@ def test_lambda_search_prints_lambda_alone(setup, cli):
     gaps = {p["coef"]: p["avg_gap_points"] for p in search["points"]}
     assert float(result.stdout.strip()) == min(gaps, key=lambda c: (gaps[c], c))
     assert search["chosen"]["coef"] == float(result.stdout)
+    assert search["oracle"] is True and search["rule"].startswith("oracle:")  # gap reads the retrained model
     bar = _eval(setup, "--vector", root / "tau.safetensors", "--coefs", "0,0.5,1,2", "-q", run=cli)
     assert bar.returncode == 0, bar.stderr
     assert float(bar.stdout.strip()) in gaps
+
+
+def test_the_default_search_is_honest_and_says_what_it_read(setup, cli):
+    """Without --select: retain-bar, no oracle marker, the metrics it read, and the grid's end flagged
+    (a warning and the JSON) exactly when the chosen lambda is the largest; with gap, the table says ORACLE."""
+    root, paths, _ = setup
+    out = root / "honest.json"
+    result = _eval(setup, "--vector", root / "tau.safetensors", "--coefs", "0,0.5,1,2", "--json", out, "-f", run=cli)
+    assert result.returncode == 0, result.stderr
+    search = json.loads(out.read_text())
+    assert search["select"] == "retain-bar" and search["oracle"] is False and search["reads"] == ["dr_acc", "df_acc"]
+    assert search["reference"] is None and "ORACLE" not in result.stderr and "reads Dr and Df only" in result.stderr
+    at_end = search["chosen"]["coef"] == 2.0
+    assert search["chosen_at_grid_end"] is at_end
+    assert ("grid's last point" in result.stderr) is at_end and ("0:4:7" in result.stderr) is at_end
+    oracle = _eval(setup, "--vector", root / "tau.safetensors", "--coefs", "0,1", "--select", "gap",
+                   "--reference", paths["retrain"], run=cli)
+    assert oracle.returncode == 0, oracle.stderr
+    assert "ORACLE" in oracle.stderr and "lambda chosen by the oracle" in oracle.stderr
 
 
 def test_bad_inputs_fail_cleanly(setup, tmp_path, cli):
@@ -169,6 +189,6 @@ def test_report_reads_the_classifier_eval_json(setup, cli, tmp_path):
     assert "| NegMerge\u2020 | - | - | - | - | 1.07 |" in published.stdout and "secondary sources" in published.stdout
     assert "ViT-B/32" not in published.stdout and "Avg Df" not in published.stdout
     rows = json.loads(cli("report", out, "--published", "--format", "json").stdout)["published"]["rows"]
-    assert {r["method"]: r["avg_gap"] for r in rows}["retrain"] == 0.0
+    assert {r["method"]: r["avg_gap_points"] for r in rows}["retrain"] == 0.0
     csv_lines = cli("report", out, "--published", "--format", "csv").stdout.splitlines()
-    assert "published,random_labels,cifar10,test,,0.9239,0.9967,,,92.83,37.36,7.15," in csv_lines
+    assert "published,random_labels,cifar10,test,,0.9239,0.9967,,,,0.9283,0.3736,7.15," in csv_lines

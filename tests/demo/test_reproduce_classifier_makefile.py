@@ -1,6 +1,7 @@
 """The classifier reproduction Makefile (docs/reproduce/classifier/Makefile) stays valid: every
-`negmerge` command of `make -n` is parsed by the real CLI, the pipeline has every stage, and the
-whole pipeline runs for real on the shipped digits with the tiny ResNet and a two-point grid."""
+`negmerge` command of `make -n` is parsed by the real CLI, the pipeline has every stage, its default
+run chooses lambda and the best single vector without the oracle (no retrained model, no Dtest), and
+the whole pipeline runs for real on the shipped digits with the tiny ResNet and a two-point grid."""
 
 from __future__ import annotations
 
@@ -20,14 +21,22 @@ MAKEFILE = Path(__file__).resolve().parents[2] / "docs" / "reproduce" / "classif
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
-def _dry_run(tmp_path: Path, **variables: str) -> list[list[str]]:
+def _dry_run_text(tmp_path: Path, **variables: str) -> str:
     settings = {"OUT": str(tmp_path / "out"), "NEGMERGE": MARK, "FT_EPOCHS": "40 50", "FT_WD": "1e-4",
                 "FT_LS": "0 0.1", **variables}
     done = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(MAKEFILE), "all",
                            *(f"{k}={v}" for k, v in settings.items())], capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
-    return _negmerge_commands(done.stdout)
+    return done.stdout
+
+
+def _dry_run(tmp_path: Path, **variables: str) -> list[list[str]]:
+    return _negmerge_commands(_dry_run_text(tmp_path, **variables))
+
+
+def _searches(commands: list[list[str]]) -> list[list[str]]:
+    return [c for c in commands if c[0] == "eval" and "--vector" in c]
 
 
 def test_every_negmerge_command_parses_against_the_cli(tmp_path):
@@ -54,9 +63,36 @@ def test_the_pipeline_has_every_stage(tmp_path):
     assert subsets == ["all", "retain"] + ["forget"] * 4  # 2 epochs x 1 wd x 2 label smoothings
     assert sorted(c[c.index("--point") + 1] for c in finetunes if "--point" in c) == ["0", "1", "2", "3"]
     assert sorted(c[c.index("-m") + 1] for c in by_name("merge")) == ["magmax", "mean", "negmerge", "ties"]
-    assert len(by_name("apply")) == 5 + 1  # 4 merges + best single, and the loop over single vectors
+    assert len(by_name("apply")) == 5  # 4 merges + best single (single vectors are chosen from their searches)
+    assert len(_searches(commands)) == 5 + 1  # 4 merges + best single, and the loop over single vectors
     assert all(c[c.index("--scale") + 1].startswith("-") for c in by_name("apply"))
     assert len(by_name("split")) == 1 and len(by_name("vector")) == 1
+
+
+def test_the_default_run_chooses_without_the_oracle(tmp_path):
+    """`make -n` with no SELECT: every lambda search (merges, best single, the loop over single
+    vectors) uses the honest rule and never gets the retrained model; the best single vector is
+    picked from those searches by the same rule (best_single.py), not from an Avg. Gap."""
+    text = _dry_run_text(tmp_path)
+    searches = _searches(_negmerge_commands(text))
+    assert len(searches) == 6
+    for search in searches:
+        assert search[search.index("--select") + 1] == "retain-bar", search
+        assert "--reference" not in search and "gap" not in search, search
+        assert "--json" in search
+    assert "best_single.py" in text and "avg_gap_points" not in text and "oracle" not in text.lower()
+    evaluations = [c for c in _negmerge_commands(text) if c[0] == "eval" and "--vector" not in c]
+    # the reported evaluations still measure the Avg. Gap to the retrained model (after lambda is chosen)
+    reported = [c for c in evaluations if not c[c.index("--checkpoint") + 1].endswith("retrain/model.safetensors")]
+    assert reported and all("--reference" in c for c in reported)
+
+
+def test_the_oracle_is_an_explicit_choice(tmp_path):
+    searches = _searches(_dry_run(tmp_path, SELECT="gap", COEFS="0:2:41"))
+    assert len(searches) == 6
+    for search in searches:
+        assert search[search.index("--select") + 1] == "gap" and "--reference" in search
+        assert search[search.index("--coefs") + 1] == "0:2:41"
 
 
 def test_baselines_are_finetunes_of_the_original(tmp_path):
@@ -84,8 +120,9 @@ def test_grid_size_matches_finetune_points(tmp_path):
 @pytest.mark.slow
 def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     """Every target for real (a tiny run: 1-epoch original and retrain, two fine-tunes, two merge
-    methods, one baseline; OUT relative, as the Makefile's default): the best single vector is picked by Avg. Gap, a rerun redoes only the report, and the report
-    has a row per model."""
+    methods, one baseline; OUT relative, as the Makefile's default): no search reads the retrained
+    model, the best single vector is picked by the merges' rule, a rerun redoes only the report, and
+    the report has a row per model."""
     out = tmp_path / "out"
     settings = {"OUT": "out", "NEGMERGE": f"{sys.executable} -m negmerge_cli", "MODEL": "resnet8-cifar",
                 "DATA": "digits", "SCRATCH_EPOCHS": "1", "FT_EPOCHS": "1 2", "FT_WD": "1e-4", "FT_LS": "0",
@@ -96,10 +133,19 @@ def test_the_makefile_runs_end_to_end_on_digits(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    singles = {p.stem: json.loads(p.read_text())["avg_gap_points"] for p in (out / "singles").glob("*.json")}
+    # no oracle anywhere in the default run: every search chose by retain-bar without the retrained model
+    singles = {p.stem: json.loads(p.read_text()) for p in sorted((out / "singles").glob("*.json"))}
     assert len(singles) == 2
-    best = out / "vectors" / f"{min(singles, key=singles.get)}.safetensors"
+    for search in [*singles.values(), *(json.loads((out / m / "lambda.json").read_text()) for m in
+                                        ("negmerge", "mean", "best_single"))]:
+        assert search["select"] == "retain-bar" and search["oracle"] is False and search["reference"] is None
+        assert search["reads"] == ["dr_acc", "df_acc"] and search["chosen"] is not None
+    # best single by the merges' rule: the lowest Df accuracy at its chosen lambda (ties: higher Dr, then the first)
+    order = list(singles)
+    winner = min(order, key=lambda n: (singles[n]["chosen"]["df_acc"], -singles[n]["chosen"]["dr_acc"], order.index(n)))
+    best = out / "vectors" / f"{winner}.safetensors"
     assert (out / "best_single" / "tau.safetensors").read_bytes() == best.read_bytes()
+    assert json.loads((out / "best_single" / "choice.json").read_text())["chosen"]["name"] == winner
     for row in ("original", "negmerge", "mean", "best_single", "gradient_ascent"):
         assert json.loads((out / row / "eval.json").read_text())["avg_gap_points"] is not None
     report = (out / "report.md").read_text()
