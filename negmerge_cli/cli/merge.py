@@ -53,7 +53,7 @@ def merge(
 
     result = merge_vectors(inputs, output, method, base=base, weights=weight, options=stream, selection=selection,
                            buffers=buffers, **method_params)
-    print_stream_result(result, kept=True)
+    print_stream_result(result, nonzero=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,14 +12,14 @@ from negmerge_cli.cli import options as opt
 
 @opt.with_options(opt.QUIET)
 def report(
-    paths: Annotated[list[Path], typer.Argument(help="Results: eval --json / eval --vector --json files, a demo folder, reproduction folders (OUT, OUT/DS, OUT/DS/METHOD; the classifier one's OUT, OUT/METHOD).")],
+    paths: Annotated[list[Path], typer.Argument(help="Results: eval --json / eval --vector --json files (CLIP or classifier), a demo folder (either scenario), reproduction folders (OUT, OUT/DS, OUT/DS/METHOD; the classifier one's OUT, OUT/METHOD).")],
     form: Annotated[Optional[str], typer.Option("--format", help="markdown, csv or json (default: from -o's suffix .md/.csv/.json, else markdown).")] = None,
     output_file: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the table here instead of stdout.", dir_okay=False)] = None,
-    published: Annotated[bool, typer.Option("--published", help="Put the paper's published figures (ViT-B/32) beside ours.")] = False,
+    published: Annotated[bool, typer.Option("--published", help="Add the published figures: beside ours for rows of their setting (CLIP: ViT-B/32 on the paper's forget sets), else apart, marked as another setting.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw every method's trade-off (retain vs forget as lambda grows) to this .png, .svg or .pdf.", dir_okay=False)] = None,
     force: opt.Force = False,
 ) -> None:
-    """Forget and retain accuracy, lambda and kept fraction per method and forget dataset (with the
+    """Forget and retain accuracy, lambda, non-zero and kept fractions per method and forget dataset (with the
     averages), as Markdown (the paper's table), CSV or JSON."""
     from negmerge_cli.core.output import output
     from negmerge_cli.report.render import SUFFIX_FORMATS

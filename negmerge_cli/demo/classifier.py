@@ -3,6 +3,10 @@
     original (all of train) and retrain (Dr only) -> k fine-tunes of the original on Df
     -> vectors -> NegMerge and baselines -> lambda by the retain-bar rule -> apply -> metrics
 
+lambda (and the best single vector) are chosen by the retain-bar rule, which reads only Dr and Df
+(what an unlearner holds); the oracle (the grid's smallest Avg. Gap to the retrained model) is shown
+beside it for comparison, never used.
+
 Df is a whole class (digit 3): with a random 10% of these easy digits, the retrained model already
 scores ~99% on Df (it generalises), so there is nothing to unlearn to show. Every step is a library
 stage: the original, the retrained model and the k fine-tunes are ``finetune`` sweeps (SGD with
@@ -18,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from negmerge_cli.core import files
+from negmerge_cli.results import DROPPING_METHODS
 
 MODEL, FORGET_CLASSES = "resnet8-cifar", (3,)
+SELECT, THRESHOLD = "retain-bar", 0.95  # the honest rule (negmerge_cli.classifier.search); never the oracle
 METHODS = ("negmerge", "mean", "ties", "magmax")
 
 
@@ -84,11 +90,14 @@ def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
     retrained = _evaluate(work, retrain, "retrain", None, force)
     start = _evaluate(work, original, "original", work / "eval" / "retrain.json", force)
     rows = {"original": _row(start, 0.0), "retrain": _row(retrained, None)}
-    curves = {}
+    curves, merged = {}, {}
     for method in METHODS:
         vector = work / "merged" / f"{method}.safetensors"
-        _merge(method, finetuned, original, vector, force)
+        merged[method] = _merge(method, finetuned, original, vector, force)
         rows[method], curves[method] = _unlearn(work, method, original, vector, settings, force)
+        rows[method]["nonzero_fraction"] = merged[method].nonzero_fraction  # of all float elements, as inspect
+    for method in (m for m in METHODS if m in DROPPING_METHODS):  # kept: of the elements the fine-tunes changed
+        rows[method]["kept_fraction"] = merged[method].nonzero / max(1, merged["mean"].nonzero)
     rows["best_single"], curves["best_single"] = _best_single(work, original, finetuned, settings, force)
     if settings.buffers_experiment:
         vector = work / "merged" / "negmerge-buffers-include.safetensors"
@@ -97,8 +106,8 @@ def _run(work: Path, settings: ClassifierDemoSettings, force: bool) -> dict:
         rows[name], curves[name] = _unlearn(work, "negmerge-buffers-include", original, vector, settings, force)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     results = {"scenario": "classifier", "model": MODEL, "data": "digits", "forget_classes": list(FORGET_CLASSES),
-               "k": len(finetuned), "rule": "retain-bar (threshold 0.95)", "rows": rows, "curves": curves,
-               "timings": timings}
+               "k": len(finetuned), "rule": f"{SELECT} (threshold {THRESHOLD:g}; reads Dr and Df only)",
+               "select": SELECT, "oracle": False, "rows": rows, "curves": curves, "timings": timings}
     with files.deferred_commits():
         _plot(curves, rows, work / "tradeoff.png", force)
         files.write_json(work / "results.json", results, force=force)
@@ -134,11 +143,11 @@ def _evaluate(work: Path, checkpoint: Path, name: str, reference: Path | None, f
                     force=True)
 
 
-def _merge(method: str, finetuned, original: Path, output: Path, force: bool, buffers=None) -> None:
+def _merge(method: str, finetuned, original: Path, output: Path, force: bool, buffers=None):
     from negmerge_cli.stages import StreamOptions, merge_vectors
 
     params = {"density": 0.2} if method == "ties" else {}
-    merge_vectors(finetuned, output, method, base=original, options=StreamOptions(device="cpu", force=True),
+    return merge_vectors(finetuned, output, method, base=original, options=StreamOptions(device="cpu", force=True),
                   buffers=buffers, **params)
 
 
@@ -146,7 +155,7 @@ def _search(work: Path, name: str, original: Path, vector: Path, settings):
     from negmerge_cli.stages import SearchOptions, search_coefficient
 
     options = _model_options(original, work, work / "eval" / "retrain.json")
-    search = SearchOptions(str(vector), coefs=list(settings.coefs), select="retain-bar")
+    search = SearchOptions(str(vector), coefs=list(settings.coefs), threshold=THRESHOLD, select=SELECT)
     return search_coefficient(options, search, data=["digits"], json_out=work / "search" / f"{name}.json", force=True)
 
 
@@ -159,23 +168,24 @@ def _unlearn(work: Path, name: str, original: Path, vector: Path, settings, forc
     unlearned = work / "unlearned" / f"{name}.safetensors"
     apply_vector(original, vector, -coef, unlearned, StreamOptions(device="cpu", force=True))
     evaluation = _evaluate(work, unlearned, name, work / "eval" / "retrain.json", force)
-    oracle = select_gap(result.points)
+    oracle = select_gap(result.points)  # shown for comparison only: it reads the retrained model and Dtest
     curve = [p.to_json() for p in result.points]
-    return _row(evaluation, coef) | {"oracle_lambda": oracle.coef, "oracle_gap": oracle.avg_gap}, curve
+    return _row(evaluation, coef) | {"lambda_at_grid_end": result.at_grid_end, "oracle_lambda": oracle.coef,
+                                     "oracle_gap": oracle.avg_gap}, curve
 
 
 def _best_single(work: Path, original: Path, finetuned, settings, force: bool):
-    """The paper's 'best single task vector': the one whose chosen lambda gives the lowest Df acc."""
+    """The paper's 'best single task vector', chosen by the merges' rule (classifier.search.best_single):
+    the one whose chosen lambda gives the lowest Df acc (ties: the higher Dr acc, then the first)."""
+    from negmerge_cli.classifier.search import best_single
     from negmerge_cli.stages import StreamOptions, make_vectors
 
     folder = work / "vectors"
     make_vectors(original, finetuned, folder, StreamOptions(device="cpu", force=True))
-    best = None
-    for path in finetuned:
-        chosen = _search(work, f"single-{path.stem}", original, folder / path.name, settings).chosen
-        if chosen and (best is None or chosen.metrics.df_acc < best[1].metrics.df_acc):
-            best = (folder / path.name, chosen)
-    vector = best[0] if best else folder / finetuned[0].name
+    chosen = [(_search(work, f"single-{path.stem}", original, folder / path.name, settings).chosen, SELECT)
+              for path in finetuned]
+    best = best_single(chosen)
+    vector = folder / finetuned[best if best is not None else 0].name
     row, curve = _unlearn(work, "best_single", original, vector, settings, force)
     return row | {"vector": vector.name}, curve
 
@@ -185,27 +195,36 @@ def _row(evaluation, coef) -> dict:
 
 
 def _plot(curves: dict, rows: dict, path: Path, force: bool) -> None:
-    import io
+    """The trade-off in the style of ``negmerge report --plot`` (report/plots.py): Df and Dr against
+    lambda, and Dr against Df near the retain bar, with each method's lambda by the retain-bar rule
+    (filled), the grid's smallest Avg. Gap (hollow) and the retrained model (the target)."""
+    from negmerge_cli.report.plots import save, tradeoff_figure
 
-    import matplotlib
+    save(tradeoff_figure([classifier_panel(curves, rows)], f"{MODEL} on digits: forgetting class "
+                                                             f"{', '.join(map(str, FORGET_CLASSES))}"), path, force=force)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+def classifier_panel(curves: dict, rows: dict, threshold: float = 0.95):
+    """The demo's curves and rows (results.json) as the shared trade-off's panel and series."""
+    from negmerge_cli.report.plots import Choice, Panel, Series
+
+    series = []
     for name, points in curves.items():
-        kept = [p for p in points if "df_acc" in p]
-        axis.plot([100 * p["df_acc"] for p in kept], [100 * p["dr_acc"] for p in kept], marker=".", label=name)
+        kept = sorted((p for p in points if "df_acc" in p), key=lambda p: p["coef"])
+        at = {p["coef"]: p for p in kept}
+        row, choices = rows.get(name, {}), []
+        for setting, key in (("", "lambda"), ("oracle", "oracle_lambda")):
+            point = at.get(row.get(key))
+            if point is not None:
+                choices.append(Choice(point["coef"], point["df_acc"], point["dr_acc"], setting))
+        series.append(Series(name, tuple((p["coef"], p["df_acc"], p["dr_acc"]) for p in kept), tuple(choices)))
+    zero = [p["dr_acc"] for points in curves.values() for p in points if p["coef"] == 0 and "dr_acc" in p]
+    start = zero[0] if zero else rows["original"]["dr_acc"]  # the rule's base: Dr at lambda 0
     retrain = rows["retrain"]
-    axis.scatter([100 * retrain["df_acc"]], [100 * retrain["dr_acc"]], marker="*", s=150, c="k", label="retrain")
-    axis.set_xlabel("Df accuracy % (lambda grows to the left)")
-    axis.set_ylabel("Dr accuracy %")
-    axis.set_title(f"{MODEL} on digits: forgetting class 3")
-    axis.legend(fontsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    files.write_bytes(path, buffer.getvalue(), force=force)
+    panel = Panel("digit " + ", ".join(map(str, FORGET_CLASSES)), threshold * start, threshold, "Df", "Dr",
+                  ("retrain (the target)", retrain["df_acc"], retrain["dr_acc"]),
+                  {"": "chosen: retain bar", "oracle": "smallest Avg. Gap (oracle)"})
+    return panel, series
 
 
 def results_table(results: dict):
@@ -213,13 +232,14 @@ def results_table(results: dict):
 
     table = Table(title=f"Unlearning digit 3 from {MODEL} (k = {results['k']}; lambda by {results['rule']})",
                   caption="Avg. Gap: mean |metric - retrain's| over the four metrics, in points; "
-                          "oracle: the grid's smallest Avg. Gap (needs the retrained model)")
+                          "oracle: the grid's smallest Avg. Gap (reads the retrained model and Dtest: for "
+                          "comparison, never used to choose); +: lambda at the grid's end")
     for column in ("method", "lambda", "Dr %", "Df %", "Dtest %", "MIA-eff. %", "Avg. Gap", "oracle lambda / gap"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, row in results["rows"].items():
         gap = "-" if row["avg_gap_points"] is None else f"{row['avg_gap_points']:.2f}"
         oracle = f"{row['oracle_lambda']:g} / {row['oracle_gap']:.2f}" if "oracle_lambda" in row else "-"
-        coef = "-" if row["lambda"] is None else f"{row['lambda']:g}"
+        coef = "-" if row["lambda"] is None else f"{row['lambda']:g}" + ("+" if row.get("lambda_at_grid_end") else "")
         table.add_row(name, coef, *(f"{100 * row[k]:.2f}" for k in ("dr_acc", "df_acc", "dtest_acc", "mia_efficacy")),
                       gap, oracle)
     return table

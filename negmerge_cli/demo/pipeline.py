@@ -17,7 +17,7 @@ from negmerge_cli.demo import tasks
 from negmerge_cli.demo.pretrain import MODEL, PretrainRecipe, pretrained_checkpoint
 from negmerge_cli.report.plots import save
 from negmerge_cli.report.rows import Curve
-from negmerge_cli.results import Accuracies, DemoResults, Outcome, SearchResult
+from negmerge_cli.results import DROPPING_METHODS, Accuracies, DemoResults, Outcome, SearchResult
 
 METHODS = ("negmerge", "mean", "ties", "magmax")
 FORGET, RETAIN = "digits", "textures"
@@ -117,12 +117,13 @@ def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) ->
         log(f"{method}: merge, choose lambda on Val (the paper's grid, then 0 to {EXTENDED_COEFS[-1]:g}), test")
         vector = work / "merged" / f"{method}.safetensors"
         nonzero[method] = _merge(method, finetuned, base, vector, commands, force)
-        fraction = {"nonzero_fraction": nonzero[method].kept_fraction}
+        fraction = {"nonzero_fraction": nonzero[method].nonzero_fraction}  # of all float elements, as inspect
         outcome, extended = _unlearn_both(work, method, base, vector, commands, force)
         headline[method], matched[method] = replace(outcome, **fraction), replace(extended, **fraction)
-    # what NegMerge kept, out of the elements the fine-tunes changed (non-zero in their mean)
-    kept = nonzero["negmerge"].nonzero / max(1, nonzero["mean"].nonzero)
-    headline["negmerge"], matched["negmerge"] = (replace(o, kept=kept) for o in (headline["negmerge"], matched["negmerge"]))
+    # kept, for the methods that drop elements: out of the elements the fine-tunes changed (non-zero in their mean)
+    for method in (m for m in METHODS if m in DROPPING_METHODS):
+        kept = {"kept_fraction": nonzero[method].nonzero / max(1, nonzero["mean"].nonzero)}
+        headline[method], matched[method] = replace(headline[method], **kept), replace(matched[method], **kept)
     log("best single task vector: search each of the k vectors")
     headline["best_single"], matched["best_single"] = _best_single(work, base, finetuned, commands, force)
     timings["total_s"] = round(time.perf_counter() - started, 1)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from negmerge_cli.core.errors import UsageError
-from negmerge_cli.report.readers import Found, read_path
-from negmerge_cli.report.rows import DATASET_ORDER, METHOD_ORDER, Report, ResultRow
+from negmerge_cli.report.readers import read_path
+from negmerge_cli.report.rows import DATASET_ORDER, METHOD_ORDER, Found, Report, ResultRow, with_kept
 
 
 def collect(paths: Sequence[Path]) -> Report:
@@ -23,8 +23,8 @@ def collect(paths: Sequence[Path]) -> Report:
     found = Found()
     for path in paths:
         found.add(read_path(Path(path)))
-    rows = _combined(found.rows)
-    return Report(rows, found.curves, _joined(found.models), _joined(found.retain))
+    rows = with_kept(_combined(found.rows))
+    return Report(rows, found.curves, _joined(found.models), _joined(found.retain), found.titles)
 
 
 def _combined(rows: list[ResultRow]) -> list[ResultRow]:
@@ -33,7 +33,7 @@ def _combined(rows: list[ResultRow]) -> list[ResultRow]:
         have = table.get(row.key)
         if have is None:
             table[row.key] = row
-        elif have.forget is not None and row.forget is not None and have.split == row.split:
+        elif have.forget is not None and row.forget is not None and have.split == row.split:  # search + its eval: complete
             raise UsageError(f"two results for {row.method} on {row.dataset}: {have.sources[0]} and "
                              f"{row.sources[0]}; report them separately")
         else:

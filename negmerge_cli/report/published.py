@@ -32,6 +32,21 @@ AVERAGES = {
 CELLS = {("negmerge", "cars"): Published(0.2740, 0.6038, 0.90)}
 
 
+PAPER_DATASETS = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
+
+
+def same_setting(model: Optional[str], datasets) -> bool:
+    """Rows of the paper's CLIP setting: its model (OpenCLIP's ViT-B-32, any tag) on its forget sets."""
+    name = (model or "").lower().replace("/", "-")
+    return name.startswith("vit-b-32") and bool(datasets) and all(d in PAPER_DATASETS for d in datasets)
+
+
+def classifier_same_setting(model: Optional[str], datasets) -> bool:
+    """Rows of the classifier literature's setting (ResNet-18 on CIFAR-10; the 10% random forget
+    split is not recorded in a report's rows)."""
+    return (model or "").lower().startswith("resnet18") and list(datasets) == [CLASSIFIER_DATASET]
+
+
 def average(method: str) -> Optional[Published]:
     return AVERAGES.get(method)
 
@@ -80,7 +95,9 @@ CLASSIFIER = {
 
 
 def classifier_to_json() -> dict:
-    return {"setting": CLASSIFIER_SETTING, "units": "percent (accuracy, MIA-efficacy); points (avg_gap)",
-            "rows": [{"method": key, "title": p.title, "dr_acc": p.dr, "df_acc": p.df, "dtest_acc": p.dtest,
-                      "mia_efficacy": p.mia, "avg_gap": p.avg_gap, "secondary_sources": p.secondary}
-                     for key, p in CLASSIFIER.items()]}
+    """As fractions (and points), the units of every JSON the tool writes."""
+    fraction = lambda value: None if value is None else round(value / 100, 6)
+    return {"setting": CLASSIFIER_SETTING, "units": "fractions (accuracy, MIA-efficacy); points (avg_gap_points)",
+            "rows": [{"method": key, "title": p.title, "dr_acc": fraction(p.dr), "df_acc": fraction(p.df),
+                      "dtest_acc": fraction(p.dtest), "mia_efficacy": fraction(p.mia), "avg_gap_points": p.avg_gap,
+                      "secondary_sources": p.secondary} for key, p in CLASSIFIER.items()]}

@@ -6,9 +6,9 @@ What a PATH may be:
   the curve;
 - a CLIP model's ``eval --json`` (a list of zero-shot results): test accuracies of one model, forget
   set first (or the one not named ``imagenet``), then the retain set;
-- a classifier's ``eval --json``: Df and Dr accuracy as forget and retain, Dtest, MIA-efficacy and
-  the Avg. Gap as extra metrics;
-- a demo folder (``results.json``, and the searches it names);
+- a classifier's ``eval --json`` and ``eval --vector --json`` (its search), and the classifier
+  demo's ``results.json``: :mod:`negmerge_cli.report.classifier_results`;
+- a demo folder (``results.json``, and the searches it names), of either demo;
 - a method folder of the reproduction layout (``search.json``, ``test.json``, ``inspect.json``,
   ``choice.json``: the method is the folder's name), or a folder holding method folders one or two
   levels down (``OUT/DS/<method>``, ``OUT``); the per-vector searches under ``single/`` are the
@@ -19,18 +19,18 @@ A method's row takes test accuracies where an eval result is there, else the sea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from negmerge_cli.core.errors import UsageError
-from negmerge_cli.report.rows import Curve, ResultRow
+from negmerge_cli.report import classifier_results as classifier
+from negmerge_cli.report.rows import Curve, Found, ResultRow
 from negmerge_cli.results import (
     CLASSIFIER_EVAL_TASK,
+    CLASSIFIER_SEARCH_TASK,
     DEMO_TASK,
     SEARCH_TASK,
     ZEROSHOT_TASK,
-    ClassifierEvaluation,
     DatasetEvaluation,
     DemoResults,
     Outcome,
@@ -44,21 +44,7 @@ SKIPPED_FOLDERS = {"single"}  # OUT/DS/single/<point>/: the best single vector's
 RETAIN_KIND = "imagenet"  # the paper's retain set
 MALFORMED = "not a negmerge result"  # a file that is not valid JSON, or one of our kinds with a field wrong
 NOT_OURS = f"{MALFORMED} (expected eval --json, eval --vector --json, a demo or reproduction folder)"
-
-
-@dataclass
-class Found:
-    rows: list[ResultRow] = field(default_factory=list)
-    curves: list[Curve] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)
-    retain: list[str] = field(default_factory=list)
-
-    def add(self, other: "Found") -> "Found":
-        self.rows += other.rows
-        self.curves += other.curves
-        self.models += other.models
-        self.retain += other.retain
-        return self
+MATCHED = "matched_retain"  # the CLIP demo's second setting, as CSV and JSON name it
 
 
 def read_path(path: Path) -> Found:
@@ -97,8 +83,10 @@ def load_json(path: Path):
 def kind_of(data) -> Optional[str]:
     if isinstance(data, dict):
         task = data.get("task")
-        if task in (SEARCH_TASK, DEMO_TASK, CLASSIFIER_EVAL_TASK):
+        if task in (SEARCH_TASK, DEMO_TASK, CLASSIFIER_EVAL_TASK, CLASSIFIER_SEARCH_TASK):
             return task
+        if data.get("scenario") == "classifier" and "rows" in data:
+            return classifier.CLASSIFIER_DEMO
         if "tensors" in data and "nonzero_fraction" in data:
             return "inspect"
         if "chosen" in data and "candidates" in data:
@@ -112,15 +100,16 @@ def _typed(path: Path, data, kind: str):
     """``data`` (of kind ``kind``) checked against its file's schema and built into its typed result
     (inspect and choice files: the checked fields), or one line naming the field at fault."""
     from negmerge_cli.core import schema as schemas
-    from negmerge_cli.results import files
+    from negmerge_cli.results import classifier_search_file, files
 
     schema = {SEARCH_TASK: files.SearchFile, ZEROSHOT_TASK: list[files.ZeroshotEvaluationFile],
               DEMO_TASK: files.DemoFile, CLASSIFIER_EVAL_TASK: files.ClassifierEvaluationFile,
+              CLASSIFIER_SEARCH_TASK: classifier_search_file.ClassifierSearchFile, classifier.CLASSIFIER_DEMO: classifier.ClassifierDemoFile,
               "inspect": files.InspectFile, "choice": files.ChoiceFile}[kind]
     found = schemas.validate(schema, data, f"{path}: {MALFORMED}", UsageError)
     if kind == ZEROSHOT_TASK:
         return [entry.build() for entry in found]
-    return found if kind in ("inspect", "choice") else found.build()
+    return found if kind in ("inspect", "choice", classifier.CLASSIFIER_DEMO) else found.build()
 
 
 def _read_file(path: Path) -> Found:
@@ -138,7 +127,11 @@ def _read_file(path: Path) -> Found:
         return _from_evals(path, typed, method)
     if kind == DEMO_TASK:
         return _from_demo(path, typed)
-    return _from_classifier_eval(path, typed, method)
+    if kind == classifier.CLASSIFIER_DEMO:
+        return classifier.from_demo(path, typed, lambda search: _expect(search, CLASSIFIER_SEARCH_TASK))
+    if kind == CLASSIFIER_SEARCH_TASK:
+        return classifier.from_search(path, typed, method)
+    return classifier.from_evaluation(path, typed, method)
 
 
 def _label(path: Path) -> str:
@@ -161,18 +154,6 @@ def _from_evals(path: Path, evaluations: list[DatasetEvaluation], method: str,
     row = ResultRow(method, dataset_name(forget.dataset), forget.metrics.acc1,
                     retain.metrics.acc1 if retain else None, metrics=extra, sources=(str(path),))
     return Found([row], [], [forget.model], [dataset_name(retain.dataset)] if retain else [])
-
-
-def _from_classifier_eval(path: Path, evaluation: ClassifierEvaluation, method: str) -> Found:
-    """A classifier's ``eval --json``: Df and Dr accuracy as forget/retain, Dtest and MIA-efficacy in
-    percent and the Avg. Gap in points as optional metrics."""
-    m = evaluation.metrics
-    extra = {"dtest": 100 * m.dtest_acc, "mia": 100 * m.mia_efficacy}
-    if evaluation.avg_gap is not None:
-        extra["avg_gap"] = evaluation.avg_gap
-    row = ResultRow(method, str(evaluation.data.get("dataset", "?")), m.df_acc, m.dr_acc, metrics=extra,
-                    sources=(str(path),))
-    return Found([row], [], [evaluation.model], [])
 
 
 def _forget_and_retain(path: Path, evaluations: list[DatasetEvaluation], search: Optional[SearchResult]):
@@ -235,23 +216,30 @@ def _read_method_folder(folder: Path) -> Found:
     search = None
     if (folder / "search.json").is_file():
         path = folder / "search.json"
-        search = _expect(path, SEARCH_TASK)
-        found.add(_from_search(path, search, method))
+        data = load_json(path)
+        if kind_of(data) == CLASSIFIER_SEARCH_TASK:
+            found.add(classifier.from_search(path, _typed(path, data, CLASSIFIER_SEARCH_TASK), method))
+        else:
+            search = _expect(path, SEARCH_TASK)
+            found.add(_from_search(path, search, method))
     if (folder / "test.json").is_file():
         path = folder / "test.json"
         found.add(_from_evals(path, _expect(path, ZEROSHOT_TASK), method, search))
-    row = found.rows[0]
-    for other in found.rows[1:]:
-        row = row.merged(other) if other.dataset == row.dataset else _mismatch(folder, row, other)
-    return Found([_with_inspection(folder, row)], found.curves, found.models, found.retain)
+    rows: dict[tuple, ResultRow] = {}
+    for other in found.rows:
+        if other.dataset != found.rows[0].dataset:
+            _mismatch(folder, found.rows[0], other)
+        rows[other.key] = rows[other.key].merged(other) if other.key in rows else other
+    return Found([_with_inspection(folder, row) for row in rows.values()], found.curves, found.models, found.retain,
+                 found.titles)
 
 
 def _mismatch(folder: Path, row: ResultRow, other: ResultRow):
     raise UsageError(f"{folder}: search.json is about {row.dataset} but test.json about {other.dataset}")
 
 
-_KIND_NAMES = {SEARCH_TASK: NOT_OURS, ZEROSHOT_TASK: NOT_OURS, "inspect": "not a negmerge inspect --json result",
-               "choice": "not a best-single choice"}
+_KIND_NAMES = {SEARCH_TASK: NOT_OURS, ZEROSHOT_TASK: NOT_OURS, CLASSIFIER_SEARCH_TASK: NOT_OURS,
+               "inspect": "not a negmerge inspect --json result", "choice": "not a best-single choice"}
 
 
 def _expect(path: Path, kind: str):
@@ -267,7 +255,7 @@ def _with_inspection(folder: Path, row: ResultRow) -> ResultRow:
 
     updates = {}
     if (folder / "inspect.json").is_file():
-        updates["kept"] = _expect(folder / "inspect.json", "inspect").nonzero_fraction
+        updates["nonzero"] = _expect(folder / "inspect.json", "inspect").nonzero_fraction
     if (folder / "choice.json").is_file():
         updates["vector"] = _expect(folder / "choice.json", "choice").chosen.name
     return replace(row, **updates) if updates else row
@@ -278,9 +266,9 @@ def _with_inspection(folder: Path, row: ResultRow) -> ResultRow:
 
 def _from_demo(path: Path, results: DemoResults) -> Found:
     folder = path.parent
-    found = Found(models=[results.model], retain=[results.retain_dataset])
+    found = Found(models=[results.model], retain=[results.retain_dataset], titles={MATCHED: results.matched_label})
     dataset = results.forget_dataset
-    for setting, outcomes in ((None, results.methods), (results.matched_label, results.matched)):
+    for setting, outcomes in ((None, results.methods), (MATCHED, results.matched)):
         found.rows.append(ResultRow("pretrained", dataset, results.start.forget, results.start.retain,
                                     setting=setting or "", sources=(str(path),)))
         for method, outcome in outcomes.items():
@@ -294,4 +282,5 @@ def _from_demo(path: Path, results: DemoResults) -> Found:
 
 def _outcome_row(path: Path, method: str, dataset: str, outcome: Outcome, setting: str) -> ResultRow:
     return ResultRow(method, dataset, outcome.forget, outcome.retain, coef=outcome.coef if outcome.feasible else None,
-                     kept=outcome.nonzero_fraction, setting=setting, vector=outcome.vector, sources=(str(path),))
+                     nonzero=outcome.nonzero_fraction, kept=outcome.kept_fraction, setting=setting, vector=outcome.vector,
+                     sources=(str(path),))

@@ -1,5 +1,6 @@
-"""A report as Markdown (the paper's table: percent), CSV or JSON (one row per method and dataset,
-fractions, as every JSON the tool writes)."""
+"""A report as Markdown (the paper's table: percent, for a person), CSV or JSON (one row per method
+and dataset; one unit per file: fractions, as every JSON the tool writes, and the Avg. Gap in
+points; CSV rounded to 6 decimals)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.core.escape import json_text, number
 from negmerge_cli.core.escape import markdown as md
 from negmerge_cli.report import published as paper
-from negmerge_cli.report.rows import HEADLINE, OPTIONAL_METRICS, Average, Report, ResultRow
+from negmerge_cli.report.rows import FRACTION_METRICS, HEADLINE, HEADLINE_ID, OPTIONAL_METRICS, Average, Report, ResultRow
+from negmerge_cli.results import DROPPING_METHODS
 
 FORMATS = ("markdown", "csv", "json")
+CSV_DECIMALS = 6  # accuracies of at most a million images; float32 noise beyond
 HEADLINE_TITLE = "lambda chosen by the paper's rule"
 SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json"}
 DATASET_TITLES = {"cars": "Cars", "dtd": "DTD", "eurosat": "EuroSAT", "gtsrb": "GTSRB", "mnist": "MNIST",
@@ -38,8 +41,18 @@ def render(report: Report, form: str, with_published: bool = False) -> str:
 
 
 def _clip_published(report: Report, with_published: bool) -> bool:
-    """The paper's CLIP figures go in parentheses beside CLIP rows only."""
-    return with_published and not report.is_classifier
+    """The paper's CLIP figures go in parentheses beside CLIP rows of its own setting only (its
+    model, its forget sets); beside any other rows they are a table of their own, marked."""
+    return with_published and not report.is_classifier and paper.same_setting(report.model, report.datasets)
+
+
+def _setting_title(report: Report, setting: str) -> str:
+    return md(report.titles.get(setting) or (HEADLINE_TITLE if setting == HEADLINE else setting))
+
+
+def _averaged(report: Report) -> bool:
+    """Averages only over several datasets (one would repeat its row)."""
+    return len(report.datasets) > 1
 
 
 # -- Markdown ------------------------------------------------------------------------------------
@@ -52,21 +65,25 @@ def markdown(report: Report, with_published: bool = False) -> str:
     clip_published = _clip_published(report, with_published)
     for setting in report.settings:
         if setting != HEADLINE or len(report.settings) > 1:
-            parts.append(f"### {HEADLINE_TITLE if setting == HEADLINE else md(setting)}\n")
+            parts.append(f"### {_setting_title(report, setting)}\n")
         parts.append(_accuracy_table(report, setting, clip_published))
         parts.append(_lambda_table(report, setting, clip_published))
         parts.append(_metrics_table(report, setting))
     if with_published and report.is_classifier:
-        parts.append(_classifier_published_table())
+        parts.append(_classifier_published_table(report))
+    elif with_published and not (clip_published and _averaged(report)):
+        parts.append(_clip_published_table(report))
     return "\n".join(p for p in parts if p)
 
 
 def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
     datasets, methods = report.datasets, report.methods(setting)
-    averages = len(datasets) > 1 or with_published
+    averages = _averaged(report)
     splits = {r.split for r in report.rows if r.setting == setting and r.forget is not None}
-    what = {frozenset({"test"}): "Test accuracy", frozenset({"val"}): "Val accuracy at the chosen lambda"}.get(
-        frozenset(splits), "Test accuracy (Val where marked v: no test result given)")
+    test = "Accuracy" if report.is_classifier else "Test accuracy"
+    what = {frozenset({"test"}): test, frozenset({"val"}): "Val accuracy at the chosen lambda",
+            frozenset({"search"}): "Accuracy at the chosen lambda, as the search measured it"}.get(
+        frozenset(splits), f"{test} (Val where marked v: no test result given)")
     retain = _title(report.retain_dataset) if report.retain_dataset else "retain set"
     model = f" ({md(report.model)})" if report.model else ""
     lines = [f"{what} (%){model}: Df = forget set (lower is better), Dr = {retain}.", ""]
@@ -86,9 +103,11 @@ def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
     notes = []
     if averages and any(a and not a.complete for a in (report.average(setting, m) for m in methods)):
         notes.append("\\* average over the datasets present so far.")
-    if with_published and setting == HEADLINE:
+    if with_published and setting == HEADLINE and averages:
         notes.append(f"In parentheses: published ({paper.MODEL}, 30 fine-tunes; averages over the paper's "
                      f"{paper.N_FORGET_SETS} forget sets).")
+    elif with_published and setting == HEADLINE:
+        notes.append(f"In parentheses: published ({paper.MODEL}, 30 fine-tunes); the paper's averages are below.")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -112,7 +131,12 @@ def _lambda_table(report: Report, setting: str, with_published: bool) -> str:
                if any(r.coef is not None or r.kept is not None for r in report.rows if r.key[:2] == (setting, m))]
     if not methods:
         return ""
-    lines = ["Chosen lambda (on Val), and the fraction of the vector's elements kept (non-zero):", ""]
+    where = "on Val" if report.splits() & {"val", "test"} and not report.is_classifier else "by the search's rule"
+    kept = any(r.kept is not None for r in report.rows if r.setting == setting)
+    lines = [f"Chosen lambda ({where})" + (f"; kept: of the elements the fine-tunes changed (non-zero in the mean "
+                                            f"of the same vectors), the fraction the merge kept "
+                                            f"({', '.join(m for m in DROPPING_METHODS)}: the methods that drop "
+                                            f"elements):" if kept else ":"), ""]
     lines += _header(["Method"] + [_title(d) for d in datasets])
     for method in methods:
         cells = [_method(method)]
@@ -120,7 +144,7 @@ def _lambda_table(report: Report, setting: str, with_published: bool) -> str:
             row = report.row(setting, method, dataset)
             text = number(row and row.coef)
             if row is not None and row.kept is not None:
-                text += f" ({number(row.kept, '.1f', scale=100)}% kept)"
+                text += f" (kept {number(row.kept, '.1f', scale=100)}%)"
             known = paper.cell(method, dataset) if with_published and setting == HEADLINE else None
             if known is not None and known.coef is not None:
                 text += f" (paper {number(known.coef)})"
@@ -140,19 +164,40 @@ def _metrics_table(report: Report, setting: str) -> str:
         cells = [_method(method)]
         for dataset in datasets:
             row = report.row(setting, method, dataset)
-            cells += [_number(row.metrics.get(k) if row else None) for k in keys]
+            cells += [_metric(k, row.metrics.get(k) if row else None) for k in keys]
         lines.append(_line(cells))
     return "\n".join(lines) + "\n"
 
 
-def _classifier_published_table() -> str:
+def _classifier_published_table(report: Report) -> str:
     lines = [f"Published ({paper.CLASSIFIER_SETTING}): accuracies and MIA-efficacy in %, Avg. Gap in points "
-             "to Retrain.", ""]
+             "to Retrain." + _mismatch(report, paper.classifier_same_setting(report.model, report.datasets)), ""]
     lines += _header(["Method", "Dr %", "Df %", "Dtest %", "MIA-efficacy %", "Avg. Gap"])
     for known in paper.CLASSIFIER.values():
         lines.append(_line([known.title + ("\u2020" if known.secondary else "")]
                            + [_number(v) for v in (known.dr, known.df, known.dtest, known.mia, known.avg_gap)]))
     return "\n".join(lines + ["", "\u2020 from secondary sources, not the paper's own table."]) + "\n"
+
+
+def _clip_published_table(report: Report) -> str:
+    """The paper's CLIP figures apart from ours, saying when they come from another setting."""
+    lines = [f"Published ({paper.MODEL}, 30 fine-tunes, test accuracy %; averages over the paper's "
+             f"{paper.N_FORGET_SETS} forget sets, Dr = ImageNet)."
+             + _mismatch(report, paper.same_setting(report.model, report.datasets)), ""]
+    lines += _header(["Method", "forget set", "lambda", "Df", "Dr"])
+    for method, known in paper.AVERAGES.items():
+        lines.append(_line([_method(method), f"average of {paper.N_FORGET_SETS}", "-", _pct(known.forget),
+                            _pct(known.retain)]))
+    for (method, dataset), known in paper.CELLS.items():
+        lines.append(_line([_method(method), _title(dataset), number(known.coef), _pct(known.forget), _pct(known.retain)]))
+    return "\n".join(lines) + "\n"
+
+
+def _mismatch(report: Report, same: bool) -> str:
+    if same:
+        return ""
+    ours = f"{md(report.model or 'another model')} on {', '.join(_title(d) for d in report.datasets)}"
+    return f" **Another setting than the rows above ({ours}): not comparable number for number.**"
 
 
 def _title(dataset: str) -> str:
@@ -180,47 +225,66 @@ def _number(value: Optional[float]) -> str:
     return number(value)
 
 
+def _metric(key: str, value: Optional[float]) -> str:
+    return _pct(value) if key in FRACTION_METRICS else _number(value)
+
+
 # -- CSV and JSON --------------------------------------------------------------------------------
 
 
 def _records(report: Report, with_published: bool) -> list[dict]:
-    """One flat record per row, then per average (dataset ``average``): the CSV's lines; with the
-    classifier's published figures, one record per published method (setting ``published``)."""
+    """One flat record per row, then per average over several datasets (dataset ``average``): the
+    CSV's lines; with the published figures, beside ours (``published_*``) where they were measured
+    in the same setting, else one record per published figure (setting ``published``)."""
     keys = report.metric_keys()
     records = []
     clip_published = _clip_published(report, with_published)
+    beside = lambda known: _published_fields(known) if clip_published else {}
     for setting in report.settings:
+        name = setting or HEADLINE_ID
         for method in report.methods(setting):
             for dataset in report.datasets:
                 row = report.row(setting, method, dataset)
                 if row is None:
                     continue
-                record = {"setting": setting or "paper", "method": method, "dataset": dataset, "split": row.split,
-                          "lambda": row.coef, "forget_acc1": row.forget, "retain_acc1": row.retain, "kept": row.kept,
-                          "n_datasets": None, **{k: row.metrics.get(k) for k in keys}, "vector": row.vector}
-                if clip_published:
-                    record.update(_published_fields(paper.cell(method, dataset) if setting == HEADLINE else None))
-                records.append(record)
-            average = report.average(setting, method)
+                records.append({"setting": name, "method": method, "dataset": dataset, "split": row.split,
+                                "lambda": row.coef, "forget_acc1": row.forget, "retain_acc1": row.retain,
+                                "nonzero_fraction": row.nonzero, "kept_fraction": row.kept, "n_datasets": None,
+                                **{k: row.metrics.get(k) for k in keys}, "vector": row.vector,
+                                **beside(paper.cell(method, dataset) if setting == HEADLINE else None)})
+            average = report.average(setting, method) if _averaged(report) else None
             if average is not None:
-                record = {"setting": setting or "paper", "method": method, "dataset": "average",
-                          "split": "/".join(sorted(report.splits())), "lambda": None, "forget_acc1": average.forget,
-                          "retain_acc1": average.retain, "kept": None, "n_datasets": average.datasets,
-                          **{k: None for k in keys}, "vector": None}
-                if clip_published:
-                    record.update(_published_fields(paper.average(method) if setting == HEADLINE else None))
-                records.append(record)
+                records.append({"setting": name, "method": method, "dataset": "average",
+                                "split": "/".join(sorted(report.splits())), "lambda": None,
+                                "forget_acc1": average.forget, "retain_acc1": average.retain, "nonzero_fraction": None,
+                                "kept_fraction": None, "n_datasets": average.datasets, **{k: None for k in keys},
+                                "vector": None, **beside(paper.average(method) if setting == HEADLINE else None)})
     if with_published and report.is_classifier:
         records += [_classifier_published_record(key, known, keys) for key, known in paper.CLASSIFIER.items()]
+    elif with_published and not (clip_published and _averaged(report)):
+        records += _clip_published_records(keys, clip_published)
     return records
 
 
+def _blank(keys: list[str], clip_published: bool) -> dict:
+    return {"setting": "published", "split": "test", "lambda": None, "nonzero_fraction": None, "kept_fraction": None,
+            "n_datasets": None, **{k: None for k in keys}, "vector": None, **({} if not clip_published else _published_fields(None))}
+
+
+def _clip_published_records(keys: list[str], clip_published: bool) -> list[dict]:
+    records = [_blank(keys, clip_published) | {"method": m, "dataset": "average", "forget_acc1": p.forget,
+                                                "retain_acc1": p.retain, "n_datasets": paper.N_FORGET_SETS}
+               for m, p in paper.AVERAGES.items()]
+    return records + [_blank(keys, clip_published) | {"method": m, "dataset": d, "lambda": p.coef, "forget_acc1": p.forget,
+                                                       "retain_acc1": p.retain} for (m, d), p in paper.CELLS.items()]
+
+
 def _classifier_published_record(method: str, known, keys: list[str]) -> dict:
+    """Percent and points as the literature prints them, as fractions (and points)."""
     fraction = lambda value: None if value is None else round(value / 100, 6)
-    metrics = {"dtest": known.dtest, "mia": known.mia, "avg_gap": known.avg_gap}
-    return {"setting": "published", "method": method, "dataset": paper.CLASSIFIER_DATASET, "split": "test",
-            "lambda": None, "forget_acc1": fraction(known.df), "retain_acc1": fraction(known.dr), "kept": None,
-            "n_datasets": None, **{k: metrics.get(k) for k in keys}, "vector": None}
+    metrics = {"dtest_acc": fraction(known.dtest), "mia_efficacy": fraction(known.mia), "avg_gap_points": known.avg_gap}
+    return _blank(keys, False) | {"method": method, "dataset": paper.CLASSIFIER_DATASET, "forget_acc1": fraction(known.df),
+                                  "retain_acc1": fraction(known.dr), **{k: metrics.get(k) for k in keys}}
 
 
 def _published_fields(known) -> dict:
@@ -239,29 +303,37 @@ def to_csv(report: Report, with_published: bool = False) -> str:
 
 
 def _csv_cell(value):
-    """The csv module quotes what needs it (commas, quotes, newlines); numbers keep full precision,
-    NaN and infinity show as n/a, None as an empty cell."""
+    """The csv module quotes what needs it (commas, quotes, newlines); numbers are rounded to
+    CSV_DECIMALS (no float32 noise), NaN and infinity show as n/a, None as an empty cell."""
     if value is None:
         return ""
+    if isinstance(value, float) and math.isfinite(value):
+        value = round(value, CSV_DECIMALS)
     return number(value, "") if isinstance(value, float) else value
 
 
 def to_json(report: Report, with_published: bool = False) -> str:
     data = {"task": "report", "model": report.model, "retain_dataset": report.retain_dataset,
-            "units": "fractions (acc1)", "datasets": report.datasets,
-            "settings": [s or "paper" for s in report.settings],
+            "units": "fractions (accuracies, nonzero_fraction, kept_fraction, dtest_acc, mia_efficacy); "
+                     "points (avg_gap_points)", "datasets": report.datasets,
+            "settings": [s or HEADLINE_ID for s in report.settings],
+            "setting_titles": {s or HEADLINE_ID: report.titles.get(s) or (HEADLINE_TITLE if s == HEADLINE else s)
+                               for s in report.settings},
             "rows": [r.to_json() for r in report.rows],
             "averages": [a.to_json() for s in report.settings for m in report.methods(s)
-                         if (a := report.average(s, m)) is not None]}
+                         if _averaged(report) and (a := report.average(s, m)) is not None]}
     if with_published:
-        data["published"] = paper.classifier_to_json() if report.is_classifier else paper.to_json()
+        same = (paper.classifier_same_setting if report.is_classifier else paper.same_setting)(report.model,
+                                                                                               report.datasets)
+        data["published"] = (paper.classifier_to_json() if report.is_classifier else paper.to_json()) | {
+            "same_setting_as_rows": same}
     return json_text(data, _nonfinite_source(report))
 
 
 def _nonfinite_source(report: Report) -> str:
     """The result file a NaN or infinite figure came from: what a JSON report that cannot hold it names."""
     for row in report.rows:
-        values = (row.forget, row.retain, row.coef, row.kept, *row.metrics.values())
+        values = (row.forget, row.retain, row.coef, row.nonzero, row.kept, *row.metrics.values())
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
             return ", ".join(row.sources) or "report"
     return "report"

@@ -1,18 +1,20 @@
 """What a report holds: one row per method and forget dataset, the search curves behind them, and
-the averages over datasets. Accuracies are fractions (as every JSON the tool writes); renderers
-turn them into percent."""
+the averages over datasets. Accuracies and every other fraction stay fractions (as every JSON the
+tool writes); only the Markdown renderer turns them into percent."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
-from negmerge_cli.results import SearchResult
+from negmerge_cli.results import DROPPING_METHODS, SearchResult
 
 HEADLINE = ""  # the setting of rows chosen by the paper's rule on its grid
-# Optional metrics (keys in the JSON -> column titles): scenarios beyond CLIP (the classifier
-# scenario's Avg. Gap and MIA-efficacy) write them, in points or fractions as their docs say.
-OPTIONAL_METRICS = {"dtest": "Dtest %", "mia": "MIA-efficacy %", "avg_gap": "Avg. Gap"}
+HEADLINE_ID = "paper"  # its name in CSV and JSON
+# Optional metrics (keys in the JSON -> column titles): the classifier scenario's Dtest accuracy and
+# MIA-efficacy (fractions, shown in % in Markdown) and Avg. Gap (percentage points).
+OPTIONAL_METRICS = {"dtest_acc": "Dtest %", "mia_efficacy": "MIA-efficacy %", "avg_gap_points": "Avg. Gap (points)"}
+FRACTION_METRICS = {"dtest_acc", "mia_efficacy"}
 METHOD_ORDER = ("pretrained", "original", "retrain", "best_single", "sum", "mean", "ties", "dare", "magmax", "negmerge")
 DATASET_ORDER = ("cars", "dtd", "eurosat", "gtsrb", "mnist", "resisc45", "sun397", "svhn")
 
@@ -27,7 +29,8 @@ class ResultRow:
     retain: Optional[float] = None  # retain top-1
     split: str = "test"  # where the two accuracies come from: test (eval), or val (the search's chosen point)
     coef: Optional[float] = None  # the chosen lambda; None for the unmodified model
-    kept: Optional[float] = None  # non-zero fraction of the vector's float elements
+    nonzero: Optional[float] = None  # non-zero: of all the vector's float elements (inspect's nonzero_fraction)
+    kept: Optional[float] = None  # kept: of the elements the fine-tunes changed (DROPPING_METHODS only)
     metrics: dict[str, float] = field(default_factory=dict)  # optional metrics (OPTIONAL_METRICS keys)
     setting: str = HEADLINE
     vector: Optional[str] = None  # the best single vector's name
@@ -38,19 +41,21 @@ class ResultRow:
         return self.setting, self.method, self.dataset
 
     def merged(self, other: "ResultRow") -> "ResultRow":
-        """This row completed by ``other`` (same key): test accuracies win over Val ones."""
-        take_accuracy = self.forget is None or (self.split == "val" and other.split == "test" and other.forget is not None)
+        """This row completed by ``other`` (same key): test accuracies win over a search's."""
+        take_accuracy = self.forget is None or (self.split != "test" and other.split == "test" and other.forget is not None)
         accuracy = {"forget": other.forget, "retain": other.retain, "split": other.split} if take_accuracy else {}
         return replace(self, **accuracy,
                        coef=self.coef if self.coef is not None else other.coef,
+                       nonzero=self.nonzero if self.nonzero is not None else other.nonzero,
                        kept=self.kept if self.kept is not None else other.kept,
                        metrics={**other.metrics, **self.metrics}, vector=self.vector or other.vector,
                        sources=self.sources + other.sources)
 
     def to_json(self) -> dict:
-        return {"setting": self.setting or "paper", "method": self.method, "dataset": self.dataset,
+        return {"setting": self.setting or HEADLINE_ID, "method": self.method, "dataset": self.dataset,
                 "split": self.split, "lambda": self.coef, "forget_acc1": self.forget, "retain_acc1": self.retain,
-                "kept": self.kept, "metrics": dict(self.metrics), "vector": self.vector, "sources": list(self.sources)}
+                "nonzero_fraction": self.nonzero, "kept_fraction": self.kept, "metrics": dict(self.metrics),
+                "vector": self.vector, "sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class Average:
     complete: bool  # every dataset of the report counted
 
     def to_json(self) -> dict:
-        return {"setting": self.setting or "paper", "method": self.method, "forget_acc1": self.forget,
+        return {"setting": self.setting or HEADLINE_ID, "method": self.method, "forget_acc1": self.forget,
                 "retain_acc1": self.retain, "n_datasets": self.datasets, "complete": self.complete}
 
 
@@ -85,6 +90,7 @@ class Report:
     curves: list[Curve] = field(default_factory=list)
     model: Optional[str] = None
     retain_dataset: Optional[str] = None
+    titles: dict[str, str] = field(default_factory=dict)  # setting id -> what a person reads (Markdown)
 
     @property
     def settings(self) -> list[str]:
@@ -121,7 +127,7 @@ class Report:
     def is_classifier(self) -> bool:
         """Rows from the classifier scenario (only its eval writes MIA-efficacy): its published
         figures, not CLIP's, belong beside them."""
-        return "mia" in self.metric_keys()
+        return "mia_efficacy" in self.metric_keys()
 
 
 def _unique(values) -> list:
@@ -131,3 +137,38 @@ def _unique(values) -> list:
 def _order(known: tuple[str, ...]):
     """Sort key: the known names in their order, then the others as first seen (stable sort)."""
     return lambda name: known.index(name) if name in known else len(known)
+
+
+@dataclass
+class Found:
+    """What one PATH holds: rows, curves, the models and retain sets named, the settings' titles."""
+
+    rows: list[ResultRow] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    retain: list[str] = field(default_factory=list)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def add(self, other: "Found") -> "Found":
+        self.rows += other.rows
+        self.curves += other.curves
+        self.models += other.models
+        self.retain += other.retain
+        self.titles.update(other.titles)
+        return self
+
+
+def with_kept(rows: list[ResultRow]) -> list[ResultRow]:
+    """``kept`` for the methods that drop elements, where the mean of the same vectors is there
+    (same setting and dataset): their non-zero fraction over the mean's (the elements the fine-tunes
+    changed); ``kept`` of any other method is dropped (it zeroes nothing the fine-tunes changed)."""
+    means = {(r.setting, r.dataset): r.nonzero for r in rows if r.method == "mean" and r.nonzero}
+    done = []
+    for row in rows:
+        kept = row.kept
+        if row.method not in DROPPING_METHODS:
+            kept = None
+        elif kept is None and row.nonzero is not None and (row.setting, row.dataset) in means:
+            kept = min(1.0, row.nonzero / means[row.setting, row.dataset])
+        done.append(replace(row, kept=kept) if kept != row.kept else row)
+    return done

@@ -23,11 +23,11 @@ from negmerge_cli.results.evaluation import (
     SearchResult,
     SearchRun,
 )
-from negmerge_cli.results.stream import StreamResult
+from negmerge_cli.results.stream import DROPPING_METHODS, StreamResult
 from negmerge_cli.results.sweep import PointRecord, SweepManifest
 
 __all__ = [
-    "CLASSIFIER_EVAL_TASK", "CLASSIFIER_SEARCH_TASK", "DEMO_TASK", "SEARCH_RULE", "SEARCH_TASK", "UNLEARNING_METRICS",
+    "CLASSIFIER_EVAL_TASK", "CLASSIFIER_SEARCH_TASK", "DEMO_TASK", "DROPPING_METHODS", "SEARCH_RULE", "SEARCH_TASK", "UNLEARNING_METRICS",
     "ZEROSHOT_TASK", "Accuracies", "ClassifierEvaluation", "ClassifierSearchPoint", "ClassifierSearchResult",
     "DatasetEvaluation", "DemoResults", "Metrics", "Outcome", "PointRecord", "ReferenceMetrics", "SearchPoint",
     "SearchResult", "SearchRun", "StreamResult", "SweepManifest", "UnlearningMetrics",

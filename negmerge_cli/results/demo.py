@@ -33,13 +33,16 @@ class Outcome:
     val_forget: Optional[float] = None
     val_retain: Optional[float] = None
     search: Optional[str] = None  # the search's JSON, relative to the results file
-    nonzero_fraction: Optional[float] = None  # of the vector's float elements
-    kept: Optional[float] = None  # NegMerge: its non-zero elements out of those the mean's vector has
+    # non-zero: the vector's non-zero elements out of all its float elements (what inspect reports)
+    nonzero_fraction: Optional[float] = None
+    # kept (methods that drop elements: negmerge, ties, dare): the merge's non-zero elements out of
+    # those the fine-tunes changed (non-zero in the mean of the same vectors); read from "kept" too
+    kept_fraction: Optional[float] = None
     vector: Optional[str] = None  # the best single vector: which one
 
     def to_json(self) -> dict:
         optional = without_none({"search": self.search, "nonzero_fraction": self.nonzero_fraction,
-                                  "kept": self.kept, "vector": self.vector})
+                                  "kept_fraction": self.kept_fraction, "vector": self.vector})
         return {"lambda": self.coef, "forget": self.forget, "retain": self.retain, "val_forget": self.val_forget,
                 "val_retain": self.val_retain, "feasible": self.feasible, **optional}
 

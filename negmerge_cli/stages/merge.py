@@ -19,7 +19,6 @@ from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.core import files, limits
 from negmerge_cli.core.errors import UsageError, option
-from negmerge_cli.core.output import output as say
 from negmerge_cli.stages.common import StreamOptions, StreamResult, open_inputs, refuse_base_among, stream_to_file
 from negmerge_cli.stages.vector import omit_zero_tensors
 
@@ -97,9 +96,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         ) | selection.metadata() | statistics | omitted
         hashed = {"inputs": list(zip(inputs, sources)), **({"base": [(base, base_checkpoint)]} if has_base else {})}
         if len(sources) == 1:  # allowed (TIES trims, DARE drops even one vector), but rarely what was meant
-            say().warn(f"{inputs[0]}: merging a single input, so nothing is combined: the result is its task "
-                       f"vector as {merger.name} alone leaves it; NegMerge needs k >= 2 fine-tunes of the same "
-                       f"forget set (for one, 'negmerge vector' makes its task vector)")
+            _warn_single_input(inputs[0], merger.name)
         return target.write(lambda weights, shard_bytes: stream_to_file(
             weights, jobs, process, metadata, hashed, options,
             float_buffers=lambda job: float_buffers, before_job=before_job, description=f"merge ({merger.name})",
@@ -119,3 +116,11 @@ def _check_weights(method: MergeMethod, weights: Sequence[float] | None, count: 
     if sum(weights) == 0 and method.name != "sum":
         raise UsageError(f"{flag}: weights sum to zero")
     return tuple(float(w) for w in weights)
+
+
+def _warn_single_input(path, method: str) -> None:
+    from negmerge_cli.core.output import output
+
+    output().warn(f"{path}: merging a single input, so nothing is combined: the result is its task vector as "
+                  f"{method} alone leaves it; NegMerge needs k >= 2 fine-tunes of the same forget set (for one, "
+                  "'negmerge vector' makes its task vector)")

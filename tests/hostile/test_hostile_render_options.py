@@ -281,11 +281,11 @@ def test_non_finite_figures_are_never_shown_as_numbers():
 
     nan, inf = float("nan"), float("inf")
     report = Report([ResultRow("negmerge", "digits", nan, 0.5, coef=inf, kept=nan, sources=("a.json",)),
-                     ResultRow("mean", "digits", 0.25, -inf, metrics={"mia": nan}, sources=("b.json",))])
+                     ResultRow("mean", "digits", 0.25, -inf, metrics={"mia_efficacy": nan}, sources=("b.json",))])
     text = render.render(report, "markdown")
     assert not re.search(r"nan|inf", text, re.IGNORECASE), text
     assert "| NegMerge | n/a | 50.00 |" in text and "| Uniform Merge (mean) | 25.00 | n/a |" in text
-    assert "| NegMerge | n/a (n/a% kept) |" in text
+    assert "| NegMerge | n/a (kept n/a%) |" in text
     rows = list(csv.DictReader(io.StringIO(render.render(report, "csv"))))
     assert not any(re.search(r"nan|inf", value, re.IGNORECASE) for row in rows for value in row.values() if value)
     negmerge = next(row for row in rows if (row["method"], row["dataset"]) == ("negmerge", "digits"))

@@ -36,7 +36,7 @@ def test_merge_and_apply_from_python(tmp_path):
     options = StreamOptions(device="cpu")
     merged = merge_vectors(paths, tmp_path / "tau.safetensors", "negmerge", base=tmp_path / "base.safetensors",
                            options=options)
-    assert merged.kept_fraction == 1.0
+    assert merged.nonzero_fraction == 1.0
     apply_vector(tmp_path / "base.safetensors", tmp_path / "tau.safetensors", -1.0, tmp_path / "out.safetensors",
                  options)
     out = load_file(str(tmp_path / "out.safetensors"))
