@@ -1,0 +1,246 @@
+"""Regenerate the docs' figures and the numbers they quote from real demo runs.
+
+    python docs/make_figures.py                      # runs both quick demos into docs-runs/ (a few minutes)
+    python docs/make_figures.py --clip W1 --classifier W2   # or reuse finished demo folders
+    python docs/make_figures.py --only classifier --classifier W2   # one part; the other's record kept
+
+It runs (or reuses) ``negmerge demo --quick`` and ``negmerge demo --quick --scenario classifier``,
+then writes, each through the tool's one writer (negmerge_cli/core/files.py):
+
+- docs/images/tradeoff.png: ``negmerge report CLIP --plot`` (the real command);
+- docs/images/search-curve.png: the NegMerge vector's search curve (``eval --plot``'s figure);
+- docs/images/classifier-tradeoff.png: the classifier demo's figure;
+- docs/generated/demo-runs.json: the small record of both runs the docs quote from;
+- every ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->`` region of the docs in
+  REGIONS, rendered from that record alone (tests/demo/test_docs.py checks they are up to date
+  without running a demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+RECORD = DOCS / "generated" / "demo-runs.json"
+IMAGES = DOCS / "images"
+COMMAND = "python docs/make_figures.py"
+# region name -> the doc it lives in
+REGIONS = {"demo-results": "demo.md", "search-curve": "eval.md", "classifier-table": "classifier.md",
+           "classifier-figure": "demo.md"}
+NAMES = {"original": "original", "retrain": "retrain", "negmerge": "NegMerge", "mean": "mean", "ties": "TIES (0.2)",
+         "magmax": "MagMax", "best_single": "best single", "negmerge (buffers include)": "NegMerge, buffers include"}
+_REGION = re.compile(r"(<!-- generated:(?P<name>[\w-]+) [^>]*-->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+# -- the record: what the docs quote, from the demo folders ------------------------------------------
+
+
+def record(clip: Path | None, classifier: Path | None, earlier: dict) -> dict:
+    """The small JSON the docs' generated regions are rendered from (a part whose folder is not
+    given is kept from the ``earlier`` record)."""
+    data = dict(earlier)
+    if clip is not None:
+        search = _read(clip / "search" / "negmerge.json")
+        data["clip"] = {"command": "negmerge demo --quick", "results": _read(clip / "results.json"),
+                        "negmerge_search": {k: search[k] for k in ("threshold", "retain_limit", "base", "chosen",
+                                                                   "points")}}
+    if classifier is not None:
+        results = _read(classifier / "results.json")
+        data["classifier"] = {"command": "negmerge demo --quick --scenario classifier",
+                              "results": {k: v for k, v in results.items() if k != "curves"}}
+    return data
+
+
+def _read(path: Path):
+    from negmerge_cli.core import schema
+
+    return schema.load(path)
+
+
+# -- the regions, rendered from the record alone ----------------------------------------------------
+
+
+def render(data: dict) -> dict[str, str]:
+    """Every region whose run is in the record."""
+    regions = {}
+    if "clip" in data:
+        regions |= {"demo-results": _demo_results(data["clip"]), "search-curve": _search_curve(data["clip"])}
+    if "classifier" in data:
+        regions |= {"classifier-table": _classifier_table(data["classifier"]),
+                    "classifier-figure": _classifier_figure(data["classifier"])}
+    return regions
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _demo_results(clip: dict) -> str:
+    """results.json of the quick demo: the whole top level, NegMerge's entry in full, the rest elided."""
+    results = clip["results"]
+    lines = []
+    for key, value in results.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            inner = []
+            for name, entry in value.items():
+                shown = json.dumps(_rounded(entry)) if name == "negmerge" else "{...}"
+                inner.append(f"{json.dumps(name)}: {shown}")
+            lines.append(f"{json.dumps(key)}: {{" + ",\n    ".join(inner) + "}")
+        elif isinstance(value, (dict, list)) and len(json.dumps(value)) > 60:
+            lines.append(f"{json.dumps(key)}: {'{...}' if isinstance(value, dict) else '[...]'}")
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(_rounded(value))}")
+    body = "{" + ",\n ".join(lines) + "}"
+    return (f"`results.json` of `{clip['command']}` (NegMerge's entry in full, the other entries elided; "
+            f"regenerated by `{COMMAND}`):\n\n```json\n{body}\n```\n")
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _search_curve(clip: dict) -> str:
+    search = clip["negmerge_search"]
+    points = sorted(search["points"], key=lambda p: p["coef"])
+    base, chosen, bar = points[0], search["chosen"], search["retain_limit"]
+    text = (f"The quick demo's NegMerge vector (`{clip['command']} -w negmerge-demo`, then "
+            f"`negmerge-demo/search/negmerge.png`; regenerated by `{COMMAND}`): forget (digits) accuracy "
+            f"falls from {_pct(base['forget_acc1'])} at λ = {base['coef']:g} to ")
+    if chosen is None:
+        return text + f"{_pct(points[-1]['forget_acc1'])} at λ = {points[-1]['coef']:g}, and no λ keeps the retain bar.\n"
+    text += (f"{_pct(chosen['forget_acc1'])} at the chosen λ = {chosen['coef']:g}, where retain (textures) "
+             f"accuracy is {_pct(chosen['retain_acc1'])} ({_pct(base['retain_acc1'])} at λ = 0; the bar is "
+             f"{_pct(bar)})")
+    if chosen["coef"] == points[-1]["coef"]:
+        text += (f": the grid ends at λ = {chosen['coef']:g} with retain accuracy still above the bar, so the "
+                 "paper's rule takes the grid's last λ.\n")
+    else:
+        text += ": past it, the next λ would cross the bar.\n"
+    return text
+
+
+def _classifier_table(classifier: dict) -> str:
+    results = classifier["results"]
+    rows = results["rows"]
+    lines = [f"Its table (`{classifier['command']}`; k = {results['k']}; percent; λ by {results['rule']}; "
+             f"Avg. Gap to the retrained model, in points; regenerated by `{COMMAND}`):", "",
+             "| method | λ | Dr | Df | Dtest | MIA-eff. | Avg. Gap |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        coef = "-" if row["lambda"] is None else f"{row['lambda']:g}"
+        gap = "0" if name == "retrain" else f"{row['avg_gap_points']:.3f}"
+        cells = " | ".join(f"{100 * row[k]:.2f}" for k in ("dr_acc", "df_acc", "dtest_acc", "mia_efficacy"))
+        lines.append(f"| {NAMES.get(name, name)} | {coef} | {cells} | {gap} |")
+    ranked = sorted(((row["avg_gap_points"], name) for name, row in rows.items()
+                     if name not in ("original", "retrain") and row["avg_gap_points"] is not None))
+    (first_gap, first), (second_gap, second) = ranked[0], ranked[1]
+    negmerge = next((gap for gap, name in ranked if name == "negmerge"), None)
+    lines += ["", f"In this run {NAMES.get(first, first)} has the smallest gap ({first_gap:.3f}), then "
+              f"{NAMES.get(second, second)} ({second_gap:.3f})"
+              + (f"; NegMerge's is {negmerge:.3f}" if first != "negmerge" and second != "negmerge" and negmerge is not None else "")
+              + f". Wall time {results['timings']['total_s']:g} s (training {results['timings']['training_s']:g} s)."]
+    return "\n".join(lines) + "\n"
+
+
+def _classifier_figure(classifier: dict) -> str:
+    return (f"![The classifier demo's trade-off](images/classifier-tradeoff.png)\n\n"
+            f"`tradeoff.png` of `{classifier['command']}` (regenerated by `{COMMAND}`): (a) Df and Dr accuracy "
+            "against λ per method, (b) Dr against Df near the retain bar, with each method's λ by the "
+            "retain-bar rule (filled), the grid's smallest Avg. Gap (hollow) and the retrained model (star).\n")
+
+
+def rewrite(text: str, regions: dict[str, str], doc: str) -> str:
+    """``text`` with each of ``regions`` put between its markers; every region must be there once."""
+    found = set()
+
+    def body(match):
+        name = match.group("name")
+        if name not in regions:
+            return match.group(0)
+        found.add(name)
+        return match.group(1) + regions[name] + match.group(4)
+
+    new = _REGION.sub(body, text)
+    missing = set(regions) - found
+    if missing:
+        raise SystemExit(f"{doc}: no <!-- generated:NAME --> region for {', '.join(sorted(missing))}")
+    return new
+
+
+def regions_of(text: str) -> dict[str, str]:
+    return {m.group("name"): m.group("body") for m in _REGION.finditer(text)}
+
+
+# -- running the demos and drawing ------------------------------------------------------------------
+
+
+def _negmerge(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "negmerge_cli", *map(str, args)], check=True)
+
+
+def _ensure(folder: Path, *scenario: str) -> Path:
+    if not (folder / "results.json").exists():
+        _negmerge("demo", "--quick", "--workdir", folder, *scenario)
+    return folder
+
+
+def draw(clip: Path | None, classifier: Path | None) -> None:
+    from negmerge_cli.core import schema
+    from negmerge_cli.demo.classifier import MODEL, classifier_panel
+    from negmerge_cli.report.plots import save, search_curve, tradeoff_figure
+    from negmerge_cli.results.files import SearchFile
+
+    if clip is not None:
+        _negmerge("report", clip, "--plot", IMAGES / "tradeoff.png", "--force", "--quiet")
+        search = schema.read(clip / "search" / "negmerge.json", SearchFile).build()
+        save(search_curve(search), IMAGES / "search-curve.png", force=True)
+    if classifier is None:
+        return
+    full = _read(classifier / "results.json")
+    panel = classifier_panel(full["curves"], full["rows"])
+    save(tradeoff_figure([panel], f"{MODEL} on digits: forgetting class 3"), IMAGES / "classifier-tradeoff.png",
+         force=True)
+
+
+def main(argv=None) -> None:
+    from negmerge_cli.core import files
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clip", type=Path, help="a finished `negmerge demo --quick` folder (default: run one)")
+    parser.add_argument("--classifier", type=Path, help="a finished classifier demo folder (default: run one)")
+    parser.add_argument("--workdir", type=Path, default=Path("docs-runs"), help="where to run the demos")
+    parser.add_argument("--only", choices=("clip", "classifier"), help="redo one demo's part, keep the other's record")
+    args = parser.parse_args(argv)
+    clip = None if args.only == "classifier" else args.clip or _ensure(args.workdir / "clip")
+    classifier = None if args.only == "clip" else (
+        args.classifier or _ensure(args.workdir / "classifier", "--scenario", "classifier"))
+    data = record(clip, classifier, json.loads(RECORD.read_text()) if RECORD.exists() else {})
+    with files.operation():
+        files.write_text(RECORD, json.dumps(data, indent=1) + "\n", force=True)
+        draw(clip, classifier)
+        regions = render(data)
+        for doc in dict.fromkeys(REGIONS.values()):
+            path = DOCS / doc
+            own = {name: text for name, text in regions.items() if REGIONS[name] == doc}
+            if not own:
+                continue
+            text = path.read_text()
+            new = rewrite(text, own, doc)
+            if new != text:
+                files.write_text(path, new, force=True)
+    print(f"wrote {RECORD.relative_to(DOCS.parent)}, docs/images/*.png and the generated regions of "
+          f"{', '.join(dict.fromkeys(REGIONS.values()))}")
+
+
+if __name__ == "__main__":
+    main()
