@@ -8,6 +8,8 @@ on first use, for tests and for machines with no network.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 from pathlib import Path
@@ -243,12 +245,12 @@ def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] =
         return image_transform_v2(cfg, is_train=train)
     from timm.data.transforms_factory import transforms_imagenet_train
 
-    _patch_timm_posterize()
     size = cfg.size if isinstance(cfg.size, int) else tuple(cfg.size)
-    augment = transforms_imagenet_train(
-        img_size=size, scale=(crop_scale, 1.0), hflip=hflip, auto_augment=randaug,
-        interpolation=interpolation, mean=cfg.mean, std=cfg.std,
-    )
+    with _posterize_allowing_zero_bits():
+        augment = transforms_imagenet_train(
+            img_size=size, scale=(crop_scale, 1.0), hflip=hflip, auto_augment=randaug,
+            interpolation=interpolation, mean=cfg.mean, std=cfg.std,
+        )
     if not grayscale:
         return augment
     from torchvision import transforms
@@ -257,22 +259,31 @@ def transforms_for(model: torch.nn.Module, train: bool, randaug: Optional[str] =
     return transforms.Compose([transforms.Resize(shorter_side), transforms.Grayscale(num_output_channels=3), augment])
 
 
-def _patch_timm_posterize() -> None:
-    """timm maps low RandAugment magnitudes (m <= 2) to Posterize with 0 bits, which Pillow >= 11
-    rejects ("bits must be between 1 and 8"); older Pillow returned a black image. Restore that."""
+def posterize(img, bits_to_keep, **_):
+    """timm's Posterize op as Pillow < 11 ran it: 0 bits kept gives a black image (Pillow >= 11
+    rejects 0 bits, which timm asks for at RandAugment magnitudes m <= 2)."""
     from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # keeping 0 bits: every channel value becomes 0
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+@contextlib.contextmanager
+def _posterize_allowing_zero_bits():
+    """timm's op table with :func:`posterize` while a transform is built (its ops keep the function
+    they were built with), restored afterwards: nothing else in the process sees the change."""
     from timm.data import auto_augment
 
-    def posterize(img, bits_to_keep, **_):
-        if bits_to_keep >= 8:
-            return img
-        if bits_to_keep <= 0:
-            return Image.new(img.mode, img.size)  # keeping 0 bits: every channel value becomes 0
-        return ImageOps.posterize(img, bits_to_keep)
-
-    auto_augment.NAME_TO_OP["Posterize"] = posterize
-    auto_augment.NAME_TO_OP["PosterizeIncreasing"] = posterize
-    auto_augment.NAME_TO_OP["PosterizeOriginal"] = posterize
+    names = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
+    saved = {name: auto_augment.NAME_TO_OP[name] for name in names}
+    auto_augment.NAME_TO_OP.update({name: posterize for name in names})
+    try:
+        yield
+    finally:
+        auto_augment.NAME_TO_OP.update(saved)
 
 
 def check_randaug(spec: str) -> None:

@@ -31,9 +31,12 @@ METHOD_TITLES = {"pretrained": "Pretrained", "best_single": "Task Arithmetic (be
 
 
 def check_format(name: str) -> str:
-    if name not in FORMATS:
-        raise UsageError(f"{option('format')} {name!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]}")
-    return name
+    """A format's name, or the suffix that names it for -o (md, csv, json), as the format's name."""
+    found = name if name in FORMATS else SUFFIX_FORMATS.get("." + name.lower().lstrip("."))
+    if found is None:
+        raise UsageError(f"{option('format')} {name!r}: choose {', '.join(FORMATS[:-1])} or {FORMATS[-1]} "
+                         "(or md, as -o's suffix says it)")
+    return found
 
 
 def render(report: Report, form: str, with_published: bool = False) -> str:

@@ -320,9 +320,9 @@ def test_model_card_of_hostile_file_names_parses_and_shows_them_literally(ws, cl
     body = card.split("---\n", 2)[2]
     html = MarkdownIt("commonmark").enable("table").render(body)
     assert "<script" not in html and "&lt;script&gt;" in html  # shown, never raw HTML
-    inputs = next(t for t in _markdown_tables(body) if t[0] == ["role", "file", "SHA-256"])
-    assert [row[:2] for row in inputs[1:]] == [["base", one_line(base.name)], ["vector", one_line(vector.name)]]
-    assert all(len(row) == 3 for row in inputs)  # the | in the names split no cell
+    inputs = next(t for t in _markdown_tables(body) if t[0] == ["role", "input", "file", "SHA-256"])
+    assert [(row[0], row[2]) for row in inputs[1:]] == [("base", one_line(base.name)), ("vector", one_line(vector.name))]
+    assert all(len(row) == 4 for row in inputs)  # the | in the names split no cell
     headings = [line for line in body.splitlines() if line.startswith("# ")]
     assert len(headings) == 1 and "\n" not in headings[0]
 
@@ -356,7 +356,7 @@ def test_plot_labels_show_dollars_literally(ws, cli):
     result = cli("report", search, "--plot", ws.out / "tradeoff.svg", "-o", ws.out / "report.md")
     assert result.returncode == 0, result.stderr
     svg = (ws.out / "tradeoff.svg").read_text()
-    assert "$x^$ shapes: every λ" in svg and "$x^$ method" in svg
+    assert "$x^$ shapes: accuracy against λ" in svg and "$x^$ method" in svg
 
 
 def test_rich_markup_in_names_is_shown_not_interpreted(ws, cli, monkeypatch):

@@ -116,6 +116,13 @@ def test_csv_and_json_carry_every_figure_as_fractions(out, cli):
     assert by_method["pretrained"]["lambda"] is None and by_method["pretrained"]["nonzero_fraction"] is None
 
 
+def test_format_takes_the_suffix_names_that_o_takes(out, cli):
+    """--format md is what -o x.md means; an unknown name is refused with the names."""
+    assert cli("report", out, "--format", "md").stdout == cli("report", out, "--format", "markdown").stdout != ""
+    refused = cli("report", out, "--format", "xlsx")
+    assert refused.returncode == 2 and "--format 'xlsx'" in refused.stderr and "md" in refused.stderr
+
+
 def test_a_search_alone_gives_its_val_point_and_files_take_their_folders_name(out, cli):
     search = out / "digits" / "negmerge" / "search.json"
     chosen = json.loads(search.read_text())["chosen"]
