@@ -11,7 +11,7 @@ import torch
 from negmerge_cli.arithmetic.plans import plan_apply
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.arithmetic.streaming import TensorJob
-from negmerge_cli.checkpoint import kinds
+from negmerge_cli.checkpoint import kinds, linearization
 from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import CHECKPOINT, architecture_of, provenance, vector_provenance
@@ -31,6 +31,7 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
         base_checkpoint = open_inputs(stack, [base], options, kinds.APPLY_BASE)[0]
         vector_checkpoint = open_inputs(stack, [vector], options, kinds.APPLY_VECTOR)[0]
         kinds.refuse_same_input(base_checkpoint, "base", vector_checkpoint, kinds.APPLY_VECTOR)
+        linear = linearization.check_base(base, linearization.shared([(vector, vector_checkpoint)]), "base")
         if is_adapter(vector_checkpoint):
             check_against_base(vector_checkpoint, base_checkpoint)
         target = plan_output(output, options, base, base_checkpoint)
@@ -47,7 +48,7 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
         # and whoever reads it, how its vector was made (its method and inputs): the whole chain
         metadata = {**provenance("apply", kind=CHECKPOINT, scale=scale,
                                  vector_provenance=vector_provenance(vector_checkpoint.metadata)),
-                    **architecture_of(base_checkpoint.metadata), **selection.metadata()}
+                    **architecture_of(base_checkpoint.metadata), **selection.metadata(), **linear}
         hashed = {"base": [(base, base_checkpoint)], "vector": [(vector, vector_checkpoint)]}
         return target.write(lambda weights, shard_bytes: stream_to_file(
             weights, jobs, process, metadata, hashed, options, description="apply", shard_bytes=shard_bytes))

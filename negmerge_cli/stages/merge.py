@@ -14,7 +14,7 @@ from negmerge_cli.arithmetic.methods import Chunk, MergeMethod, create_method
 from negmerge_cli.arithmetic.plans import plan_merge, task_vectors, vector_sources
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.arithmetic.streaming import Engine, TensorJob, check_sum
-from negmerge_cli.checkpoint import kinds
+from negmerge_cli.checkpoint import kinds, linearization
 from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.core import files, limits
@@ -63,6 +63,9 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         sources = open_inputs(stack, list(inputs), options, role)
         if base_checkpoint is not None:
             refuse_base_among(base_checkpoint, sources, role)
+        linear = linearization.shared(list(zip(inputs, sources)))  # checked before any work
+        if base_checkpoint is not None:
+            linear = linearization.check_base(base, linear, "base")
         target = plan_output(output, options, base, base_checkpoint)
         jobs = plan_merge(sources, base_checkpoint, options.torch_dtype, options.missing_as_zero, selection)
         has_base = base_checkpoint is not None
@@ -93,7 +96,7 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
         metadata = provenance(
             "merge", kind=TASK_VECTOR, method=merger.name, params=merger.settings,
             weights=list(weights) if weights else None,
-        ) | selection.metadata() | statistics | omitted
+        ) | selection.metadata() | statistics | omitted | linear
         hashed = {"inputs": list(zip(inputs, sources)), **({"base": [(base, base_checkpoint)]} if has_base else {})}
         if len(sources) == 1:  # allowed (TIES trims, DARE drops even one vector), but rarely what was meant
             _warn_single_input(inputs[0], merger.name)

@@ -15,7 +15,7 @@ from negmerge_cli.arithmetic import running_stats as running_statistics
 from negmerge_cli.arithmetic.plans import plan_merge, split_zero_jobs, task_vectors
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.arithmetic.streaming import Engine, TensorJob
-from negmerge_cli.checkpoint import kinds
+from negmerge_cli.checkpoint import kinds, linearization
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
@@ -37,6 +37,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
         base_checkpoint = open_inputs(stack, [base], options, kinds.VECTOR_BASE)[0]
         finetuned_checkpoint = open_inputs(stack, [finetuned], options, kinds.VECTOR_INPUT)[0]
         refuse_base_among(base_checkpoint, [finetuned_checkpoint], kinds.VECTOR_INPUT)
+        linear = linearization.check_base(base, linearization.shared([(finetuned, finetuned_checkpoint)]), "base")
         # a LoRA adapter is a task vector already: checked against the base, written as it reads
         from_adapter = is_adapter(finetuned_checkpoint)
         if from_adapter:
@@ -49,7 +50,8 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
         def process(job: TensorJob, start: int, stop: int, slices: Iterator[torch.Tensor]) -> torch.Tensor:
             return next(task_vectors(slices, has_base=not from_adapter))
 
-        metadata = {**provenance("vector", kind=TASK_VECTOR), **selection.metadata(), **statistics, **omitted}
+        metadata = {**provenance("vector", kind=TASK_VECTOR), **selection.metadata(), **statistics, **omitted,
+                    **linear}
         hashed = {"inputs": [(finetuned, finetuned_checkpoint)], "base": [(base, base_checkpoint)]}
         return stream_to_file(Path(output), jobs, process, metadata, hashed, options,
                               description=f"vector {Path(finetuned).name}")

@@ -121,3 +121,36 @@ def test_the_one_pass_search_equals_apply_then_eval_at_every_lambda(linear_sweep
                         "-j", "0", "-q")
             assert found.returncode == 0, found.stderr
             assert json.loads(found.stdout)[0]["metrics"]["acc1"] == pytest.approx(point[key], abs=1e-9), point
+
+
+def test_mode_and_expansion_point_travel_through_merge_and_apply(linear_sweep, cli, tmp_path):
+    """merge --base of linear checkpoints makes a linear vector (its search is linearized with no
+    flag), apply makes a linear checkpoint; mixing modes, or a base that is not theta0, is refused."""
+    from safetensors.torch import save_file
+
+    base, point = linear_sweep / "base.safetensors", linear_sweep / POINT
+    tensors, metadata = _read(point)
+    standard = tmp_path / "standard.safetensors"
+    save_file(tensors, str(standard), {k: v for k, v in metadata.items() if "linear" not in k and "mode" not in k})
+    merged = tmp_path / "merged.safetensors"
+    result = cli("merge", "-m", "negmerge", "-b", base, "-o", merged, point, point, "-q")
+    assert result.returncode == 0, result.stderr
+    _, merged_metadata = _read(merged)
+    assert merged_metadata["negmerge.finetuning_mode"] == "linear"
+    assert merged_metadata["negmerge.linearized_around_sha256"] == metadata["negmerge.linearized_around_sha256"]
+    assert_clean_failure(cli("merge", "-m", "negmerge", "-b", base, "-o", tmp_path / "mixed.safetensors", point,
+                             standard), str(standard), "standard", "one mode")
+    other_base = tmp_path / "other-base.safetensors"
+    save_file(_read(base)[0], str(other_base), {"format": "pt"})
+    assert_clean_failure(cli("merge", "-m", "negmerge", "-b", other_base, "-o", tmp_path / "wrong.safetensors", point,
+                             point), str(other_base), "not the expansion point")
+    search = cli("eval", "-m", TINY, "-c", base, "--vector", merged, "--forget", "digits:val", "--retain",
+                 "digits:test", "--coefs", "0,1", "--threshold", "0.01", "--json", tmp_path / "s.json", "-j", "0", "-q")
+    assert search.returncode == 0, search.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["linearized"] is True  # from the vector, no flag
+    unlearned = tmp_path / "unlearned.safetensors"
+    assert cli("apply", "-b", base, "-v", merged, "-s", "-1", "-o", unlearned, "-q").returncode == 0
+    assert _read(unlearned)[1]["negmerge.finetuning_mode"] == "linear"
+    assert_clean_failure(cli("apply", "-b", other_base, "-v", merged, "-s", "-1", "-o", tmp_path / "u2.safetensors"),
+                         "not the expansion point")
+    assert not any((tmp_path / n).exists() for n in ("mixed.safetensors", "wrong.safetensors", "u2.safetensors"))
