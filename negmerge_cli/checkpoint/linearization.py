@@ -5,16 +5,36 @@ mix modes or expansion points, or to use a base that is not theta0."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
+from negmerge_cli.checkpoint.opening import open_checkpoint
 from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import PREFIX
 from negmerge_cli.core.errors import CheckpointError
 
 MODE, AROUND, AROUND_SHA = PREFIX + "finetuning_mode", PREFIX + "linearized_around", PREFIX + "linearized_around_sha256"
 LINEAR = "linear"
+
+
+def metadata_of(path: str | Path) -> dict[str, str]:
+    """A checkpoint's or vector's metadata, read from its header alone (nothing hashed)."""
+    with open_checkpoint(path, digest=False) as checkpoint:
+        return dict(checkpoint.metadata)
+
+
+def is_linear(metadata: dict[str, str]) -> bool:
+    return metadata.get(MODE) == LINEAR
+
+
+def expansion_point(path: str | Path) -> dict[str, str]:
+    """The metadata naming the one-file checkpoint ``path`` as the expansion point: its name and
+    SHA-256 (from the digest cache when it knows this version of the file)."""
+    with open_checkpoint(path) as checkpoint:
+        digests = checkpoint.file_hashes()
+    if len(digests) != 1:
+        raise CheckpointError(f"{path}: an expansion point must be one file (this checkpoint has {len(digests)})")
+    return {MODE: LINEAR, AROUND: Path(path).name, AROUND_SHA: next(iter(digests.values()))}
 
 
 def _describe(metadata: dict[str, str]) -> str:
@@ -43,13 +63,9 @@ def check_base(base: object, linear: dict[str, str], role: str) -> dict[str, str
     record, naming ``base`` as the expansion point."""
     if not linear:
         return {}
-    path = Path(base)
-    if not path.is_file():
-        raise CheckpointError(f"{base}: the {role} of linear fine-tunes must be their expansion point, one file")
-    with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    if linear[AROUND_SHA] and digest != linear[AROUND_SHA]:
-        raise CheckpointError(f"{base}: not the expansion point of these linear fine-tunes (SHA-256 {digest[:16]}..., "
-                              f"they were linearized around {linear[AROUND]}, {linear[AROUND_SHA][:16]}...); "
-                              f"give that file as the {role}")
-    return {MODE: LINEAR, AROUND: path.name, AROUND_SHA: digest}
+    found = expansion_point(base)
+    if linear[AROUND_SHA] and found[AROUND_SHA] != linear[AROUND_SHA]:
+        raise CheckpointError(f"{base}: not the expansion point of these linear fine-tunes (SHA-256 "
+                              f"{found[AROUND_SHA][:16]}..., they were linearized around {linear[AROUND]}, "
+                              f"{linear[AROUND_SHA][:16]}...); give that file as the {role}")
+    return found

@@ -70,10 +70,11 @@ def _each_dataset(specs: Sequence[str], options: EvalOptions, default_split: str
 
 def _linear_encoder(model, options: EvalOptions):
     """The linearized image encoder when the checkpoint is linear (or --linearize), else None."""
+    from negmerge_cli.checkpoint import linearization
     from negmerge_cli.clip import linear_eval
     from negmerge_cli.clip.linearize import LinearizedEncoder
 
-    if not options.checkpoint or not (options.linearize or linear_eval.is_linear(options.checkpoint)):
+    if not options.checkpoint or not (options.linearize or linearization.is_linear(linearization.metadata_of(options.checkpoint))):
         if options.linearized_around and not options.linearize:
             raise UsageError(f"{option('linearized_around')} is for linear checkpoints (or with {option('linearize')})")
         return None
@@ -220,11 +221,12 @@ class _Search:
     def _one_pass(self, vector):
         """For a linear vector (or --linearize): the whole lambda grid from one jvp pass per set,
         around the base, which must be the vector's expansion point."""
+        from negmerge_cli.checkpoint import linearization
         from negmerge_cli.clip import linear_eval
         from negmerge_cli.clip.zeroshot import build_head
 
         model_options, options = self.model_options, self.options
-        if not (model_options.linearize or linear_eval.is_linear(options.vector)):
+        if not (model_options.linearize or linearization.is_linear(linearization.metadata_of(options.vector))):
             return None, None
         if not model_options.checkpoint:
             raise UsageError(f"a linearized search needs the expansion point as {option('checkpoint')} FILE")

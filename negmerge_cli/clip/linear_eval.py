@@ -8,37 +8,21 @@ from typing import Optional
 
 import torch
 
+from negmerge_cli.checkpoint import linearization
 from negmerge_cli.core.errors import CheckpointError, UsageError, option
-
-MODE_KEY, AROUND_KEY, AROUND_SHA_KEY = (
-    "negmerge.finetuning_mode", "negmerge.linearized_around", "negmerge.linearized_around_sha256")
-
-
-def _metadata_and_digest(path: str | Path) -> tuple[dict[str, str], str]:
-    from negmerge_cli.checkpoint import open_checkpoint
-
-    with open_checkpoint(path) as checkpoint:
-        digests = checkpoint.file_hashes()
-        return dict(checkpoint.metadata), next(iter(digests.values())) if len(digests) == 1 else ""
-
-
-def is_linear(path: str | Path) -> bool:
-    """Whether the checkpoint or vector at ``path`` was fine-tuned in linear mode."""
-    return _metadata_and_digest(path)[0].get(MODE_KEY) == "linear"
-
 
 def expansion_point(path: str | Path, given: Optional[str]) -> tuple[Path, dict]:
     """theta0 of the linear checkpoint or vector ``path``: ``given`` (--linearized-around), else the
     recorded base beside it; its SHA-256 must be the recorded one. Returns (file, {"file", "sha256"})."""
-    metadata, _ = _metadata_and_digest(path)
-    recorded_name, recorded_sha = metadata.get(AROUND_KEY), metadata.get(AROUND_SHA_KEY)
+    metadata = linearization.metadata_of(path)
+    recorded_name, recorded_sha = metadata.get(linearization.AROUND), metadata.get(linearization.AROUND_SHA)
     if given is None and recorded_name is None:
         raise UsageError(f"{path}: linearized with no recorded expansion point; give {option('linearized_around')} FILE")
     around = Path(given) if given else Path(path).parent / recorded_name
     if not around.exists():
         raise CheckpointError(f"{path}: linearized around {recorded_name}, which is not beside it; give "
                               f"{option('linearized_around')} FILE")
-    _, digest = _metadata_and_digest(around)
+    digest = linearization.expansion_point(around)[linearization.AROUND_SHA]
     if recorded_sha and digest != recorded_sha:
         raise CheckpointError(f"{around}: not the expansion point of {path} (SHA-256 {digest[:16]}..., the "
                               f"recorded one is {recorded_sha[:16]}...)")
@@ -48,9 +32,8 @@ def expansion_point(path: str | Path, given: Optional[str]) -> tuple[Path, dict]
 def base_as_expansion_point(vector: str, base: str, post_hoc: bool) -> dict:
     """{"file", "sha256"} of ``base`` after checking that it is the linear ``vector``'s recorded
     expansion point (post-hoc linearization: any base)."""
-    metadata, _ = _metadata_and_digest(vector)
-    _, digest = _metadata_and_digest(base)
-    recorded = metadata.get(AROUND_SHA_KEY)
+    digest = linearization.expansion_point(base)[linearization.AROUND_SHA]
+    recorded = linearization.metadata_of(vector).get(linearization.AROUND_SHA)
     if recorded and digest != recorded and not post_hoc:
         raise CheckpointError(f"{base}: not the expansion point of the linear vector {vector} (SHA-256 "
                               f"{digest[:16]}..., the vector's is {recorded[:16]}...); give its base as "

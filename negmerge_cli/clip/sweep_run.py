@@ -75,7 +75,13 @@ class ClipTrainer:
 
         self.model = models.create_model(self.options.model, str(self.folder.base), self.device)
         self.base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.base_visual = {k[len("visual."):]: v for k, v in self.base_state.items() if k.startswith("visual.")}
+        self.linear_encoder = self.expansion_point = None
+        if self.options.finetuning_mode == "linear" and self.ranks.is_main:  # built once, at the base
+            from negmerge_cli.checkpoint import linearization
+            from negmerge_cli.clip.linearize import LinearizedEncoder
+
+            self.linear_encoder = LinearizedEncoder(self.model.visual).eval()
+            self.expansion_point = linearization.expansion_point(self.folder.base)
         tokenizer = models.tokenizer_for(self.options.model)
         self.head = build_head(self.model, tokenizer, self.train_set.classnames, self.train_set.templates)
         self.val_cache = None
@@ -90,11 +96,9 @@ class ClipTrainer:
     def _validate(self, linear: bool = False) -> Metrics:
         """Val accuracy of the model as it is; ``linear``: of its linearization around the base."""
         from negmerge_cli.clip.evaluate import evaluate_cached
-        from negmerge_cli.clip.linearize import LinearizedEncoder
 
-        encode = LinearizedEncoder(self.model.visual, self.base_visual) if linear else None
         return evaluate_cached(self.model, self.val_cache, self.head, self.options.eval_batch_size, self.device,
-                               precision=self.options.precision, encode=encode)
+                               precision=self.options.precision, encode=self.linear_encoder if linear else None)
 
     def train(self, point: GridPoint) -> Optional[TrainedPoint]:
         from negmerge_cli.clip import train
@@ -121,20 +125,11 @@ class ClipTrainer:
                               precision=options.precision, seed_mode=options.seed_mode,
                               freeze=self.folder.identity["freeze"], frozen_parameters=stats["frozen_parameters"],
                               val_acc1=f"{metrics.acc1:.6f}", train_split=self.train_set.split_source,
-                              val_split=self.val_set.split_source, transform=transform,
-                              **(linearized_around(self.folder.base) if linear else {}))
+                              val_split=self.val_set.split_source, transform=transform)
+        metadata |= self.expansion_point if linear else {}
         path = self.folder.checkpoint(point)
         models.save_checkpoint(self.model, path, metadata, force=True)
         return TrainedPoint(path, metrics, {**stats, "transform": transform}, "Val acc1")
-
-
-def linearized_around(base) -> dict:
-    """The metadata of a linear checkpoint: its mode and expansion point (file name and SHA-256)."""
-    from negmerge_cli.checkpoint import open_checkpoint
-
-    with open_checkpoint(base) as checkpoint:
-        digest = next(iter(checkpoint.file_hashes().values()))
-    return {"finetuning_mode": "linear", "linearized_around": base.name, "linearized_around_sha256": digest}
 
 
 def train_transform(model, options: FinetuneOptions, randaug: str, kind: str):

@@ -60,8 +60,8 @@ def require_choice(result, where: Optional[Path] = None):
     """The chosen point, or the one-line error a caller reports when there is none."""
     if result.chosen is None:
         detail = f" (all points in {where})" if where else ""
-        measure = "retain accuracy" if family_for(result.model).name == "clip" else "Dr accuracy"
-        base = "the base's" if family_for(result.model).name == "clip" else "the original's"
+        clip = family_for(result.model).name == "clip"
+        measure, base = ("retain accuracy", "the base's") if clip else ("Dr accuracy", "the original's")
         raise NegmergeError(f"no lambda in {option('coefs')} keeps {measure} >= {result.threshold:g} x {base}{detail}")
     return result.chosen
 
