@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.training.distributed import Ranks
-from negmerge_cli.training.family import FinetuneDefaults, refuse_foreign_options, with_defaults
+from negmerge_cli.training.family import FinetuneDefaults
 from negmerge_cli.training.options import EvalOptions, FinetuneOptions, SearchOptions
 from negmerge_cli.training.sweep import GridPoint
 
@@ -29,29 +29,22 @@ class ClassifierFamily:
     def plan(self, options: FinetuneOptions) -> list[GridPoint]:
         from negmerge_cli.classifier import sweep_run
 
-        return sweep_run.plan(self.resolve(options))
-
-    def resolve(self, options: FinetuneOptions) -> FinetuneOptions:
-        refuse_foreign_options(options, self.name, options.model)
-        return with_defaults(options, self.finetune_defaults)
+        return sweep_run.plan(options)
 
     def trainer(self, options: FinetuneOptions, ranks: Ranks):
         from negmerge_cli.classifier.sweep_run import ClassifierTrainer
 
-        return ClassifierTrainer(self.resolve(options), ranks)
+        return ClassifierTrainer(options, ranks)
 
     def evaluate(self, data: Sequence[str], options: EvalOptions, json_out: Optional[Path], force: bool):
         from negmerge_cli.classifier import eval_run
 
-        refuse_foreign_options(options, self.name, options.model)
         return eval_run.evaluate(data, options, json_out=json_out, force=force)
 
     def search(self, data: Sequence[str], options: EvalOptions, search: SearchOptions, json_out: Optional[Path],
                force: bool, also_writes: Sequence[Optional[Path]] = ()):
         from negmerge_cli.classifier import eval_run
 
-        refuse_foreign_options(options, self.name, options.model)
-        refuse_foreign_options(search, self.name, options.model)
         if any(also_writes):
             raise UsageError(f"{option('plot')} draws the CLIP forget/retain curve; a classifier's search is in "
                              f"its {option('json')} file")

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.training.distributed import Ranks
-from negmerge_cli.training.family import FinetuneDefaults, refuse_foreign_options, with_defaults
+from negmerge_cli.training.family import FinetuneDefaults
 from negmerge_cli.training.options import FINETUNING_MODES, EvalOptions, FinetuneOptions, SearchOptions
 from negmerge_cli.training.sweep import (
     NO_AUGMENTATION,
@@ -37,7 +37,6 @@ class ClipFamily:
     def plan(self, options: FinetuneOptions) -> list[GridPoint]:
         from negmerge_cli.clip import datasets, freeze, models
 
-        options = self.resolve(options)
         if options.finetuning_mode not in FINETUNING_MODES:
             raise UsageError(f"{option('finetuning_mode')} {options.finetuning_mode!r}: choose "
                              f"{' or '.join(FINETUNING_MODES)}")
@@ -65,19 +64,14 @@ class ClipFamily:
             raise UsageError("the grid has no points")
         return points
 
-    def resolve(self, options: FinetuneOptions) -> FinetuneOptions:
-        refuse_foreign_options(options, self.name, options.model)
-        return with_defaults(options, self.finetune_defaults)
-
     def trainer(self, options: FinetuneOptions, ranks: Ranks):
         from negmerge_cli.clip.sweep_run import ClipTrainer
 
-        return ClipTrainer(self.resolve(options), ranks)
+        return ClipTrainer(options, ranks)
 
     def evaluate(self, data: Sequence[str], options: EvalOptions, json_out: Optional[Path], force: bool):
         from negmerge_cli.clip import eval_run
 
-        refuse_foreign_options(options, self.name, options.model)
         return eval_run.evaluate(data, options, json_out=json_out, force=force)
 
     def search(self, data: Sequence[str], options: EvalOptions, search: SearchOptions, json_out: Optional[Path],
@@ -87,6 +81,4 @@ class ClipFamily:
         if data:
             raise UsageError(f"{option('data')} does not go with {option('vector')} for CLIP models; give "
                              f"{option('forget')} and {option('retain')}")
-        refuse_foreign_options(options, self.name, options.model)
-        refuse_foreign_options(search, self.name, options.model)
         return eval_run.search_coefficient(options, search, json_out=json_out, force=force, also_writes=also_writes)

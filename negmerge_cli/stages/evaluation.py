@@ -22,7 +22,9 @@ from negmerge_cli.training.options import EvalOptions, SearchOptions
 def evaluate(data: Sequence[str], options: EvalOptions, *, json_out: Optional[Path] = None, force: bool = False):
     """The model's results on ``data`` (CLIP: one per dataset, test split by default; a classifier:
     one dataset, measured on its forget split); also written to ``json_out`` when given."""
-    return family_for(options.model).evaluate(list(data), options, json_out, force)
+    family = family_for(options.model)
+    refuse_foreign_options(options, family.name, options.model)
+    return family.evaluate(list(data), options, json_out, force)
 
 
 def search_coefficient(options: EvalOptions, search: SearchOptions, *, data: Sequence[str] = (),
@@ -33,6 +35,8 @@ def search_coefficient(options: EvalOptions, search: SearchOptions, *, data: Seq
     from negmerge_cli.report.plots import check_plot_path, save, search_curve
 
     family = family_for(options.model)
+    for given in (options, search):
+        refuse_foreign_options(given, family.name, options.model)
     if plot is not None:
         check_plot_path(Path(plot))
     with files.operation():

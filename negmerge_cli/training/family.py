@@ -63,7 +63,8 @@ class Family(Protocol):
     def owns(self, model: str) -> bool: ...
 
     def plan(self, options: FinetuneOptions) -> list[GridPoint]:
-        """Every check that needs no data or model, then the grid points to run."""
+        """Every check that needs no data or model, then the grid points to run (``options`` as
+        :func:`resolve` leaves them, as for :meth:`trainer`)."""
 
     def trainer(self, options: FinetuneOptions, ranks: Ranks) -> PointTrainer: ...
 
@@ -72,6 +73,12 @@ class Family(Protocol):
 
     def search(self, options: EvalOptions, search: SearchOptions, json_out: Optional[Path], force: bool):
         """Every lambda's result and the one chosen, also written to ``json_out``."""
+
+
+def resolve(family: Family, options: FinetuneOptions) -> FinetuneOptions:
+    """``options`` as ``family`` runs them: the other family's options refused, its defaults filled in."""
+    refuse_foreign_options(options, family.name, options.model)
+    return with_defaults(options, family.finetune_defaults)
 
 
 def with_defaults(options: FinetuneOptions, defaults: FinetuneDefaults) -> FinetuneOptions:
@@ -108,5 +115,5 @@ def _default_of(spec):
     return spec.default_factory() if callable(spec.default_factory) else spec.default
 
 
-__all__ = ["Family", "FinetuneDefaults", "PointTrainer", "TrainedPoint", "refuse_foreign_options",
+__all__ = ["Family", "FinetuneDefaults", "PointTrainer", "TrainedPoint", "refuse_foreign_options", "resolve",
            "with_defaults"]
