@@ -36,13 +36,15 @@ BASE_INIT_SEED = 0
 
 def check_options(options: FinetuneOptions) -> None:
     """Everything that can be refused before data or models are touched."""
-    from negmerge_cli.classifier import models, train
+    from negmerge_cli.classifier import models, objectives, train
     from negmerge_cli.classifier.data import AUGMENTATIONS
 
     models.check_classifier_name(options.model)
     if options.num_classes is not None:
         models.check_num_classes(options.num_classes)
     train.check_choices(options.optimizer, options.schedule, options.objective)
+    objectives.check(options)
+    objectives.check_milestones(options.schedule, options.milestones)
     if options.subset not in SUBSETS:
         raise UsageError(f"{errors.option('subset')} {options.subset!r}: must be one of {', '.join(SUBSETS)}")
     if options.subset != "all" and options.forget_split is None:
@@ -80,11 +82,14 @@ class ClassifierTrainer:
         self.split = load_forget_split(options.forget_split, self.data) if options.forget_split else None
         self.train_set = self.data.train.with_augment(training_augment(options.augment, self.data))
         self.indices = self._subset_indices()
+        self.forget_indices = self.split.forget_indices if _forget_then_retain(options) else None
         self.base_model = self._build_base() if options.pretrained else None  # refuse bad weights early
         self.folder = SweepFolder(options.output, sweep_identity(options, self.data, self.split, self.num_classes,
                                                                  self.train_set.augment))
 
     def _subset_indices(self):
+        if _forget_then_retain(self.options):  # Df is its own pass (self.forget_indices)
+            return self.split.retain_indices
         if self.options.subset == "all":  # with a split: never its hold-out (protocol salun's val_indices)
             return range(len(self.data.train)) if self.split is None else self.split.training_indices
         return self.split.forget_indices if self.options.subset == "forget" else self.split.retain_indices
@@ -124,7 +129,7 @@ class ClassifierTrainer:
 
         return provenance("finetune", kind="checkpoint", model=self.options.model, pretrained=self.options.pretrained,
                           data=self.options.data, subset=self.options.subset, objective=self.options.objective,
-                          **extra)
+                          **objective_settings(self.options), **extra)
 
     def _test_metrics(self, model) -> Metrics:
         from negmerge_cli.classifier.train import test_metrics
@@ -137,7 +142,8 @@ class ClassifierTrainer:
         model = self.base
         model.load_state_dict(self.base_state)
         stats = train_classifier(model, self.train_set, self.indices, settings_for(self.options, point),
-                                 self.device, description=f"[{point.index}] {point.name}")
+                                 self.device, description=f"[{point.index}] {point.name}",
+                                 forget_indices=self.forget_indices)
         metrics = self._test_metrics(model)
         path = self.folder.checkpoint(point)
         save_classifier(model, path, self._metadata(base=self.folder.base.name, hyperparameters=point.hyperparameters(),
@@ -160,7 +166,26 @@ def settings_for(options, point):
     return ClassifierSettings(lr=point.lr, wd=point.wd, label_smoothing=point.label_smoothing, seed=point.train_seed,
                               epochs=point.epochs, steps=point.steps, batch_size=options.batch_size,
                               warmup_steps=options.warmup_steps, optimizer=options.optimizer,
-                              schedule=options.schedule, objective=options.objective, workers=options.workers)
+                              schedule=options.schedule, objective=options.objective, workers=options.workers,
+                              milestones=tuple(options.milestones), saliency_fraction=options.saliency_fraction,
+                              saliency_freeze=options.saliency_freeze, l1_alpha=options.l1_alpha)
+
+
+def _forget_then_retain(options) -> bool:
+    from negmerge_cli.classifier.objectives import FORGET_THEN_RETAIN
+
+    return options.objective in FORGET_THEN_RETAIN
+
+
+def objective_settings(options) -> dict:
+    """The settings that shape the objective and schedule beyond their names, where they apply (recorded
+    in every checkpoint and, so that a resume with others is refused, in the sweep's identity)."""
+    from negmerge_cli.classifier.objectives import OWN_SETTINGS
+
+    settings = {name: getattr(options, name) for name, owner in OWN_SETTINGS.items() if owner == options.objective}
+    if options.milestones:
+        settings["milestones"] = list(options.milestones)
+    return settings
 
 
 def training_augment(augment, data):
@@ -182,4 +207,4 @@ def sweep_identity(options, data, split, num_classes: int, augment) -> dict:
     return {**identity, "family": "classifier", "num_classes": num_classes, "dataset": data.identity,
             "subset": options.subset, "forget_split": split.digest if split else None,
             "objective": options.objective, "optimizer": options.optimizer, "schedule": options.schedule,
-            "augmentation": augment_name(augment)}
+            "augmentation": augment_name(augment), **objective_settings(options)}

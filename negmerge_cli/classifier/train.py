@@ -1,16 +1,11 @@
 """Training one grid point of a classifier: the unlearning literature's recipe.
 
 Defaults of the classifier family (the CLIP family keeps AdamW + warm-up cosine): SGD with momentum
-0.9, weight decay on every parameter, cosine schedule (or ``step``: x0.1 at 50% and 75% of the
-steps), optional linear warm-up, no gradient clipping, BatchNorm in train mode. Single process.
-
-Objectives (``--objective``) on the chosen subset:
-
-- ``ce``: cross-entropy with the point's label smoothing (original, retrain, fine-tune on Dr, the
-  NegMerge fine-tunes on Df);
-- ``ascent``: gradient ascent, i.e. minimise minus the cross-entropy (the GA baseline);
-- ``random-labels``: cross-entropy against a label drawn uniformly among the C-1 wrong classes,
-  fresh for every example at every step (the RL baseline).
+0.9, weight decay on every parameter, cosine schedule (or ``step``: x0.1 at the given epoch
+``milestones``, or at 50% and 75% of the steps without them), optional linear warm-up, no gradient
+clipping, BatchNorm in train mode. Single process. The objectives (``ce``, ``ascent``,
+``wrong-labels``, ``random-labels``, ``salun``, ``l1-sparse``) are in
+:mod:`negmerge_cli.classifier.objectives`.
 """
 
 from __future__ import annotations
@@ -18,19 +13,22 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
+from negmerge_cli.classifier import objectives
 from negmerge_cli.core import errors
 from negmerge_cli.core.errors import UsageError
 from negmerge_cli.training.seeding import seed_everything
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step")
-OBJECTIVES = ("ce", "ascent", "random-labels")
+OBJECTIVES = objectives.OBJECTIVES
 MOMENTUM = 0.9
+GAMMA = 0.1  # the step schedule's factor; the protocol's MultiStepLR has it fixed (unlearn/impl.py:95-97)
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,10 @@ class ClassifierSettings:
     schedule: str = "cosine"
     objective: str = "ce"
     workers: int = 0
+    milestones: tuple[int, ...] = ()  # step schedule: x0.1 from each of these (0-based) epochs on
+    saliency_fraction: float = 0.5  # salun: the share of all weights it trains
+    saliency_freeze: bool = False  # salun: hold the weights outside the mask (not only their gradients)
+    l1_alpha: float = 5e-4  # l1-sparse: the penalty's coefficient in the first epoch
 
 
 def check_choices(optimizer: str, schedule: str, objective: str) -> None:
@@ -56,53 +58,62 @@ def check_choices(optimizer: str, schedule: str, objective: str) -> None:
             raise UsageError(f"{errors.option(name)} {value!r}: must be one of {', '.join(allowed)}")
 
 
-def learning_rate(step: int, total: int, settings: ClassifierSettings) -> float:
-    """The rate of optimizer step ``step`` (0-based) of ``total``."""
+def learning_rate(step: int, total: int, settings: ClassifierSettings, steps_per_epoch: int = 1) -> float:
+    """The rate of optimizer step ``step`` (0-based) of ``total``. With ``milestones``, the
+    protocol's MultiStepLR stepped once per epoch (main_train.py:82-83, 120; unlearn/impl.py:95-114):
+    in epoch e the rate is lr * 0.1 ** (the number of milestones <= e)."""
     warmup = min(settings.warmup_steps, total // 4)
     if step < warmup:
         return settings.lr * (step + 1) / warmup
+    if settings.schedule == "step" and settings.milestones:
+        return settings.lr * GAMMA ** sum(step // steps_per_epoch >= m for m in settings.milestones)
     if settings.schedule == "step":
-        return settings.lr * (0.1 ** sum(step >= total * f for f in (0.5, 0.75)))
+        return settings.lr * (GAMMA ** sum(step >= total * f for f in (0.5, 0.75)))
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * progress)) * settings.lr
 
 
-def objective_loss(logits: torch.Tensor, labels: torch.Tensor, settings: ClassifierSettings,
-                   generator: torch.Generator) -> torch.Tensor:
-    if settings.objective == "random-labels":
-        # a uniformly random wrong class: shift the label by 1..C-1 (mod C)
-        shift = torch.randint(1, logits.shape[1], labels.shape, generator=generator).to(labels.device)
-        labels = (labels + shift) % logits.shape[1]
-    loss = F.cross_entropy(logits, labels, label_smoothing=settings.label_smoothing)
-    return -loss if settings.objective == "ascent" else loss
-
-
-def train_classifier(model, dataset, indices, settings: ClassifierSettings, device, description: str = "") -> dict:
-    """Train ``model`` in place on ``dataset[indices]``; run statistics (steps, images/s, last loss)."""
+def train_classifier(model, dataset, indices, settings: ClassifierSettings, device, description: str = "",
+                     forget_indices: Optional[Sequence[int]] = None) -> dict:
+    """Train ``model`` in place on ``dataset[indices]`` (Dr for ``random-labels`` / ``salun``, which
+    also take ``forget_indices``, Df); run statistics (steps, images/s, last loss)."""
     from negmerge_cli.core.output import output
 
     seed_everything(settings.seed)
-    loader = DataLoader(Subset(dataset, list(indices)), batch_size=settings.batch_size, shuffle=True,
-                        num_workers=settings.workers, generator=torch.Generator().manual_seed(settings.seed))
-    total = settings.steps or settings.epochs * len(loader)
+    model.to(device)
+    loaders = [(_loader(dataset, part.indices, settings, settings.seed + 2 * k), part.labels)
+               for k, part in enumerate(objectives.passes(settings.objective, indices, forget_indices))]
+    per_epoch = sum(len(loader) for loader, _ in loaders)
+    if not per_epoch:
+        raise UsageError("nothing to train on: the subset is empty")
+    total = settings.steps or settings.epochs * per_epoch
+    epochs = objectives.epochs_of(total, per_epoch)
+    _note_late_milestones(settings, epochs)
+    update = None
+    if settings.objective == "salun":
+        mask = objectives.saliency_mask(model, dataset, forget_indices, settings.saliency_fraction,
+                                        settings.batch_size, device, settings.workers)
+        update = objectives.MaskedUpdate(model, mask, settings.saliency_freeze)
     optimizer = _optimizer(model, settings)
     labels_generator = torch.Generator().manual_seed(settings.seed + 1)
-    model.to(device).train()
+    model.train()
     step, images, last_loss, started = 0, 0, float("nan"), time.perf_counter()
     with output().progress(description or "train", total=total) as advance:
-        while step < total:
-            for inputs, labels in loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(step, total, settings)
-                logits = model(inputs.to(device, non_blocking=True))
-                loss = objective_loss(logits, labels.to(device), settings, labels_generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step, images, last_loss = step + 1, images + len(labels), float(loss.detach())
-                advance(1)
-                if step >= total:
-                    break
+        for epoch, kind, inputs, labels in _batches(loaders, total):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, settings, per_epoch)
+            logits = model(inputs.to(device, non_blocking=True))
+            targets = objectives.relabel(labels, kind, logits.shape[1], labels_generator).to(device)
+            loss = objectives.loss(model, logits, targets, settings, epoch, epochs)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if update is not None:
+                update.before_step()
+            optimizer.step()
+            if update is not None:
+                update.after_step(optimizer)
+            step, images, last_loss = step + 1, images + len(labels), float(loss.detach())
+            advance(1)
     if not math.isfinite(last_loss):
         raise errors.NegmergeError(f"training diverged (loss {last_loss}); lower {errors.option('lr')}")
     seconds = time.perf_counter() - started
@@ -110,12 +121,41 @@ def train_classifier(model, dataset, indices, settings: ClassifierSettings, devi
             "images_per_s": round(images / max(seconds, 1e-9), 2)}
 
 
+def _loader(dataset, indices, settings: ClassifierSettings, seed: int) -> DataLoader:
+    # persistent: workers started once per run, not once per epoch (Df fine-tunes are many short epochs)
+    return DataLoader(Subset(dataset, list(indices)), batch_size=settings.batch_size, shuffle=True,
+                      num_workers=settings.workers, generator=torch.Generator().manual_seed(seed),
+                      persistent_workers=settings.workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _batches(loaders, total: int):
+    """(epoch, label kind, inputs, labels) of each step: every epoch each pass in turn, ``total`` in all."""
+    step, epoch = 0, 0
+    while True:
+        for loader, kind in loaders:
+            for inputs, labels in loader:
+                yield epoch, kind, inputs, labels
+                step += 1
+                if step >= total:
+                    return
+        epoch += 1
+
+
+def _note_late_milestones(settings: ClassifierSettings, epochs: int) -> None:
+    late = [m for m in settings.milestones if m >= epochs] if settings.schedule == "step" else []
+    if late:  # the protocol's 5-10 epoch unlearning under 91,136: a constant rate, as published
+        from negmerge_cli.core.output import output
+
+        all_late = len(late) == len(settings.milestones)
+        rate = f"the rate stays at {errors.option('lr')}" if all_late else "they are never reached"
+        output().log(f"milestones {','.join(map(str, late))} are past the run's {epochs} epochs: {rate}")
+
+
 def _optimizer(model, settings: ClassifierSettings):
     params = [p for p in model.parameters() if p.requires_grad]
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=MOMENTUM, weight_decay=settings.wd)
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.wd)
-
 
 
 @torch.no_grad()

@@ -104,7 +104,7 @@ LIMITS: dict[str, dict[str, Range]] = {
         # FinetuneOptions (negmerge_cli.training.options)
         "batch_size": COUNT, "accum_steps": COUNT, "warmup_steps": COUNT_OR_ZERO, "workers": WORKERS,
         "point": INDEX, "eval_batch_size": COUNT, "crop_scale": FRACTION, "hflip": PROBABILITY,
-        "num_classes": CLASSES,
+        "num_classes": CLASSES, "milestones": COUNT, "saliency_fraction": FRACTION, "l1_alpha": Range(float, 0.0),
     },
     "eval": {
         # EvalOptions, SearchOptions (negmerge_cli.training.options)

@@ -66,12 +66,18 @@ class FinetuneOptions:
     num_classes: Optional[int] = _classifier(None)  # None: the dataset's
     forget_split: Optional[Path] = _classifier(None)  # `negmerge split` JSON; needed by subset retain/forget
     subset: str = _classifier("all")  # all | retain (Dr) | forget (Df)
-    objective: str = _classifier("ce")  # ce | ascent | random-labels
+    # ce | ascent | wrong-labels | random-labels | salun | l1-sparse (negmerge_cli/classifier/objectives.py)
+    objective: str = _classifier("ce")
     schedule: str = _classifier("cosine")  # cosine | step
+    milestones: Sequence[int] = _classifier(())  # step: x0.1 from each of these epochs on; (): at 50%, 75%
+    saliency_fraction: float = _classifier(0.5)  # salun: the top share of weights by forget-gradient magnitude
+    saliency_freeze: bool = _classifier(False)  # salun: also hold the weights outside the mask (a6e89fd)
+    l1_alpha: float = _classifier(5e-4)  # l1-sparse: the l1 coefficient in the first epoch, decaying linearly
     augment: Optional[str] = _classifier(None)  # crop-flip | crop | none; None: the data's
 
     def __post_init__(self) -> None:  # every number in range before anything runs
         self.output = Path(self.output)
+        self.milestones = tuple(self.milestones or ())
         limits.check_fields("finetune", self)
         limits.check_fields("finetune", self.grid)
         _check_size_and_precision(self)
