@@ -19,8 +19,8 @@ from negmerge_cli.core.schema import Fraction, NonNegative, Positive, Schema
 from negmerge_cli.report.rows import HEADLINE, Curve, Found, ResultRow
 from negmerge_cli.results import (
     ClassifierEvaluation,
-    ClassifierSearchResult,
     ClassifierSearchPoint,
+    ClassifierSearchResult,
     SearchPoint,
     SearchResult,
     SearchRun,

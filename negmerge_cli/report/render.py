@@ -12,13 +12,27 @@ from typing import Optional
 from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.core.escape import json_text, number
 from negmerge_cli.core.escape import markdown as md
+from negmerge_cli.report import classifier_table, trials
 from negmerge_cli.report import published as paper
-from negmerge_cli.report.rows import FRACTION_METRICS, HEADLINE, HEADLINE_ID, OPTIONAL_METRICS, Average, Report, ResultRow
+from negmerge_cli.report.rows import (
+    FRACTION_METRICS,
+    HEADLINE,
+    HEADLINE_ID,
+    HEADLINE_TITLE,
+    OPTIONAL_METRICS,
+    Average,
+    Report,
+    ResultRow,
+)
 from negmerge_cli.results import DROPPING_METHODS
 
 FORMATS = ("markdown", "csv", "json")
 CSV_DECIMALS = 6  # accuracies of at most a million images; float32 noise beyond
-HEADLINE_TITLE = "lambda chosen by the paper's rule"
+BN_NOTE = ("BatchNorm running statistics: left out of the vectors by default (`vector --buffers exclude`: the "
+           "original's are kept); the rows marked (BatchNorm statistics in the vectors) merge the plain checkpoint "
+           "differences (`--buffers include`), as the released CLIP code would.")
+TRIALS_NOTE = ("Over trials (OUT/trial-K folders): mean \u00b1 sample standard deviation (n - 1 in the "
+               "denominator); Trials: n, the number averaged.")
 SUFFIX_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json"}
 DATASET_TITLES = {"cars": "Cars", "dtd": "DTD", "eurosat": "EuroSAT", "gtsrb": "GTSRB", "mnist": "MNIST",
                   "resisc45": "RESISC45", "sun397": "SUN397", "svhn": "SVHN", "imagenet": "ImageNet"}
@@ -27,7 +41,9 @@ METHOD_TITLES = {"pretrained": "Pretrained", "best_single": "Task Arithmetic (be
                  "dare": "DARE", "magmax": "MagMax", "negmerge": "NegMerge",
                  # the classifier reproduction's rows
                  "original": "Original", "retrain": "Retrain", "finetune_retain": "Fine-tune on Dr",
-                 "gradient_ascent": "Gradient ascent", "random_labels": "Random labels"}
+                 "gradient_ascent": "Gradient ascent", "random_labels": "Random labels", "l1_sparse": "l1-sparse",
+                 "salun": "SalUn", "wrong_labels": "Wrong labels"}
+BN_SUFFIX = "_bn"  # the classifier reproduction's merges of vectors that keep the BatchNorm statistics
 
 
 def check_format(name: str) -> str:
@@ -73,7 +89,8 @@ def markdown(report: Report, with_published: bool = False) -> str:
         parts.append(_lambda_table(report, setting, clip_published))
         parts.append(_metrics_table(report, setting))
     if with_published and report.is_classifier:
-        parts.append(_classifier_published_table(report))
+        parts.append(classifier_table.markdown(_mismatch(report, paper.classifier_same_setting(report.model,
+                                                                                                 report.datasets))))
     elif with_published and not (clip_published and _averaged(report)):
         parts.append(_clip_published_table(report))
     return "\n".join(p for p in parts if p)
@@ -92,6 +109,7 @@ def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
     lines = [f"{what} (%){model}: Df = forget set (lower is better), Dr = {retain}.", ""]
     header = ["Method"] + [f"{_title(d)} {x}" for d in datasets for x in ("Df", "Dr")]
     header += ["Avg Df", "Avg Dr"] if averages else []
+    header += ["Trials"] if report.has_trials else []
     lines += _header(header)
     for method in methods:
         cells = [_method(method)]
@@ -102,8 +120,12 @@ def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
         if averages:
             cells += _average_cells(report.average(setting, method),
                                     paper.average(method) if with_published and setting == HEADLINE else None)
+        if report.has_trials:
+            cells.append(", ".join(sorted({str(r.n or 1) for r in report.rows if r.key[:2] == (setting, method)})))
         lines.append(_line(cells))
-    notes = []
+    notes = [TRIALS_NOTE] if report.has_trials else []
+    if any(m.endswith(BN_SUFFIX) for m in methods):
+        notes.append(BN_NOTE)
     if averages and any(a and not a.complete for a in (report.average(setting, m) for m in methods)):
         notes.append("\\* average over the datasets present so far.")
     if with_published and setting == HEADLINE and averages:
@@ -116,8 +138,14 @@ def _accuracy_table(report: Report, setting: str, with_published: bool) -> str:
 
 def _accuracy(row: Optional[ResultRow], which: str, published: Optional[float]) -> str:
     value = getattr(row, which) if row else None
-    text = _pct(value) + ("v" if row and value is not None and row.split == "val" else "")
+    text = _spread(row, which, _pct(value), _pct) + ("v" if row and value is not None and row.split == "val" else "")
     return text + (f" ({_pct(published)})" if published is not None else "")
+
+
+def _spread(row: Optional[ResultRow], attribute: str, text: str, form) -> str:
+    """``text`` (the row's figure, or its mean over trials) with `` ± std`` where it has one."""
+    std = row.spread.get(trials.FIELDS.get(attribute, attribute)) if row is not None else None
+    return text if std is None else f"{text} \u00b1 {form(std)}"
 
 
 def _average_cells(average: Optional[Average], published) -> list[str]:
@@ -145,7 +173,7 @@ def _lambda_table(report: Report, setting: str, with_published: bool) -> str:
         cells = [_method(method)]
         for dataset in datasets:
             row = report.row(setting, method, dataset)
-            text = number(row and row.coef)
+            text = _spread(row, "coef", number(row and row.coef), number)
             if row is not None and row.kept is not None:
                 text += f" (kept {number(row.kept, '.1f', scale=100)}%)"
             known = paper.cell(method, dataset) if with_published and setting == HEADLINE else None
@@ -167,19 +195,10 @@ def _metrics_table(report: Report, setting: str) -> str:
         cells = [_method(method)]
         for dataset in datasets:
             row = report.row(setting, method, dataset)
-            cells += [_metric(k, row.metrics.get(k) if row else None) for k in keys]
+            cells += [_spread(row, k, _metric(k, row.metrics.get(k) if row else None), lambda v, k=k: _metric(k, v))
+                      for k in keys]
         lines.append(_line(cells))
     return "\n".join(lines) + "\n"
-
-
-def _classifier_published_table(report: Report) -> str:
-    lines = [f"Published ({paper.CLASSIFIER_SETTING}): accuracies and MIA-efficacy in %, Avg. Gap in points "
-             "to Retrain." + _mismatch(report, paper.classifier_same_setting(report.model, report.datasets)), ""]
-    lines += _header(["Method", "Dr %", "Df %", "Dtest %", "MIA-efficacy %", "Avg. Gap"])
-    for known in paper.CLASSIFIER.values():
-        lines.append(_line([known.title + ("\u2020" if known.secondary else "")]
-                           + [_number(v) for v in (known.dr, known.df, known.dtest, known.mia, known.avg_gap)]))
-    return "\n".join(lines + ["", "\u2020 from secondary sources, not the paper's own table."]) + "\n"
 
 
 def _clip_published_table(report: Report) -> str:
@@ -208,6 +227,8 @@ def _title(dataset: str) -> str:
 
 
 def _method(method: str) -> str:
+    if method.endswith(BN_SUFFIX) and method[:-len(BN_SUFFIX)] in METHOD_TITLES:
+        return METHOD_TITLES[method[:-len(BN_SUFFIX)]] + " (BatchNorm statistics in the vectors)"
     return METHOD_TITLES.get(method) or md(method)
 
 
@@ -253,7 +274,8 @@ def _records(report: Report, with_published: bool) -> list[dict]:
                 records.append({"setting": name, "method": method, "dataset": dataset, "split": row.split,
                                 "lambda": row.coef, "forget_acc1": row.forget, "retain_acc1": row.retain,
                                 "nonzero_fraction": row.nonzero, "kept_fraction": row.kept, "n_datasets": None,
-                                **{k: row.metrics.get(k) for k in keys}, "vector": row.vector,
+                                **{k: row.metrics.get(k) for k in keys}, **_trial_fields(report, row, keys),
+                                "vector": row.vector,
                                 **beside(paper.cell(method, dataset) if setting == HEADLINE else None)})
             average = report.average(setting, method) if _averaged(report) else None
             if average is not None:
@@ -263,7 +285,7 @@ def _records(report: Report, with_published: bool) -> list[dict]:
                                 "kept_fraction": None, "n_datasets": average.datasets, **{k: None for k in keys},
                                 "vector": None, **beside(paper.average(method) if setting == HEADLINE else None)})
     if with_published and report.is_classifier:
-        records += [_classifier_published_record(key, known, keys) for key, known in paper.CLASSIFIER.items()]
+        records += classifier_table.records(_blank(keys, False) | _trial_fields(report, None, keys), keys)
     elif with_published and not (clip_published and _averaged(report)):
         records += _clip_published_records(keys, clip_published)
     return records
@@ -282,12 +304,12 @@ def _clip_published_records(keys: list[str], clip_published: bool) -> list[dict]
                                                        "retain_acc1": p.retain} for (m, d), p in paper.CELLS.items()]
 
 
-def _classifier_published_record(method: str, known, keys: list[str]) -> dict:
-    """Percent and points as the literature prints them, as fractions (and points)."""
-    fraction = lambda value: None if value is None else round(value / 100, 6)
-    metrics = {"dtest_acc": fraction(known.dtest), "mia_efficacy": fraction(known.mia), "avg_gap_points": known.avg_gap}
-    return _blank(keys, False) | {"method": method, "dataset": paper.CLASSIFIER_DATASET, "forget_acc1": fraction(known.df),
-                                  "retain_acc1": fraction(known.dr), **{k: metrics.get(k) for k in keys}}
+def _trial_fields(report: Report, row: Optional[ResultRow], keys: list[str]) -> dict:
+    """With trials: n and each figure's sample std, beside its mean and in its unit (CSV's columns)."""
+    if not report.has_trials:
+        return {}
+    names = ["lambda", "forget_acc1", "retain_acc1", *keys]
+    return {"n_trials": row and row.n, **{f"{name}_std": row and row.spread.get(name) for name in names}}
 
 
 def _published_fields(known) -> dict:
@@ -298,7 +320,7 @@ def _published_fields(known) -> dict:
 def to_csv(report: Report, with_published: bool = False) -> str:
     records = _records(report, with_published)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in records for k in r)), lineterminator="\n")
     writer.writeheader()
     for record in records:
         writer.writerow({k: _csv_cell(v) for k, v in record.items()})
@@ -323,6 +345,8 @@ def to_json(report: Report, with_published: bool = False) -> str:
             "setting_titles": {s or HEADLINE_ID: report.titles.get(s) or (HEADLINE_TITLE if s == HEADLINE else s)
                                for s in report.settings},
             "rows": [r.to_json() for r in report.rows],
+            **({"trials": TRIALS_NOTE + " Each row's std holds its figures' standard deviations, in their units."}
+               if report.has_trials else {}),
             "averages": [a.to_json() for s in report.settings for m in report.methods(s)
                          if _averaged(report) and (a := report.average(s, m)) is not None]}
     if with_published:

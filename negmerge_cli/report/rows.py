@@ -11,6 +11,7 @@ from negmerge_cli.results import DROPPING_METHODS, SearchResult
 
 HEADLINE = ""  # the setting of rows chosen by the paper's rule on its grid
 HEADLINE_ID = "paper"  # its name in CSV and JSON
+HEADLINE_TITLE = "lambda chosen by the paper's rule"
 # Optional metrics (keys in the JSON -> column titles): the classifier scenario's Dtest accuracy and
 # MIA-efficacy (fractions, shown in % in Markdown) and Avg. Gap (percentage points).
 OPTIONAL_METRICS = {"dtest_acc": "Dtest %", "mia_efficacy": "MIA-efficacy %", "avg_gap_points": "Avg. Gap (points)"}
@@ -35,6 +36,9 @@ class ResultRow:
     setting: str = HEADLINE
     vector: Optional[str] = None  # the best single vector's name
     sources: tuple[str, ...] = ()
+    trial: Optional[str] = None  # the trial (OUT/trial-K) the row comes from (report.trials)
+    n: Optional[int] = None  # the number of trials a mean row averages; None: one run, no trials
+    spread: dict[str, float] = field(default_factory=dict)  # sample std of each averaged figure (JSON names)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -52,10 +56,11 @@ class ResultRow:
                        sources=self.sources + other.sources)
 
     def to_json(self) -> dict:
+        trials = {"n_trials": self.n, "std": dict(self.spread)} if self.n is not None else {}
         return {"setting": self.setting or HEADLINE_ID, "method": self.method, "dataset": self.dataset,
                 "split": self.split, "lambda": self.coef, "forget_acc1": self.forget, "retain_acc1": self.retain,
                 "nonzero_fraction": self.nonzero, "kept_fraction": self.kept, "metrics": dict(self.metrics),
-                "vector": self.vector, "sources": list(self.sources)}
+                **trials, "vector": self.vector, "sources": list(self.sources)}
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,11 @@ class Report:
 
     def splits(self) -> set[str]:
         return {r.split for r in self.rows if r.forget is not None}
+
+    @property
+    def has_trials(self) -> bool:
+        """Some row is the mean of repeated runs (report.trials)."""
+        return any(r.n is not None for r in self.rows)
 
     @property
     def is_classifier(self) -> bool:
