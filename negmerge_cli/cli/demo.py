@@ -20,22 +20,27 @@ def demo(
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where the pretrained tiny model is cached [default: ~/.cache/negmerge_cli].", file_okay=False)] = None,
     force: opt.Force = False,
     scenario: Annotated[str, typer.Option("--scenario", help="clip (unlearn a task from a tiny CLIP) or classifier (forget a class of digits, ResNet; the unlearning metrics).")] = "clip",
+    vary: Annotated[Optional[str], typer.Option("--vary", help="clip: what the k fine-tunes differ in: seeds (one learning rate) or hyperparameters (learning rate and steps, one seed; the same k and total steps) [default: seeds].")] = None,
 ) -> None:
     """Unlearn digits from a tiny CLIP that knows digits and textures: fine-tune k models, merge their
     task vectors (NegMerge and baselines), choose lambda on Val, report test accuracy."""
+    from negmerge_cli.demo.agreement import describe
     from negmerge_cli.demo.pipeline import DemoSettings, run_demo
     from negmerge_cli.demo.pretrain import default_cache_dir
 
     if workdir.exists() and not workdir.is_dir():
         raise UsageError(f"{option('workdir')} {workdir}: exists and is not a folder")
     if scenario == "classifier":
+        if vary is not None:  # its k fine-tunes are a hyperparameter grid already
+            raise UsageError(f"{option('vary')} is for {option('scenario')} clip")
         return _classifier_demo(workdir, quick, force)
     if scenario != "clip":
         raise UsageError(f"{option('scenario')} {scenario!r}: choose clip or classifier")
-    settings = DemoSettings.quick() if quick else DemoSettings.full()
+    settings = (DemoSettings.quick if quick else DemoSettings.full)(vary or "seeds")
     results = run_demo(workdir, settings, cache_dir or default_cache_dir(), force=force)
     for table in results_tables(results):
         output().show(table)
+    output().log(describe(results.vectors))
     output().log(f"results: {workdir / 'results.json'}   trade-off of every method: {workdir / 'tradeoff.png'}   "
                  f"as Markdown: negmerge report {workdir}")
     _print_commands(workdir / "commands.sh")
@@ -64,7 +69,8 @@ def results_tables(results) -> list[Table]:
     caption = (f"test accuracy; chance: forget {chance.forget:.1%}, retain {chance.retain:.1%}; lambda chosen on Val: "
                f"lowest forget accuracy with retain >= {results.threshold:g} x the start's; non-zero: of all the "
                f"vector's float elements; kept (methods that drop elements): of the elements the fine-tunes changed")
-    title = f"Unlearning {results.forget_dataset} (forget) while keeping {results.retain_dataset} (retain), k = {results.k}"
+    title = (f"Unlearning {results.forget_dataset} (forget) while keeping {results.retain_dataset} (retain), "
+             f"k = {results.k} fine-tunes differing in their {results.vary}")
     tables = []
     for subtitle, outcomes in (("the paper's rule, lambda 0 to 1", results.methods), (results.matched_label, results.matched)):
         table = Table(title=f"{title}: {subtitle}", caption=caption)

@@ -14,6 +14,7 @@ from typing import Optional
 
 from negmerge_cli.core import files
 from negmerge_cli.demo import tasks
+from negmerge_cli.demo.agreement import vector_agreement
 from negmerge_cli.demo.pretrain import MODEL, PretrainRecipe, pretrained_checkpoint
 from negmerge_cli.report.plots import save
 from negmerge_cli.report.rows import Curve
@@ -29,19 +30,29 @@ PAPER_COEFS = [round(i / 20, 10) for i in range(21)]  # 0, 0.05, ..., 1: the pap
 EXTENDED_COEFS = PAPER_COEFS + [round(1 + i / 10, 10) for i in range(1, 21)]
 
 
+VARIES = ("seeds", "hyperparameters")
+# The hyperparameter variant's grid, fixed from the seed variant before any run (never tuned on the
+# outcome): the seed variant's lr with a factor of 2 either side, and (full) its 100 steps split
+# into 50 and 150, so k and the total number of training steps are the seed variant's.
+VARIED_LRS = (5e-4, 1e-3, 2e-3)
+
+
 @dataclass(frozen=True)
 class DemoSettings:
-    """The reduced (``quick``) and full settings.
+    """The reduced (``quick``) and full settings, and what the k fine-tunes differ in (``vary``).
 
-    The k fine-tunes differ in their seed (data order and initial batches) at one learning rate.
-    The paper varies RandAugment instead; here timm's RandAugment mixes colour channels (Invert,
-    SolarizeAdd, Color, Contrast), which are exactly what keeps the two tiny tasks apart, and with
-    it the chosen lambda's retain accuracy fell to the 95% limit (see docs/demo.md)."""
+    ``seeds`` (the default): their seed (data order and initial batches) at one learning rate and
+    step count. ``hyperparameters``: their learning rate (and, in the full setting, step count) at
+    one seed, the paper's premise of k models from a hyperparameter search; the same k, total steps
+    and everything else. The paper varies RandAugment; here timm's RandAugment mixes colour channels
+    (Invert, SolarizeAdd, Color, Contrast), which are exactly what keeps the two tiny tasks apart,
+    and with it the chosen lambda's retain accuracy fell to the 95% limit (see docs/demo.md)."""
 
     randaug: tuple[str, ...]
-    steps: int
-    lr: float = 1e-3
+    steps: tuple[int, ...]
+    lr: tuple[float, ...] = (1e-3,)
     seeds: tuple[int, ...] = (0,)
+    vary: str = "seeds"
     batch_size: int = 64
     warmup_steps: int = 10
     crop_scale: float = 0.6  # only used with RandAugment: 16-px digits want gentler crops ...
@@ -49,12 +60,44 @@ class DemoSettings:
     pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
 
     @classmethod
-    def full(cls) -> "DemoSettings":
-        return cls(("none",), steps=100, seeds=(0, 1, 2, 3, 4, 5))
+    def full(cls, vary: str = "seeds") -> "DemoSettings":
+        if _checked(vary) == "hyperparameters":
+            return cls(("none",), steps=(50, 150), lr=VARIED_LRS, vary=vary)
+        return cls(("none",), steps=(100,), seeds=(0, 1, 2, 3, 4, 5))
 
     @classmethod
-    def quick(cls) -> "DemoSettings":
-        return cls(("none",), steps=80, seeds=(0, 1, 2))
+    def quick(cls, vary: str = "seeds") -> "DemoSettings":
+        if _checked(vary) == "hyperparameters":
+            return cls(("none",), steps=(80,), lr=VARIED_LRS, vary=vary)
+        return cls(("none",), steps=(80,), seeds=(0, 1, 2))
+
+    @property
+    def k(self) -> int:
+        return len(self.randaug) * len(self.lr) * len(self.steps) * len(self.seeds)
+
+    @property
+    def total_steps(self) -> int:
+        """Training steps of all k fine-tunes together: the variants' common budget."""
+        return self.k // len(self.steps) * sum(self.steps)
+
+    def grid(self):
+        """The k fine-tunes as ``finetune``'s grid (trained with ``seed_mode="shared"``)."""
+        from negmerge_cli.stages import Grid
+
+        return Grid(lr=list(self.lr), steps=list(self.steps), seed=list(self.seeds), randaug=list(self.randaug))
+
+    def to_json(self) -> dict:
+        """results.json's ``settings``: what the k fine-tunes differ in, and the grid they span."""
+        return {"vary": self.vary, "randaug": list(self.randaug), "lr": list(self.lr), "steps": list(self.steps),
+                "seeds": list(self.seeds), "k": self.k, "total_steps": self.total_steps}
+
+
+def _checked(vary: str) -> str:
+    from negmerge_cli.core.errors import UsageError, option
+
+    if vary not in VARIES:
+        raise UsageError(f"{option('vary')} {vary!r}: choose {' or '.join(VARIES)}")
+    return vary
 
 
 @dataclass
@@ -126,12 +169,13 @@ def _run(work: Workdir, settings: DemoSettings, cache_dir: Path, force: bool) ->
         headline[method], matched[method] = replace(headline[method], **kept), replace(matched[method], **kept)
     log("best single task vector: search each of the k vectors")
     headline["best_single"], matched["best_single"] = _best_single(work, base, finetuned, commands, force)
+    agreement = vector_agreement([work / "vectors" / path.name for path in finetuned],
+                                 {method: work / "merged" / f"{method}.safetensors" for method in METHODS})
     timings["total_s"] = round(time.perf_counter() - started, 1)
     results = DemoResults(
         MODEL, FORGET, RETAIN, THRESHOLD, len(finetuned), Accuracies(start["forget"], start["retain"]),
         Accuracies(CHANCE["forget"], CHANCE["retain"]), headline, matched, list(EXTENDED_COEFS),
-        settings={"randaug": list(settings.randaug), "steps": settings.steps, "lr": settings.lr,
-                  "seeds": list(settings.seeds)}, timings=timings)
+        settings=settings.to_json(), timings=timings, vectors=agreement)
     figure = _tradeoff_figure(work, results)
     with files.deferred_commits():  # the three results together, or none of them
         save(figure, work / "tradeoff.png", force=force)
@@ -166,27 +210,27 @@ def _write_tasks(work: Workdir) -> None:
 
 
 def _finetune(work: Workdir, pretrained: Path, settings: DemoSettings, commands: list[str]):
-    from negmerge_cli.stages import FinetuneOptions, Grid, finetune
+    from negmerge_cli.stages import FinetuneOptions, finetune
 
     sweep = work / "finetune"
-    count = len(settings.randaug) * len(settings.seeds)
-    log(f"fine-tuning {count} models on digits ({settings.steps} steps each, one per grid point)")
+    log(f"fine-tuning {settings.k} models on digits, differing in their {settings.vary} "
+        f"({settings.total_steps} steps in all)")
     options = FinetuneOptions(
         model=MODEL, data=str(work.digits), output=sweep, pretrained=str(pretrained),
-        grid=Grid(lr=[settings.lr], steps=[settings.steps], seed=list(settings.seeds), randaug=list(settings.randaug)),
+        grid=settings.grid(),
         batch_size=settings.batch_size, warmup_steps=settings.warmup_steps, workers=0,
         crop_scale=settings.crop_scale, hflip=settings.hflip,
-        seed_mode="shared",  # the demo's k fine-tunes are its seeds 0..k-1, each trained with that very seed
+        seed_mode="shared",  # each fine-tune is trained with its very seed (one seed: the same data order)
     )
     manifest = finetune(options)
-    grid = " ".join(f"--seed {s}" for s in settings.seeds) + " --seed-mode shared"
+    grid = "".join(f" --{name} {value:g}" for name, values in (("lr", settings.lr), ("steps", settings.steps),
+                                                               ("seed", settings.seeds)) for value in values)
     if settings.randaug != ("none",):
         grid += "".join(f" --randaug {r}" for r in settings.randaug)
         grid += f" --crop-scale {settings.crop_scale} --hflip {settings.hflip}"
     commands.append(
-        f"negmerge finetune --model {MODEL} --pretrained {pretrained} --data {work.digits} -o {sweep} "
-        f"{grid} --lr {settings.lr} --steps {settings.steps} --batch-size {settings.batch_size} "
-        f"--warmup-steps {settings.warmup_steps}"
+        f"negmerge finetune --model {MODEL} --pretrained {pretrained} --data {work.digits} -o {sweep}"
+        f"{grid} --seed-mode shared --batch-size {settings.batch_size} --warmup-steps {settings.warmup_steps}"
     )
     return manifest
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 from negmerge_cli.core.errors import UsageError
 from negmerge_cli.report import classifier_results as classifier
-from negmerge_cli.report.rows import Curve, Found, ResultRow
+from negmerge_cli.report.rows import HEADLINE, HEADLINE_TITLE, Curve, Found, ResultRow
 from negmerge_cli.results import (
     CLASSIFIER_EVAL_TASK,
     CLASSIFIER_SEARCH_TASK,
@@ -266,7 +266,10 @@ def _with_inspection(folder: Path, row: ResultRow) -> ResultRow:
 
 def _from_demo(path: Path, results: DemoResults) -> Found:
     folder = path.parent
-    found = Found(models=[results.model], retain=[results.retain_dataset], titles={MATCHED: results.matched_label})
+    # the titles say what the k fine-tunes differ in (the demo's --vary), so two runs read apart
+    varied = f"; the {results.k} fine-tunes vary {results.vary}"
+    found = Found(models=[results.model], retain=[results.retain_dataset],
+                  titles={HEADLINE: HEADLINE_TITLE + varied, MATCHED: results.matched_label + varied})
     dataset = results.forget_dataset
     for setting, outcomes in ((None, results.methods), (MATCHED, results.matched)):
         found.rows.append(ResultRow("pretrained", dataset, results.start.forget, results.start.retain,

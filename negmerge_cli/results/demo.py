@@ -64,6 +64,13 @@ class DemoResults:
     matched_coefs: list[float]
     settings: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    # how alike the k task vectors are: norms, cosine similarity, sign agreement (demo/agreement.py)
+    vectors: dict = field(default_factory=dict)
+
+    @property
+    def vary(self) -> str:
+        """What the k fine-tunes differ in: "seeds" or "hyperparameters" (files before the option: seeds)."""
+        return self.settings.get("vary", "seeds")
 
     @property
     def matched_label(self) -> str:
@@ -77,5 +84,5 @@ class DemoResults:
                 "methods": {name: o.to_json() for name, o in self.methods.items()},
                 "matched": {"coefs": list(self.matched_coefs),
                             "methods": {name: o.to_json() for name, o in self.matched.items()}},
-                "settings": self.settings, "timings": self.timings}
+                "settings": self.settings, "timings": self.timings, **({"vectors": self.vectors} if self.vectors else {})}
 

@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+import torch
 from helpers import assert_clean_failure, run_cli
 
 
@@ -73,7 +74,9 @@ def test_report_of_the_demo_folder_in_every_format(quick_demo, cli, tmp_path):
     results = json.loads((workdir / "results.json").read_text())
     markdown = cli("report", workdir)
     assert markdown.returncode == 0, markdown.stderr
-    headline, matched = markdown.stdout.split("### matched retain (lambda 0 to 3)")
+    varied = f"; the {results['k']} fine-tunes vary seeds"  # the titles say what the k differ in
+    assert f"### lambda chosen by the paper's rule{varied}" in markdown.stdout
+    headline, matched = markdown.stdout.split(f"### matched retain (lambda 0 to 3){varied}")
     negmerge = results["methods"]["negmerge"]
     assert f"| NegMerge | {100 * negmerge['forget']:.2f} | {100 * negmerge['retain']:.2f} |" in headline
     assert f"| NegMerge | {negmerge['lambda']:.2f} (kept {100 * negmerge['kept_fraction']:.1f}%) |" in headline
@@ -84,7 +87,7 @@ def test_report_of_the_demo_folder_in_every_format(quick_demo, cli, tmp_path):
 
     data = json.loads(cli("report", workdir, "--format", "json").stdout)
     assert data["settings"] == ["paper", "matched_retain"] and data["retain_dataset"] == "textures"
-    assert data["setting_titles"]["matched_retain"] == "matched retain (lambda 0 to 3)"
+    assert data["setting_titles"]["matched_retain"] == "matched retain (lambda 0 to 3)" + varied
     rows = {(r["setting"], r["method"]): r for r in data["rows"]}
     for method, outcome in results["methods"].items():
         row = rows["paper", method]
@@ -104,3 +107,33 @@ def test_demo_refuses_a_file_as_workdir(tmp_path, cli):
     target = tmp_path / "file"
     target.write_text("x")
     assert_clean_failure(cli("demo", "--workdir", target), "--workdir")
+
+
+@pytest.mark.slow
+def test_the_demo_records_its_variant_and_how_alike_its_vectors_are(quick_demo):
+    """settings: the default varies seeds; vectors: the k task vectors' norms, cosine similarity and
+    sign agreement, against a dense computation over the vector files the demo wrote."""
+    from safetensors.torch import load_file
+
+    workdir, _, result = quick_demo
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["settings"]["vary"] == "seeds" and results["settings"]["total_steps"] == 3 * 80
+    manifest = json.loads((workdir / "finetune" / "manifest.json").read_text())
+    points = [p["hyperparameters"] for p in manifest["points"]]
+    assert sorted(p["seed"] for p in points) == [0, 1, 2] and len({(p["lr"], p["steps"]) for p in points}) == 1
+
+    rows = []
+    for path in sorted((workdir / "vectors").glob("*.safetensors")):
+        state = load_file(str(path))
+        rows.append(torch.cat([state[n].flatten().double() for n in sorted(state) if state[n].is_floating_point()]))
+    rows = torch.stack(rows)
+    found = results["vectors"]
+    assert found["norms"] == pytest.approx([float(r.norm()) for r in rows])
+    cosines = [float(rows[i] @ rows[j] / (rows[i].norm() * rows[j].norm())) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert found["cosine_mean"] == pytest.approx(sum(cosines) / 3) and found["cosine_min"] == pytest.approx(min(cosines))
+    changed = (rows != 0).any(0)
+    agreed = ((rows > 0).all(0) | (rows < 0).all(0)).sum()
+    assert found["sign_agreement"] == pytest.approx(float(agreed / changed.sum()))
+    # what NegMerge keeps is that agreement (up to elements whose mean is exactly zero)
+    assert found["sign_agreement"] == pytest.approx(results["methods"]["negmerge"]["kept_fraction"], abs=1e-3)
+    assert "differing in their seeds" in " ".join(result.stderr.split()) and "sign of" in result.stderr
