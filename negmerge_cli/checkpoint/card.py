@@ -55,6 +55,7 @@ def render(metadata: dict[str, str], *, title: str, base_model: str | None, libr
         "",
         *_table(_INPUT_HEADER, inputs),
         "",
+        *_hub_section(metadata),
         *_vector_section(metadata),
         "## Command",
         "",
@@ -114,6 +115,16 @@ def _inputs(metadata: dict[str, str]) -> list[tuple[str, str, str, str]]:
             for key, role in INPUT_ROLES.items()
             for named in read_inputs(metadata.get(PREFIX + key))
             for file in named["files"]]
+
+
+def _hub_section(metadata: dict[str, str]) -> list[str]:
+    """The inputs taken from the Hugging Face Hub: repository, revision asked, commit used."""
+    rows = [(role, named["input"], named["repo_id"], named.get("revision", "(default branch)"), named.get("commit", "?"))
+            for key, role in INPUT_ROLES.items()
+            for named in read_inputs(metadata.get(PREFIX + key)) if "repo_id" in named]
+    if not rows:
+        return []
+    return ["## From the Hugging Face Hub", "", *_table(("role", "input", "repository", "revision", "commit"), rows), ""]
 
 
 def _vector_section(metadata: dict[str, str]) -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from negmerge_cli.checkpoint import card as model_card
+from negmerge_cli.checkpoint.hub_cache import origin
 from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, MODEL_CONFIG, configured_weights, folder_weights
 from negmerge_cli.core import files
@@ -105,7 +106,7 @@ def plan_output(output: str | os.PathLike, options, base: str | os.PathLike | No
     base_folder = _base_folder(Path(base)) if base is not None else None
     name, shard_bytes = _weights_layout(base_checkpoint, options.shard_bytes, lone_file=base_folder is None)
     companions = _companions(base_folder) if base_folder is not None and options.copy_files else []
-    card = _card_fields(Path(base) if base is not None else None, base_folder) if options.model_card else None
+    card = _card_fields(base, base_folder) if options.model_card else None
     plan = OutputPlan(folder / name, shard_bytes, folder, companions, card, options.force)
     check_read_back(folder, name, shard_bytes is not None, companions)
     for source in companions:
@@ -201,19 +202,18 @@ def _copy(source: Path, target: Path, force: bool) -> Path:
     return target
 
 
-def _card_fields(base: Path | None, base_folder: Path | None) -> dict:
+def _card_fields(base: str | os.PathLike | None, base_folder: Path | None) -> dict:
     library = "transformers" if base_folder is not None and (base_folder / "config.json").is_file() else None
     return {"base_model": _base_model_name(base) if base is not None else None, "library_name": library}
 
 
-def _base_model_name(base: Path) -> str:
-    """A Hugging Face cache snapshot's repository id (``ORG/NAME``), else the base's folder name
-    (or file name without its suffixes): the Hub's ``base_model`` field, for the user to check."""
-    real = base.resolve()
+def _base_model_name(base: str | os.PathLike) -> str:
+    """The base's Hugging Face repository id (``ORG/NAME``: named by id, or a hub-cache snapshot),
+    else its folder name (or file name without its suffixes): the Hub's ``base_model`` field, for
+    the user to check."""
+    real = Path(base).resolve()
+    hub = origin(base, [Path(base)]) or origin(None, [real])
+    if hub:
+        return hub["repo_id"]
     folder = real if real.is_dir() else real.parent if real.name.endswith(INDEX_SUFFIX) else None
-    if folder is None:
-        return real.name.removesuffix(".safetensors")
-    repository = folder.parent.parent.name
-    if folder.parent.name == "snapshots" and repository.startswith("models--"):
-        return repository.removeprefix("models--").replace("--", "/")
-    return folder.name
+    return real.name.removesuffix(".safetensors") if folder is None else folder.name

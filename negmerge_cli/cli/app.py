@@ -24,7 +24,6 @@ from negmerge_cli.core.errors import NegmergeError, use_cli_option_names
 from negmerge_cli.core.invocation import invoked_as
 from negmerge_cli.core.output import output
 
-
 # -- help as written ------------------------------------------------------------------------------
 
 _MARKUP_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")  # what Rich reads as a tag (rich.markup.escape)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,8 +14,8 @@ from negmerge_cli.cli.common import print_stream_result
                                      "rehash", "no_copy_files", "no_model_card", "force"),
                   opt.SELECTION, opt.QUIET)
 def apply(
-    base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint to modify.")],
-    vector: Annotated[Path, typer.Option("--vector", "-v", help="Task vector to add.")],
+    base: Annotated[str, typer.Option("--base", "-b", help="The checkpoint to modify: file, index, folder or Hub repo id ORG/NAME[@REVISION].")],
+    vector: Annotated[str, typer.Option("--vector", "-v", help="Task vector to add (a path or Hub repo id).")],
     scale: Annotated[float, typer.Option("--scale", "-s", help="Coefficient; negative to unlearn (e.g. -0.9).")],
     output: opt.OutputTarget,
     selection=None,

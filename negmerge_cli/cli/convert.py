@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -12,7 +11,7 @@ from negmerge_cli.cli import options as opt
 
 @opt.with_options(opt.QUIET)
 def convert(
-    source: Annotated[Path, typer.Argument(help="A .pt/.pth file saved by the research code (whole ImageEncoder or state dict), or a Hugging Face CLIP safetensors file or folder.")],
+    source: Annotated[str, typer.Argument(help="A .pt/.pth file saved by the research code (whole ImageEncoder or state dict), or a Hugging Face CLIP safetensors file, folder or Hub repo id ORG/NAME[@REVISION].")],
     target: Annotated[str, typer.Option("--output", "-o", help="Output safetensors file, or a folder (existing, or ending with /): open_clip_model.safetensors, open_clip_config.json and a model card, loadable as 'local-dir:FOLDER'.")],
     model: opt.Model,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip tag or local OpenCLIP safetensors file supplying the tensors SOURCE lacks (text tower, logit scale).")] = None,

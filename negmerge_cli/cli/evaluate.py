@@ -17,10 +17,10 @@ from negmerge_cli.training.options import SearchOptions
 @opt.with_options(opt.QUIET)
 def evaluate(
     model: opt.Model,
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint to evaluate (with --vector: the base).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="Checkpoint to evaluate (with --vector: the base): a file, folder or Hub repo id ORG/NAME[@REVISION].")] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip pretrained tag instead of --checkpoint.")] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", "-d", help="Dataset spec (repeatable); default split: test.")] = None,
-    vector: Annotated[Optional[str], typer.Option("--vector", help="Task vector: search lambda for base - lambda * vector.")] = None,
+    vector: Annotated[Optional[str], typer.Option("--vector", help="Task vector (a path or Hub repo id): search lambda for base - lambda * vector.")] = None,
     forget: Annotated[Optional[str], typer.Option("--forget", help="Forget dataset spec for the search (default split: val).")] = None,
     retain: Annotated[Optional[str], typer.Option("--retain", help="Retain dataset spec for the search (default split: val).")] = None,
     coefs: Annotated[Optional[str], typer.Option("--coefs", help="Lambda grid START:STOP:NUM (inclusive) or a comma list [default: 0:1:21, the paper's].")] = None,

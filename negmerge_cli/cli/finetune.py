@@ -25,7 +25,7 @@ def finetune(
     model: opt.Model,
     data: Annotated[str, typer.Option("--data", "-d", help="Training data spec: digits, an image folder, or NAME:ROOT (trains on :train, the part outside Val).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Sweep folder: base.safetensors, one checkpoint per point, manifest.json.", file_okay=False)],
-    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip pretrained tag (needs network) or a local checkpoint; omitted: seeded random init.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="open_clip pretrained tag (needs network), a local checkpoint, or a Hub repo id ORG/NAME[@REVISION]; omitted: seeded random init.")] = None,
     lr: Annotated[GridValues, _grid_option("--lr", "Learning rate(s) [default: 1e-5; classifiers 0.1].")] = None,
     epochs: Annotated[GridValues, _grid_option("--epochs", "Epoch count(s) [default: the paper's for its datasets].")] = None,
     steps: Annotated[GridValues, _grid_option("--steps", "Optimizer step count(s), instead of --epochs.")] = None,
@@ -53,9 +53,13 @@ def finetune(
     num_classes: opt.NumClasses = None,
     forget_split: opt.ForgetSplitFile = None,
     subset: Annotated[str, typer.Option("--subset", help="Classifiers: train on all of the train split, retain (Dr) or forget (Df); retain/forget need --forget-split.", rich_help_panel="Classifier models")] = default(Options, "subset"),
-    objective: Annotated[str, typer.Option("--objective", help="Classifiers: ce (cross-entropy), ascent (gradient ascent), random-labels (CE against a random wrong class).", rich_help_panel="Classifier models")] = default(Options, "objective"),
+    objective: Annotated[str, typer.Option("--objective", help="Classifiers: ce (cross-entropy), ascent (gradient ascent, GA), wrong-labels (CE against a random wrong class), random-labels (the published RL: each epoch Df with uniformly random labels, then Dr; needs --forget-split), salun (random-labels on the salient weights only), l1-sparse (CE plus a decaying l1 penalty).", rich_help_panel="Classifier models")] = default(Options, "objective"),
+    saliency_fraction: Annotated[float, typer.Option("--saliency-fraction", help="salun: the share of all weights trained, those with the largest forget-loss gradient (SalUn's mask with_0.5.pt).", rich_help_panel="Classifier models")] = default(Options, "saliency_fraction"),
+    saliency_freeze: Annotated[bool, typer.Option("--saliency-freeze", help="salun: also hold the weights outside the mask at their start values (the code's 2026 fix); default: only their gradients are masked, as in the published runs.", rich_help_panel="Classifier models")] = default(Options, "saliency_freeze"),
+    l1_alpha: Annotated[float, typer.Option("--l1-alpha", help="l1-sparse: the l1 coefficient in the first epoch, decaying linearly to 0 over the run.", rich_help_panel="Classifier models")] = default(Options, "l1_alpha"),
     optimizer: Annotated[Optional[str], typer.Option("--optimizer", help="sgd (momentum 0.9; the classifier default) or adamw (CLIP's, its only one).", rich_help_panel="Classifier models")] = None,
-    schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = default(Options, "schedule"),
+    schedule: Annotated[str, typer.Option("--schedule", help="Classifiers: cosine, or step (x0.1 at each --milestones epoch; without them at 50% and 75% of the steps).", rich_help_panel="Classifier models")] = default(Options, "schedule"),
+    milestones: Annotated[GridValues, typer.Option("--milestones", help="With --schedule step: the 0-based epochs from which the rate is x0.1 again, e.g. 91,136 (the protocol's MultiStepLR, stepped per epoch). Repeat the option or separate values by commas.", rich_help_panel="Classifier models")] = None,
     augment: Annotated[Optional[str], typer.Option("--augment", help="Classifiers: crop-flip (pad-4 random crop + horizontal flip; the default), crop (the default for digits) or none.", rich_help_panel="Classifier models")] = None,
     device: opt.Device = default(Options, "device"),
 ) -> None:
@@ -85,6 +89,8 @@ def finetune(
         seed_mode=seed_mode, freeze=tuple(freeze or ()), finetuning_mode=finetuning_mode,
         num_classes=num_classes, forget_split=forget_split,
         subset=subset, objective=objective, optimizer=optimizer, schedule=schedule, augment=augment,
+        milestones=tuple(_values(milestones, int, "--milestones") or ()), saliency_fraction=saliency_fraction,
+        saliency_freeze=saliency_freeze, l1_alpha=l1_alpha,
     )
     if list_points:
         for p in plan(options):

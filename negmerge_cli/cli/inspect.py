@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -14,7 +13,7 @@ from negmerge_cli.core.escape import json_text
 
 @opt.with_options(opt.SELECTION, opt.QUIET)
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A .safetensors file, a sharded index, or a folder.")],
+    path: Annotated[str, typer.Argument(help="A .safetensors file, a sharded index, a folder, or a Hub repo id ORG/NAME[@REVISION].")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     nonzero: Annotated[
         Optional[bool],

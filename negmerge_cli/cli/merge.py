@@ -6,7 +6,6 @@ a method's ``Param`` declarations are the only place they are written.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -37,10 +36,10 @@ METHODS_HELP = "\n\n".join(f"{name}: {cls.summary}" for name, cls in sorted(REGI
 
 @opt.with_options(_method_options(), opt.SELECTION, opt.STREAMING, opt.QUIET)
 def merge(
-    inputs: Annotated[list[Path], typer.Argument(help="Task vectors, or fine-tuned checkpoints with --base.")],
+    inputs: Annotated[list[str], typer.Argument(help="Task vectors, or fine-tuned checkpoints with --base: files, indexes, folders or Hub repo ids ORG/NAME[@REVISION].")],
     output: opt.OutputTarget,
     method: Annotated[str, typer.Option("--method", "-m", help="Merge method (listed below).")] = "negmerge",
-    base: Annotated[Optional[Path], typer.Option("--base", "-b", help="Form vectors on the fly as INPUT - BASE.")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", "-b", help="Form vectors on the fly as INPUT - BASE (a path or Hub repo id).")] = None,
     weight: Annotated[Optional[list[float]], typer.Option("--weight", "-w", help="Per-input weight, once per input in order (sum, mean, dare).")] = None,
     buffers: opt.Buffers = None,
     method_params=None,

@@ -13,8 +13,8 @@ from negmerge_cli.cli.common import print_stream_result
 
 @opt.with_options(opt.SELECTION, opt.STREAMING_TO_FILE, opt.QUIET)
 def vector(
-    finetuned: Annotated[list[Path], typer.Argument(help="Fine-tuned checkpoint(s): file, index or folder.")],
-    base: Annotated[Path, typer.Option("--base", "-b", help="The checkpoint the fine-tunes started from.")],
+    finetuned: Annotated[list[str], typer.Argument(help="Fine-tuned checkpoint(s): file, index, folder, or Hub repo id ORG/NAME[@REVISION].")],
+    base: Annotated[str, typer.Option("--base", "-b", help="The checkpoint the fine-tunes started from (a path or Hub repo id).")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (one input).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Output folder: one vector per input, named after it.")] = None,
     buffers: opt.Buffers = None,

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from negmerge_cli.checkpoint import digests, kinds
+from negmerge_cli.checkpoint import digests, hub, kinds
 from negmerge_cli.checkpoint.opening import open_checkpoint
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX, open_regular
 from negmerge_cli.convert import torch_file, unpickle
@@ -23,7 +23,7 @@ class Source:
 
 
 def read_source(path: str | Path) -> Source:
-    path = Path(path)
+    path = Path(hub.resolve(path))  # a Hub id (ORG/NAME[@REVISION]) becomes its cached snapshot folder
     if path.is_dir() or path.name.endswith((".safetensors", INDEX_SUFFIX)):
         with open_checkpoint(path) as checkpoint:
             kinds.require_kind(checkpoint, kinds.CONVERT_SOURCE)

@@ -11,7 +11,7 @@ import torch
 from negmerge_cli.arithmetic.plans import plan_apply
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.arithmetic.streaming import TensorJob
-from negmerge_cli.checkpoint import kinds, linearization
+from negmerge_cli.checkpoint import hub, kinds, linearization
 from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import CHECKPOINT, architecture_of, provenance, vector_provenance
@@ -27,6 +27,7 @@ def apply_vector(base: str | Path, vector: str | Path, scale: float, output: str
     or ending with ``/``) becomes a complete model folder (:mod:`negmerge_cli.checkpoint.folder`)."""
     options = options or StreamOptions()
     limits.check("apply", "scale", scale)
+    base, vector = hub.resolve(base), hub.resolve(vector)  # a Hub id becomes its cached snapshot
     with files.operation(), ExitStack() as stack:
         base_checkpoint = open_inputs(stack, [base], options, kinds.APPLY_BASE)[0]
         vector_checkpoint = open_inputs(stack, [vector], options, kinds.APPLY_VECTOR)[0]

@@ -9,9 +9,11 @@ forget/retain curve is drawn here (``plot``), beside the family's JSON.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
+from negmerge_cli.checkpoint import hub
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import NegmergeError, UsageError, option
 from negmerge_cli.stages.registry import family_for
@@ -23,6 +25,7 @@ def evaluate(data: Sequence[str], options: EvalOptions, *, json_out: Optional[Pa
     """The model's results on ``data`` (CLIP: one per dataset, test split by default; a classifier:
     one dataset, measured on its forget split); also written to ``json_out`` when given."""
     family = family_for(options.model)
+    options = local_paths(options)
     refuse_foreign_options(options, family.name, options.model)
     return family.evaluate(list(data), options, json_out, force)
 
@@ -35,6 +38,7 @@ def search_coefficient(options: EvalOptions, search: SearchOptions, *, data: Seq
     from negmerge_cli.report.plots import check_plot_path, save, search_curve
 
     family = family_for(options.model)
+    options, search = local_paths(options), local_paths(search)
     for given in (options, search):
         refuse_foreign_options(given, family.name, options.model)
     if plot is not None:
@@ -44,6 +48,19 @@ def search_coefficient(options: EvalOptions, search: SearchOptions, *, data: Seq
         if plot is not None:
             save(search_curve(result), Path(plot), force=force)
     return result
+
+
+# the options that name a checkpoint, vector or model folder: a Hub id among them becomes a local path
+_MODEL_PATHS = ("checkpoint", "pretrained", "linearized_around", "reference", "vector")
+
+
+def local_paths(options):
+    """``options`` (EvalOptions, SearchOptions, FinetuneOptions) with every Hub repo id among its
+    model paths resolved to the local snapshot (:func:`negmerge_cli.checkpoint.hub.resolve_optional`);
+    tags, files and JSON results stay as given."""
+    changed = {name: hub.resolve_optional(getattr(options, name)) for name in _MODEL_PATHS
+               if getattr(options, name, None)}
+    return replace(options, **{name: value for name, value in changed.items() if value != getattr(options, name)})
 
 
 def check_eval_mode(model: str, vector: Optional[str], data: Sequence[str], search: SearchOptions,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from negmerge_cli.results import SweepManifest
+from negmerge_cli.stages.evaluation import local_paths
 from negmerge_cli.stages.registry import family_for
 from negmerge_cli.training.family import resolve
 from negmerge_cli.training.options import FinetuneOptions
@@ -20,13 +21,14 @@ from negmerge_cli.training.sweep_runner import run_sweep
 def plan(options: FinetuneOptions) -> list[GridPoint]:
     """The grid points this call would run (after the ``point`` selection); validates the options."""
     family = family_for(options.model)
-    return family.plan(resolve(family, options))
+    return family.plan(resolve(family, local_paths(options)))
 
 
 def finetune(options: FinetuneOptions) -> Optional[SweepManifest]:
     """Run (or resume) the sweep into ``options.output``; returns the manifest (None off rank 0)."""
     family = family_for(options.model)
-    options = resolve(family, options)  # the family's defaults and refusals, once for plan and training
+    # a Hub id as pretrained becomes its snapshot; the family's defaults and refusals, once for plan and training
+    options = resolve(family, local_paths(options))
     return run_sweep(family, options, family.plan(options))
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
+from negmerge_cli.checkpoint import hub
 from negmerge_cli.checkpoint.format import DTYPE_CODES, count_nonzero, is_float
 from negmerge_cli.checkpoint.opening import open_checkpoint
 from negmerge_cli.checkpoint.protocol import Checkpoint
@@ -135,7 +136,7 @@ def inspect_checkpoint(path: str | Path, count_nonzero: bool | None = None,
     """Summarise a checkpoint's selected tensors. ``count_nonzero`` defaults to True for task vectors
     (files whose metadata says ``negmerge.kind: task_vector``); counting reads the data, the rest
     reads headers."""
-    with open_checkpoint(path, digest=False) as checkpoint:
+    with open_checkpoint(hub.resolve(path), digest=False) as checkpoint:
         is_vector = checkpoint.metadata.get(PREFIX + "kind") == "task_vector"
         count = is_vector if count_nonzero is None else count_nonzero
         zeros = read_zero_tensors(checkpoint)

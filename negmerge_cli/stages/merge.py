@@ -14,7 +14,7 @@ from negmerge_cli.arithmetic.methods import Chunk, MergeMethod, create_method
 from negmerge_cli.arithmetic.plans import plan_merge, task_vectors, vector_sources
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.arithmetic.streaming import Engine, TensorJob, check_sum
-from negmerge_cli.checkpoint import kinds, linearization
+from negmerge_cli.checkpoint import hub, kinds, linearization
 from negmerge_cli.checkpoint.folder import plan_output
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.core import files, limits
@@ -56,6 +56,8 @@ def _merge(inputs, output, method, base, weights, options: StreamOptions, select
     if not inputs:
         raise UsageError("merge needs at least one input")
     weights = _check_weights(merger, weights, len(inputs))
+    inputs = [hub.resolve(source) for source in inputs]  # Hub ids become their cached snapshots
+    base = hub.resolve(base) if base is not None else None
     with ExitStack() as stack:
         # without a base the inputs are task vectors; with one, fine-tuned checkpoints (never the base again)
         base_checkpoint = open_inputs(stack, [base], options, kinds.MERGE_BASE)[0] if base is not None else None

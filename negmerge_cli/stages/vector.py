@@ -15,7 +15,7 @@ from negmerge_cli.arithmetic import running_stats as running_statistics
 from negmerge_cli.arithmetic.plans import plan_merge, split_zero_jobs, task_vectors
 from negmerge_cli.arithmetic.selection import EVERYTHING, TensorSelection
 from negmerge_cli.arithmetic.streaming import Engine, TensorJob
-from negmerge_cli.checkpoint import kinds, linearization
+from negmerge_cli.checkpoint import hub, kinds, linearization
 from negmerge_cli.checkpoint.lora import check_against_base, is_adapter
 from negmerge_cli.checkpoint.provenance import TASK_VECTOR, provenance
 from negmerge_cli.checkpoint.reader import INDEX_SUFFIX
@@ -33,6 +33,7 @@ def make_vector(base: str | Path, finetuned: str | Path, output: str | Path,
     of a vector and are left out, and so (unless ``options.keep_zero``) are all-zero taus and, unless
     ``buffers="include"``, BatchNorm running statistics (:mod:`negmerge_cli.arithmetic.running_stats`)."""
     options = options or StreamOptions()
+    base, finetuned = hub.resolve(base), hub.resolve(finetuned)  # a Hub id becomes its cached snapshot
     with files.operation(), ExitStack() as stack:
         base_checkpoint = open_inputs(stack, [base], options, kinds.VECTOR_BASE)[0]
         finetuned_checkpoint = open_inputs(stack, [finetuned], options, kinds.VECTOR_INPUT)[0]
@@ -80,9 +81,10 @@ def make_vectors(base: str | Path, finetuned: Sequence[str | Path], out_dir: str
 
     All or nothing: the vectors are renamed into place together once every one is complete."""
     out_dir = Path(out_dir)
-    targets = [out_dir / vector_file_name(Path(f)) for f in finetuned]
+    targets = [out_dir / vector_file_name(Path(str(f))) for f in finetuned]  # named as given (ORG/NAME: NAME)
     if len(set(targets)) != len(targets):
         raise UsageError(f"{option('out_dir')}: two inputs have the same name; their vectors would collide")
+    base = hub.resolve(base)  # once for all the inputs
     with files.operation(), files.deferred_commits():
         return [make_vector(base, f, t, options, selection, buffers) for f, t in zip(finetuned, targets)]
 
