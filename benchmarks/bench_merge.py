@@ -1,14 +1,19 @@
-"""Streaming merge vs the read floor and the naive load-stack-reduce, on ViT-B/32-sized vectors.
+"""Merge speed as a user sees it: the ``negmerge merge`` command, timed from the shell, against ``cat``.
 
-Each measurement runs in a fresh subprocess so its peak RSS (ru_maxrss) is its own; Python, torch
-and negmerge_cli are imported before the clock starts (start-up is bench_startup.py's business).
-Every kind of run is repeated ``--repeat`` times, interleaved, and the best time is kept; figures
-are reported as ratios against the best read floor of the same invocation (machines are noisy).
+Every run is a fresh process, timed from start to exit; its CPU time (user + system, all threads)
+and peak RSS come from ``wait4``. The command's start-up (Python, Typer, torch) is measured in the
+same run as the same command on two tiny inputs and subtracted, as the issue does. The floor is
+``cat FILES > /dev/null`` over the same bytes (page cache warm). Kinds, interleaved, ``--repeat``
+times each, best kept (the machine is shared, so ratios are against the floor of the same run):
 
-The CPU time of each run (user + system, all threads) is reported too: on a shared machine it
-is steadier than the wall clock. Kinds: ``read floor`` (pread of every input into one buffer, page cache warm); ``cold cache`` (the
-digest cache emptied first: every input hashed while streaming); ``warm cache`` (the digests of
-the inputs known: no hashing of inputs); ``--no-hash``; the naive load-stack-reduce.
+- ``cold``: the digest cache emptied first (``NEGMERGE_CACHE_DIR`` at an empty folder), so every
+  input is hashed (SHA-256) while the merge streams;
+- ``warm``: the same command again, the inputs' digests cached;
+- ``--no-hash``: no digests at all.
+
+``--in-process`` adds the library-level kinds (``merge_vectors`` called in an interpreter whose
+imports are done before the clock starts, against a Python ``pread`` floor and the naive
+load-stack-reduce): they leave out what the command pays on top (start-up, option parsing).
 
     python benchmarks/bench_merge.py --k 12 --repeat 5 --workdir /tmp/negmerge-bench
     python benchmarks/bench_merge.py --k 5 --scale 0.1      # a quick, smaller run
@@ -25,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Shapes of open_clip ViT-B-32 `visual.*` (width 768, 12 layers, patch 32, 224 px, embed 512).
@@ -75,6 +81,102 @@ def make_inputs(folder: Path, k: int, scale: float) -> list[Path]:
     return paths
 
 
+# -- the command, as a user runs it ------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def command_line() -> list[str]:
+    """The installed console script if there is one, else ``python -m negmerge_cli``."""
+    script = shutil.which("negmerge")
+    return [script] if script else [sys.executable, "-m", "negmerge_cli"]
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> dict:
+    """Wall time, CPU time and peak RSS of one process; ``error`` if it failed."""
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        lines = stderr.decode(errors="replace").strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {child.returncode}"}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def run_cli(kind: str, paths: list[Path], tiny: list[Path], args: argparse.Namespace, tree: Path = REPO) -> dict:
+    """One run of ``kind`` with the package of the checkout ``tree``."""
+    cache = args.workdir / "cache"
+    out = args.workdir / "out.safetensors"
+    if kind == "cat":
+        return timed(["cat", *map(str, paths)])
+    if kind in ("cold", "startup"):  # start-up on an empty cache too: nothing of the big inputs known
+        shutil.rmtree(cache, ignore_errors=True)
+    # a previous output is removed first, so that its page cache is free memory again: otherwise,
+    # on a machine short of free memory, writing the new one waits for reclaim (noise, not us)
+    out.unlink(missing_ok=True)
+    inputs = tiny if kind == "startup" else paths
+    extra = ["--no-hash"] if kind == "nohash" else []
+    argv = [*command_line(), "merge", "-m", args.cli_method, "-o", str(out), "-f", *extra, *map(str, inputs)]
+    env = {**os.environ, "NEGMERGE_CACHE_DIR": str(cache),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
+    return timed(argv, env)
+
+
+CLI_LABELS = {"cat": "cat FILES > /dev/null", "startup": "start-up (2 tiny inputs)", "cold": "merge, cold digest cache",
+              "warm": "merge, warm digest cache", "nohash": "merge --no-hash"}
+
+
+def cli_rows(k: int, paths: list[Path], tiny: list[Path], args: argparse.Namespace) -> list[dict]:
+    """Each kind ``args.repeat`` times, interleaved (with ``--before``, that tree's runs beside
+    this one's); the fastest run of each, net of the start-up of the same tree."""
+    trees = {"": REPO, **({"before:": args.before} if args.before else {})}
+    kinds = ["cat"] + [f"{tag} {kind}".strip() for tag in trees for kind in ("startup", *args.kinds.split(","))]
+    best: dict[str, dict] = {kind: {"runs": []} for kind in kinds}
+    for _ in range(args.repeat):
+        for kind in kinds:
+            tag, _, plain = kind.rpartition(" ")
+            run = run_cli(plain, paths, tiny, args, trees[tag])
+            entry = best[kind]
+            if "error" in run:
+                entry["error"] = run["error"]
+                continue
+            entry["runs"].append(round(run["wall_s"], 3))
+            if run["wall_s"] <= entry.get("wall_s", float("inf")):
+                entry.update(wall_s=run["wall_s"])
+            entry["cpu_s"] = min(entry.get("cpu_s", float("inf")), run["cpu_s"])
+            entry["peak_rss_mb"] = max(entry.get("peak_rss_mb", 0), run["peak_rss_mb"])
+    floor = best["cat"]
+    rows = []
+    for kind in kinds:
+        tag, _, plain = kind.rpartition(" ")
+        startup = best[f"{tag} startup".strip()]
+        row = {"k": k, "what": f"{tag} {CLI_LABELS[plain]}".strip(), **best[kind]}
+        if "wall_s" in row and "wall_s" in floor and "wall_s" in startup:
+            net = row["wall_s"] - (startup["wall_s"] if plain not in ("cat", "startup") else 0)
+            net_cpu = row["cpu_s"] - (startup["cpu_s"] if plain not in ("cat", "startup") else 0)
+            row.update(net_s=net, net_cpu_s=net_cpu, x_cat=net / floor["wall_s"])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def print_cli_table(rows: list[dict]) -> None:
+    print("\n| k | command | best wall s | minus start-up s | x cat (wall) | CPU s minus start-up | peak RSS MB "
+          "| all runs s |\n|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        if "wall_s" not in row:
+            print(f"| {row['k']} | {row['what']} | {row.get('error', '')} | | | | | |")
+            continue
+        ratio = f"{row['x_cat']:.2f}" if "x_cat" in row else ""
+        net = f"{row['net_s']:.2f}" if "net_s" in row else ""
+        cpu = f"{row['net_cpu_s']:.2f}" if "net_cpu_s" in row else f"{row['cpu_s']:.2f}"
+        print(f"| {row['k']} | {row['what']} | {row['wall_s']:.2f} | {net} | {ratio} | {cpu} "
+              f"| {row['peak_rss_mb']:.0f} | {' '.join(map(str, row['runs']))} |")
+
+
+# -- in the library (--in-process) ----------------------------------------------------------------
 # -- measurements (each runs in its own subprocess) -------------------------------------------
 def measure_read_floor(paths: list[str], out: str, method: str, device: str) -> None:
     buffer = bytearray(64 << 20)
@@ -173,25 +275,13 @@ LABELS = {"floor": "read floor", "cold": "cold cache", "warm": "warm cache", "no
           "naive": "naive load+stack"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--k", type=int, action="append", help="number of vectors (repeatable; default 5 and 30)")
-    parser.add_argument("--scale", type=float, default=1.0, help="width scale of the model (1.0 = ViT-B/32)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/negmerge-bench"))
-    parser.add_argument("--method", action="append", help="merge methods to time (default: negmerge)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; the best is reported")
-    parser.add_argument("--naive-limit-gb", type=float, default=None,
-                        help="skip the naive way when it needs more than this (default: 80%% of RAM)")
-    args = parser.parse_args()
-    ks = args.k or [5, 30]
+def in_process(ks: list[int], inputs: list[Path], args: argparse.Namespace) -> None:
     methods = args.method or ["negmerge"]
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     naive_limit = args.naive_limit_gb or 0.8 * ram_gb
-    inputs = make_inputs(args.workdir / f"scale{args.scale}", max(ks), args.scale)
     file_gb = inputs[0].stat().st_size / 1e9
-    print(f"# input file size {file_gb * 1000:.0f} MB; process baseline RSS (python + torch) {baseline_rss_mb():.0f} MB; "
-          f"device {args.device}; {os.cpu_count()} CPUs; best of {args.repeat}", flush=True)
+    print(f"\n# in-process (start-up excluded); process baseline RSS (python + torch) {baseline_rss_mb():.0f} MB; "
+          f"device {args.device}", flush=True)
     rows = []
     for k in ks:
         paths = inputs[:k]
@@ -216,6 +306,42 @@ def main() -> None:
         cpu = f"{row['cpu_s']:.2f} | {row['cpu_x_floor']:.2f}" if "cpu_s" in row else " | "
         rss = f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else ""
         print(f"| {row['k']} | {row['what']} | {wall} | {ratio} | {cpu} | {rss} | {' '.join(map(str, row['runs']))} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, action="append", help="number of vectors (repeatable; default 12)")
+    parser.add_argument("--scale", type=float, default=1.0, help="width scale of the model (1.0 = ViT-B/32)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/negmerge-bench"))
+    parser.add_argument("--cli-method", default="negmerge", help="the merge method the command runs")
+    parser.add_argument("--kinds", default="cold,warm,nohash", help="runs of the command to time, besides cat and "
+                        "the start-up: any of cold, warm, nohash (comma-separated)")
+    parser.add_argument("--before", type=Path, help="another checkout (its root) to time beside this one")
+    parser.add_argument("--in-process", action="store_true", help="also time merge_vectors in-process")
+    parser.add_argument("--method", action="append", help="in-process: merge methods to time (default: negmerge)")
+    parser.add_argument("--device", default="cpu", help="in-process: the device")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each kind; the best is reported")
+    parser.add_argument("--naive-limit-gb", type=float, default=None,
+                        help="skip the naive way when it needs more than this (default: 80%% of RAM)")
+    args = parser.parse_args()
+    ks = args.k or [12]
+    # made in a child process: this one stays small, so that the peak RSS its children report
+    # (which counts what they were before exec) is theirs alone
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_merge as b; "
+            f"from pathlib import Path; b.make_inputs(Path({str(args.workdir / f'scale{args.scale}')!r}), {max(ks)}, "
+            f"{args.scale}); b.make_inputs(Path({str(args.workdir / 'tiny')!r}), 2, 0.02)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    inputs = sorted((args.workdir / f"scale{args.scale}").glob("tau*.safetensors"))[: max(ks)]
+    tiny = sorted((args.workdir / "tiny").glob("tau*.safetensors"))[:2]
+    print(f"# input file size {inputs[0].stat().st_size / 1e6:.0f} MB; {os.cpu_count()} CPUs; best of {args.repeat}; "
+          f"command: {' '.join(command_line())}", flush=True)
+    rows = []
+    for k in ks:
+        timed(["cat", *map(str, inputs[:k])])  # warm the page cache
+        rows += cli_rows(k, inputs[:k], tiny, args)
+    print_cli_table(rows)
+    if args.in_process:
+        in_process(ks, inputs, args)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""The streaming engine's background threads: the reader and hashers that fetch slices ahead of
-the arithmetic (:class:`Prefetcher`), and the writer behind it (:class:`WriteBehind`).
+"""The streaming engine's background threads: the reader that fetches slices ahead of the
+arithmetic (:class:`Prefetcher`), the writer behind it (:class:`WriteBehind`), and the hashers
+that compute the inputs' SHA-256 beside them (:class:`Hashers`).
 
-``pread`` and SHA-256 release the GIL, so reading, hashing, the main thread's arithmetic and
-writing overlap. Each queue holds only a few items, so memory stays within the engine's budget
-(:meth:`negmerge_cli.arithmetic.streaming.Engine.slice_elements` counts them). Files whose digest is
-cached are not hashed at all; the others are hashed on a few threads, one file always on the same
-thread (its hash is sequential). No thread is a daemon: each is always stopped and joined.
+``pread``, SHA-256 and torch's kernels release the GIL, so reading, hashing, the main thread's
+arithmetic and writing overlap. Each queue holds only a few items, so memory stays within the
+engine's budget (:meth:`negmerge_cli.arithmetic.streaming.Engine.slice_elements` counts them); a
+hasher holds one small block. No thread is a daemon: each is always stopped and joined.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections import deque
 from typing import Callable, Iterator
 
 import torch
 
-from negmerge_cli.checkpoint.reader import HashStep
+from negmerge_cli.checkpoint.reader import SafetensorsFile
 
 PREFETCH_DEPTH = 4  # slices read ahead of the main thread
-# SHA-256 runs at about 1 GB/s per core: one thread would be the slowest stage of a merge that
-# hashes its inputs, so files are spread over a few (each file's bytes stay in order on one).
-HASH_THREADS = max(2, min(4, (os.cpu_count() or 2) // 2))
 WRITE_DEPTH = 2  # results waiting for the writer thread
+# SHA-256 runs at about 1.8 GB/s per core, slower than a merge reads: every core hashes (up to 16,
+# which outrun the page cache anyway)
+HASH_THREADS = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 _END = object()
 
@@ -33,66 +34,56 @@ class _Failure:
         self.error = error
 
 
-class _Slice:
-    """One read slice on its way to the main thread; ``hashed`` is set once its bytes are hashed."""
+def _stop_and_join(threads: list[threading.Thread], stop: threading.Event,
+                   unblock: Callable[[], None] = lambda: None) -> None:
+    """Stop ``threads`` and join them, even when Ctrl-C lands while they start. A daemon thread
+    killed inside torch at interpreter exit would abort the process ("terminate called without an
+    active exception"), so none is a daemon and all are always joined."""
+    stop.set()
+    for thread in threads:
+        if thread.ident is None:
+            continue  # never started
+        while True:
+            try:
+                thread.join(timeout=0.05)
+            except RuntimeError:  # interrupted inside start(): not marked as started yet
+                continue
+            if not thread.is_alive():
+                break
+            unblock()
 
-    __slots__ = ("tensor", "hashed")
 
-    def __init__(self, tensor: torch.Tensor, needs_hashing: bool):
-        self.tensor = tensor
-        self.hashed = threading.Event() if needs_hashing else None
+def _start(threads: list[threading.Thread], stop: threading.Event, unblock: Callable[[], None]) -> None:
+    try:
+        for thread in threads:
+            thread.start()
+    except BaseException:
+        _stop_and_join(threads, stop, unblock)
+        raise
 
 
 class Prefetcher:
-    """Reads the planned items a few ahead in one thread and hashes them on ``HASH_THREADS`` others,
-    so reading, hashing and the main thread's arithmetic overlap. Items reach the main thread in
-    plan order, hashed (hashing must see the bytes before the arithmetic changes them in place);
-    items with nothing to hash skip the hashing threads.
+    """Reads the planned items a few ahead in one thread, so reading and the main thread's
+    arithmetic overlap. Items reach the main thread in plan order."""
 
-    The threads are not daemons and are always stopped and joined, even when Ctrl-C lands while
-    they start: a daemon thread killed inside torch at interpreter exit aborts the process
-    ("terminate called without an active exception")."""
-
-    def __init__(self, items: Iterator[tuple], read: Callable[..., tuple[torch.Tensor, HashStep]]):
+    def __init__(self, items: Iterator[tuple], read: Callable[..., torch.Tensor]):
         self._items, self._read = items, read
         self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_DEPTH)
-        self._lanes: list[queue.Queue] = [queue.Queue(maxsize=PREFETCH_DEPTH) for _ in range(HASH_THREADS)]
-        self._lane_of: dict[int, int] = {}  # id(hasher) -> lane, assigned round-robin
-        self._failure: _Failure | None = None
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._read_all, name="negmerge-reader")] + [
-            threading.Thread(target=self._hash_all, args=(lane,), name=f"negmerge-hasher-{i}")
-            for i, lane in enumerate(self._lanes)]
+        self._thread = threading.Thread(target=self._read_all, name="negmerge-reader")
 
     def __enter__(self) -> "Prefetcher":
-        try:
-            for thread in self._threads:
-                thread.start()
-        except BaseException:
-            self._shutdown()
-            raise
+        _start([self._thread], self._stop, self._unblock)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._shutdown()
+        _stop_and_join([self._thread], self._stop, self._unblock)
 
-    def _shutdown(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            if thread.ident is None:
-                continue  # never started
-            while True:
-                try:
-                    thread.join(timeout=0.05)
-                except RuntimeError:  # interrupted inside start(): not marked as started yet
-                    continue
-                if not thread.is_alive():
-                    break
-                for waiting in (self._queue, *self._lanes):  # unblock a full queue
-                    try:
-                        waiting.get_nowait()
-                    except queue.Empty:
-                        pass
+    def _unblock(self) -> None:  # make room in a full queue
+        try:
+            self._queue.get_nowait()
+        except queue.Empty:
+            pass
 
     def next(self) -> torch.Tensor:
         item = self._queue.get()
@@ -100,55 +91,82 @@ class Prefetcher:
             raise item.error
         if item is _END:
             raise RuntimeError("prefetcher ran out of planned reads")
-        if item.hashed is not None:
-            while not item.hashed.wait(0.05):
-                if self._failure is not None:  # a hashing thread failed: nothing more gets hashed
-                    raise self._failure.error
-        return item.tensor
+        return item
 
     def _read_all(self) -> None:
         try:
             for item in self._items:
                 if self._stop.is_set():
                     return
-                tensor, hash_step = self._read(*item)
-                piece = _Slice(tensor, hash_step.hasher is not None)
-                if piece.hashed is not None:
-                    self._put(self._lanes[self._lane(hash_step)], (hash_step, piece.hashed))
-                self._put(self._queue, piece)
-            self._put(self._queue, _END)
+                self._put(self._read(*item))
+            self._put(_END)
         except BaseException as error:  # handed on to the main thread, which raises it
-            self._put(self._queue, _Failure(error))
-        finally:
-            for lane in self._lanes:
-                self._put(lane, _END)
+            self._put(_Failure(error))
 
-    def _lane(self, step: HashStep) -> int:
-        return self._lane_of.setdefault(id(step.hasher), len(self._lane_of) % len(self._lanes))
-
-    def _hash_all(self, lane: queue.Queue) -> None:
+    def _put(self, item: object) -> None:
         while not self._stop.is_set():
             try:
-                item = lane.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if item is _END:
-                return
-            hash_step, hashed = item
-            try:
-                hash_step()
-            except BaseException as error:
-                self._failure = _Failure(error)
-                return
-            hashed.set()
-
-    def _put(self, target: queue.Queue, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                target.put(item, timeout=0.05)
+                self._queue.put(item, timeout=0.05)
                 return
             except queue.Full:
                 continue
+
+
+class Hashers:
+    """The SHA-256 of whole input files on ``HASH_THREADS`` threads, while the stream runs.
+
+    Hashing apart from the merge's reads (each file read once more, a block at a time, from the page
+    cache) lets it use every core, whatever order the merge reads in and however fast its
+    arithmetic goes. Files are taken largest first, one per thread at a time (a file's hash is
+    sequential). ``on_done`` runs on the thread that hashes the last file, as soon as every digest
+    is known (the writer then hashes the output as it writes it). :meth:`finish` waits for every
+    digest and raises the first error; leaving the context stops the threads within one block and
+    joins them."""
+
+    def __init__(self, files: list, on_done: Callable[[], None] = lambda: None):
+        """``files``: checkpoints' ``files``; those whose digest is unknown are hashed here (the
+        few others, small files of a LoRA adapter, when their digest is first asked)."""
+        pending = sorted((f for f in files if isinstance(f, SafetensorsFile) and f.needs_hashing),
+                         key=lambda f: f.header.file_size, reverse=True)
+        self._todo = deque(dict.fromkeys(pending))  # a file listed twice (merge's base) is hashed once
+        self._left, self._on_done, self._count_lock = len(self._todo), on_done, threading.Lock()
+        self._failure: _Failure | None = None
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._hash_all, name=f"negmerge-hasher-{i}")
+                         for i in range(min(HASH_THREADS, len(self._todo)))]
+
+    def __enter__(self) -> "Hashers":
+        _start(self._threads, self._stop, lambda: None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _stop_and_join(self._threads, self._stop)
+
+    def finish(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        if self._failure is not None:
+            raise self._failure.error
+
+    def _hash_all(self) -> None:
+        while not self._stop.is_set():
+            try:
+                file = self._todo.popleft()
+            except IndexError:
+                return
+            try:
+                file.compute_digest(self._stop)
+                if self._stop.is_set():
+                    return
+                with self._count_lock:
+                    self._left -= 1
+                    last = self._left == 0
+                if last:
+                    self._on_done()
+            except BaseException as error:  # raised in the main thread by finish()
+                self._failure = _Failure(error)
+                self._stop.set()
+                return
 
 
 class WriteBehind:
@@ -167,24 +185,12 @@ class WriteBehind:
         self._thread = threading.Thread(target=self._run, name="negmerge-writer")
 
     def __enter__(self) -> "WriteBehind":
-        try:
-            self._thread.start()
-        except BaseException:  # Ctrl-C inside start(): the thread may run, and must be stopped
-            self.__exit__()
-            raise
+        _start([self._thread], self._stop, lambda: None)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # not a daemon, so always joined (see Prefetcher); a thread not yet marked as started
-        # sees the stop flag within 50 ms and ends by itself
-        self._stop.set()
-        if self._thread.ident is None:
-            return
-        while self._thread.is_alive():
-            try:
-                self._thread.join(timeout=0.05)
-            except RuntimeError:  # interrupted inside start(): not marked as started yet
-                continue
+        # a thread not yet marked as started sees the stop flag within 50 ms and ends by itself
+        _stop_and_join([self._thread], self._stop)
 
     def put(self, name: str, result: torch.Tensor) -> None:
         self._raise_failure()

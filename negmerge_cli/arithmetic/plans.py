@@ -185,8 +185,7 @@ def split_zero_jobs(jobs: list[TensorJob], has_base: bool, engine: Engine) -> tu
     dtype, is +0 or -0 in every element: for finite values, fine-tuned == base. A NaN or Inf
     difference is not zero, and empty tensors are kept (nothing to save).
 
-    Reads here are not hashed, so that hashing continues in file order in the write pass (which
-    re-reads the left-out bytes for the SHA-256, unless hashing is off).
+    Left-out tensors are still part of their files' SHA-256 (each file is hashed whole).
     """
     kept, zeros = [], []
     with output().progress("finding all-zero tensors", sum(j.read_bytes for j in jobs), unit="bytes") as advance:
@@ -212,7 +211,7 @@ def _tau_is_zero(job: TensorJob, sources: tuple[Source, ...], has_base: bool, en
     step = engine.slice_elements(job, float_buffers=2)
     start, stop = 0, min(job.numel, PROBE_ELEMENTS)
     while start < job.numel:
-        slices = (engine.prepare(job, s, engine.read(job, s, start, stop)[0], count=False) for s in sources)
+        slices = (engine.prepare(job, s, engine.read(job, s, start, stop), count=False) for s in sources)
         if bool(next(task_vectors(slices, has_base)).any()):
             return False
         start, stop = stop, min(job.numel, stop + step)

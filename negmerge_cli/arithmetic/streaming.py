@@ -1,7 +1,7 @@
 """The streaming engine: tensor by tensor, slice by slice, over several checkpoints at once.
 
-Background threads (:mod:`negmerge_cli.arithmetic.background`) read the slices and hash their bytes
-while the main thread moves them to the compute device, computes, and hands results to the writer.
+A background thread (:mod:`negmerge_cli.arithmetic.background`) reads the slices while the main
+thread moves them to the compute device, computes, and hands results to the writer.
 Only a few slices are in flight at a time, so memory is bounded by the budget whatever the model
 size and however many inputs there are.
 """
@@ -20,7 +20,6 @@ import torch
 
 from negmerge_cli.arithmetic.background import PREFETCH_DEPTH, WRITE_DEPTH, Prefetcher
 from negmerge_cli.checkpoint.protocol import Checkpoint
-from negmerge_cli.checkpoint.reader import NO_HASH, HashStep
 from negmerge_cli.core.errors import CheckpointError, UsageError
 
 # Slices this size keep CPU kernels in cache and per-call overhead negligible; GPUs like them big.
@@ -91,12 +90,11 @@ class Engine:
         return [(start, min(start + step, job.numel)) for start in range(0, job.numel, step)] or [(0, 0)]
 
     # -- reading ----------------------------------------------------------------------------
-    def read(self, job: TensorJob, source: Source, start: int, stop: int) -> tuple[torch.Tensor, HashStep]:
-        """One slice of one source, raw (stored dtype, CPU), and the step that hashes its bytes
-        (to run before the slice is modified). Thread-safe."""
+    def read(self, job: TensorJob, source: Source, start: int, stop: int) -> torch.Tensor:
+        """One slice of one source, raw (stored dtype, CPU, a fresh buffer). Thread-safe."""
         if source.checkpoint is None:
-            return torch.zeros(stop - start, dtype=job.compute_dtype or job.out_dtype), NO_HASH
-        return source.checkpoint.read_unhashed(source.name, start, stop, pin=self.pin)
+            return torch.zeros(stop - start, dtype=job.compute_dtype or job.out_dtype)
+        return source.checkpoint.read(source.name, start, stop, pin=self.pin)
 
     def prepare(self, job: TensorJob, source: Source, raw: torch.Tensor, count: bool = True) -> torch.Tensor:
         """Raw slice -> compute device and dtype, checked for NaN/Inf."""
@@ -113,9 +111,7 @@ class Engine:
 
     def read_prepared(self, job: TensorJob, source: Source, start: int, stop: int) -> torch.Tensor:
         """A slice read synchronously, outside the planned stream (e.g. a per-tensor statistic)."""
-        raw, hash_step = self.read(job, source, start, stop)
-        hash_step()
-        return self.prepare(job, source, raw, count=False)
+        return self.prepare(job, source, self.read(job, source, start, stop), count=False)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(
@@ -188,8 +184,7 @@ def check_sum(job: TensorJob, start: int, stop: int, total: torch.Tensor) -> Non
         return
     for source in job.sources:
         if source.checkpoint is not None:
-            raw, _ = source.checkpoint.read_unhashed(source.name, start, stop)
-            _check_finite(raw.to(job.compute_dtype), source, job.name)
+            _check_finite(source.checkpoint.read(source.name, start, stop).to(job.compute_dtype), source, job.name)
 
 
 def _check_finite(tensor: torch.Tensor, source: Source, name: str) -> None:

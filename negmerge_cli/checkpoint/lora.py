@@ -37,7 +37,7 @@ from negmerge_cli.checkpoint.adapter_config import LoraSettings, read_settings
 from negmerge_cli.checkpoint.format import TensorEntry, itemsize
 from negmerge_cli.checkpoint.protocol import Checkpoint
 from negmerge_cli.checkpoint.provenance import PREFIX as PROVENANCE_PREFIX
-from negmerge_cli.checkpoint.reader import NO_HASH, HashStep, SafetensorsCheckpoint, SafetensorsFile
+from negmerge_cli.checkpoint.reader import SafetensorsCheckpoint, SafetensorsFile
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError
 
@@ -124,23 +124,18 @@ class LoraAdapter:
         return TensorEntry(name, self._dtype, shape, 0, math.prod(shape) * itemsize(self._dtype))
 
     def read(self, name: str, start: int = 0, stop: int | None = None, pin: bool = False) -> torch.Tensor:
-        return self.read_unhashed(name, start, stop, pin)[0]
-
-    def read_unhashed(self, name: str, start: int = 0, stop: int | None = None,
-                      pin: bool = False) -> tuple[torch.Tensor, HashStep]:
-        """Flat elements ``[start, stop)`` of the delta, a fresh tensor (the factors' bytes are
-        hashed here, so there is nothing left for the caller to hash)."""
+        """Flat elements ``[start, stop)`` of the delta, a fresh tensor (``pin`` is ignored: the delta is computed, not read)."""
         module = self.modules[name]
         stop = math.prod(module.shape) if stop is None else stop
         if start >= stop:
-            return torch.empty(0, dtype=self._dtype), NO_HASH
+            return torch.empty(0, dtype=self._dtype)
         pieces = []
         while start < stop:
             block_start, block = self._block(module, start)
             end = min(stop, block_start + block.numel())
             pieces.append(block[start - block_start: end - block_start])
             start = end
-        return torch.cat(pieces) if len(pieces) > 1 else pieces[0].clone(), NO_HASH
+        return torch.cat(pieces) if len(pieces) > 1 else pieces[0].clone()
 
     def read_tensor(self, name: str) -> torch.Tensor:
         return self.read(name).reshape(self.entry(name).shape)

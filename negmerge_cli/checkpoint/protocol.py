@@ -27,11 +27,8 @@ class Checkpoint(Protocol):
     def entry(self, name: str) -> TensorEntry: ...
 
     def read(self, name: str, start: int = 0, stop: int | None = None, pin: bool = False) -> torch.Tensor:
-        """Elements ``start:stop`` of tensor ``name``, flat, feeding the files' running digests."""
-
-    def read_unhashed(self, name: str, start: int = 0, stop: int | None = None,
-                      pin: bool = False) -> torch.Tensor:
-        """As :meth:`read`, outside the digests' front-to-back order."""
+        """Elements ``start:stop`` of tensor ``name``, flat, a fresh CPU tensor (reads feed no
+        digest: each file is hashed whole, apart from the reads)."""
 
     def read_tensor(self, name: str) -> torch.Tensor:
         """Tensor ``name`` whole, in its shape."""

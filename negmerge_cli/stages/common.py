@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from negmerge_cli.arithmetic.background import WriteBehind
+from negmerge_cli.arithmetic.background import Hashers, WriteBehind
 from negmerge_cli.arithmetic.streaming import Engine, Process, TensorJob
 from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.format import count_nonzero
@@ -92,8 +92,9 @@ def stream_to_file(
     the running sum of each slice's sources instead (:func:`~negmerge_cli.arithmetic.streaming.check_sum`).
 
     ``hashed_inputs`` maps a metadata key (e.g. ``inputs``, ``base``) to the inputs it lists, each as
-    the user named it (a file, a folder, an index) and its open checkpoint; their files' SHA-256 digests come from the digest cache, or for free from the reads, in which case
-    they are written once streaming is done. ``shard_bytes`` overrides ``options.shard_bytes``.
+    the user named it (a file, a folder, an index) and its open checkpoint; their files' SHA-256 digests
+    come from the digest cache, or are hashed on background threads while the stream runs and written
+    once it is done. ``shard_bytes`` overrides ``options.shard_bytes``.
     """
     started = time.perf_counter()
     layout = [OutputTensor(j.name, j.out_dtype, j.shape) for j in jobs]
@@ -106,11 +107,14 @@ def stream_to_file(
     with StreamingWriter(target, layout, metadata, shard_size=shard_bytes,
                          force=options.force, metadata_final=known) as writer, \
             output().progress(description, total_bytes, unit="bytes") as advance, \
+            Hashers([f for group in hashed_inputs.values() for _, c in group for f in c.files],
+                    lambda: writer.settle_metadata(_input_metadata(hashed_inputs, with_hashes=True))) as hashers, \
             WriteBehind(lambda name, result: _write(writer, name, result, target, options, counts)) as sink:
         engine = Engine(options.torch_device, options.budget, not (options.allow_nonfinite or sums_checked), advance)
 
         engine.run(jobs, process, sink.put, float_buffers, before_job)
         sink.finish()
+        hashers.finish()  # the inputs' digests, hashed on every core while the stream ran
         metadata.update(_input_metadata(hashed_inputs, with_hashes=True))
         writer.update_metadata(metadata)
         outputs = writer.final_paths

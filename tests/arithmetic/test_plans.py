@@ -64,10 +64,6 @@ class Watched:
         self._count(name, start, stop)
         return self._checkpoint.read(name, start, stop, pin)
 
-    def read_unhashed(self, name, start=0, stop=None, pin=False):
-        self._count(name, start, stop)
-        return self._checkpoint.read_unhashed(name, start, stop, pin)
-
     def read_tensor(self, name):
         self._count(name, 0, None)
         return self._checkpoint.read_tensor(name)

@@ -16,9 +16,9 @@ import torch
 from helpers import tricky_tensor
 from safetensors.torch import save_file
 
-from negmerge_cli.arithmetic.background import WriteBehind
+from negmerge_cli.arithmetic.background import Hashers, WriteBehind
 from negmerge_cli.arithmetic.streaming import Engine, Source, TensorJob, check_sum
-from negmerge_cli.checkpoint import open_checkpoint
+from negmerge_cli.checkpoint import digests, open_checkpoint
 from negmerge_cli.core.errors import CheckpointError, UsageError
 
 CPU = torch.device("cpu")
@@ -272,19 +272,41 @@ def test_counted_bytes_are_the_bytes_the_jobs_read(files3):
     assert sum(counted) == expected == 2 * (61 * 67 * 4 + 1500 * 2 + 4 + 2100 * 2) + 61 * 67 * 4
 
 
-def test_hashes_are_of_the_bytes_read_before_the_arithmetic_changes_them(files3):
-    """The process subtracts in place; the SHA-256 fed by the reads must still be ``sha256sum``."""
+def test_hashers_give_sha256sum_on_background_threads_while_the_engine_runs(files3, monkeypatch):
+    """Every input hashed whole on the hasher threads (one file twice in the list: hashed once),
+    while the process subtracts in place; each digest is ``sha256sum`` and goes to the cache."""
+    monkeypatch.setattr(digests, "HASH_BLOCK", 4096)  # many blocks per file, on both threads
+    monkeypatch.setenv(digests.ENV_VAR, str(files3[0].parent / "cache"))
     base, finetuned, _ = files3
     paths = [base, *finetuned]
     checkpoints = [open_checkpoint(p, digest=True, rehash=True) for p in paths]
     try:
         assert not any(c.hashes_known for c in checkpoints)
-        run(Engine(CPU, smallest_budget()), jobs_for(checkpoints), sum_of_taus)
-        digests = [c.file_hashes()[str(p)] for c, p in zip(checkpoints, paths)]
+        files = [f for c in checkpoints for f in c.files]
+        with Hashers(files + files[:1]) as hashers:
+            run(Engine(CPU, smallest_budget()), jobs_for(checkpoints), sum_of_taus)
+            hashers.finish()
+        assert all(c.hashes_known for c in checkpoints)  # by the threads, not on demand below
+        found = [c.file_hashes()[str(p)] for c, p in zip(checkpoints, paths)]
     finally:
         for c in checkpoints:
             c.close()
-    assert digests == [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert found == expected
+    assert [digests.lookup(digests.Identity.of(os.stat(p))) for p in paths] == expected
+    assert not negmerge_threads()
+
+
+def test_a_file_that_shrinks_fails_its_hashing_in_the_main_thread(files3):
+    base, finetuned, _ = files3
+    with open_checkpoint(base, digest=True, rehash=True) as b, \
+            open_checkpoint(finetuned[0], digest=True, rehash=True) as f1:
+        os.truncate(finetuned[0], f1.files[0].header.file_size - 100)
+        with pytest.raises(CheckpointError, match=rf"{re.escape(str(finetuned[0]))}: file shrank while being hashed"):
+            with Hashers([*b.files, *f1.files]) as hashers:
+                hashers.finish()
+        assert f1.files[0].needs_hashing  # no digest of a file that changed
+    assert not negmerge_threads()
 
 
 def test_read_prepared_gives_one_slice_in_the_compute_dtype(files3):
@@ -387,7 +409,7 @@ def test_an_error_in_the_process_propagates_and_stops_the_threads(files3):
 
     with open_checkpoint(base, digest=True, rehash=True) as b, \
             open_checkpoint(finetuned[0], digest=True, rehash=True) as f1:
-        with pytest.raises(ValueError, match="boom in slice 3"):
+        with pytest.raises(ValueError, match="boom in slice 3"), Hashers([*b.files, *f1.files]):
             run(Engine(CPU, smallest_budget()), jobs_for([b, f1]), failing)
     assert len(calls) == 3
     assert not negmerge_threads()

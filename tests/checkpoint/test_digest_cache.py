@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from negmerge_cli.checkpoint import digests
 from negmerge_cli.checkpoint.opening import open_checkpoint
+from negmerge_cli.checkpoint.provenance import HASH_PLACEHOLDER
+from negmerge_cli.checkpoint.writer import OutputTensor, StreamingWriter
 from negmerge_cli.stages import StreamOptions, apply_vector, make_vector, merge_vectors
 
 SHAPES = {"w": (300, 200), "b": (200,)}
@@ -49,7 +52,7 @@ def cached(path: Path) -> str | None:
 
 def needs_hashing(path: Path, rehash: bool = False) -> bool:
     with open_checkpoint(path, rehash=rehash) as checkpoint:
-        return checkpoint.files[0].hasher is not None
+        return checkpoint.files[0].needs_hashing
 
 
 def merge(inputs: list[Path], out: Path, **options) -> None:
@@ -309,3 +312,41 @@ def test_concurrent_writers_and_readers_of_one_entry(tmp_path, cache):
         thread.join()
     assert set(seen) <= written | {None} and digests.lookup(identity) in written
     assert [e.name for e in cache.iterdir()] == [identity.entry_name]  # no temporary file left
+
+
+def test_a_merge_failing_while_its_inputs_are_hashed_keeps_the_old_output(tmp_path, cli):
+    """Cold cache: the hasher threads run beside the stream when the last tensor fails; they stop,
+    the existing output is untouched and no temporary file stays behind."""
+    inputs = make_vectors(tmp_path / "in", 3, SHAPES)
+    bad = _poison(inputs[2], tmp_path / "in" / "bad.safetensors", "b", 199, float("nan"))
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"the old output")
+    assert_clean_failure(cli("merge", "-f", "-o", out, *inputs[:2], bad), str(bad), "'b'", "NaN or Inf")
+    assert out.read_bytes() == b"the old output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "in", "m.safetensors"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("negmerge-")]
+
+
+@pytest.mark.parametrize("shard_size", [None, 8000])
+@pytest.mark.parametrize("settled_at", [0, 1, 2])  # tensors written before the final metadata is known
+def test_an_output_digest_is_sha256sum_whenever_its_metadata_settles(tmp_path, shard_size, settled_at):
+    tensors = {"a": torch.arange(5000.0), "b": torch.ones(300, dtype=torch.float16)}
+    layout = [OutputTensor(name, t.dtype, tuple(t.shape)) for name, t in tensors.items()]
+    out = tmp_path / "o.safetensors"
+    with StreamingWriter(out, layout, {"k": HASH_PLACEHOLDER}, shard_size=shard_size,
+                         metadata_final=False) as writer:
+        for index, (name, values) in enumerate([*tensors.items(), ("", None)]):
+            if index == settled_at:
+                writer.settle_metadata({"k": "final"})
+            if values is not None:
+                writer.write(name, values[:100])
+                writer.write(name, values[100:])
+        writer.update_metadata({"k": "final"})
+    shards = [p for p in writer.final_paths if p.suffix == ".safetensors"]
+    assert len(shards) == (1 if shard_size is None else 2)
+    for shard in shards:
+        assert cached(shard) == sha256sum(shard)
+        with open_checkpoint(shard, digest=False) as checkpoint:
+            assert checkpoint.metadata["k"] == "final"
+    loaded = {name: t for shard in shards for name, t in load_file(str(shard)).items()}
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[n], tensors[n]) for n in tensors)
