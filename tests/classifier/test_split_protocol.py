@@ -96,7 +96,7 @@ def test_the_split_file_round_trips_and_keeps_the_hold_out_out_of_every_training
     assert back == split and back.digest == split.digest
     for subset, expected in (("all", split.training_indices), ("retain", split.retain_indices),
                              ("forget", split.forget_indices)):
-        trainer = SimpleNamespace(options=SimpleNamespace(subset=subset), split=back, data=data)
+        trainer = SimpleNamespace(options=SimpleNamespace(subset=subset, objective="ce"), split=back, data=data)
         chosen = set(ClassifierTrainer._subset_indices(trainer))
         assert chosen == set(expected) and not chosen & set(split.val_indices)
     default = make_forget_split(data, fraction=0.1)
