@@ -25,8 +25,8 @@ def metadata(path) -> dict:
         return handle.metadata()
 
 
-def eval_json(*args) -> dict:
-    result = run_cli("eval", "-m", TINY, "-d", "digits", "-j", "0", "-q", *args)
+def eval_json(cli, *args) -> dict:
+    result = cli("eval", "-m", TINY, "-d", "digits", "-j", "0", "-q", *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)[0]
 
@@ -51,19 +51,19 @@ def test_finetune_records_the_activation_it_trained_with(quick_gelu_sweep):
     assert json.loads((out / "manifest.json").read_text())["identity"]["quick_gelu"] is True
 
 
-def test_a_finetuned_checkpoint_is_evaluated_with_the_activation_it_was_trained_with(quick_gelu_sweep):
+def test_a_finetuned_checkpoint_is_evaluated_with_the_activation_it_was_trained_with(quick_gelu_sweep, cli):
     """The checkpoint's predictions differ between GELU and QuickGELU; a later eval that rebuilt the
     bare config (GELU) would give the --no-quick-gelu numbers."""
     _, point = quick_gelu_sweep
-    default, quick, plain = (eval_json("-c", point, *flag) for flag in ([], ["--quick-gelu"], ["--no-quick-gelu"]))
+    default, quick, plain = (eval_json(cli, "-c", point, *flag) for flag in ([], ["--quick-gelu"], ["--no-quick-gelu"]))
     assert quick["metrics"] != plain["metrics"], "precondition: the activation must change the predictions"
     assert default["metrics"] == quick["metrics"]
     assert (default["quick_gelu"], quick["quick_gelu"], plain["quick_gelu"]) == (True, True, False)
 
 
-def test_random_init_keeps_the_configs_activation(tmp_path):
+def test_random_init_keeps_the_configs_activation(tmp_path, cli):
     out = tmp_path / "sweep"
-    assert run_cli(*FINETUNE, "--steps", "1", "-o", out).returncode == 0
+    assert cli(*FINETUNE, "--steps", "1", "-o", out).returncode == 0
     assert metadata(out / "base.safetensors")["negmerge.quick_gelu"] == "false"
 
 
@@ -106,11 +106,11 @@ def test_openai_weights_get_quick_gelu_from_the_tag(openai_hub, tmp_path):
 # -- precision -------------------------------------------------------------------------------------
 
 
-def test_finetune_defaults_to_float32_and_records_the_precision(tmp_path):
+def test_finetune_defaults_to_float32_and_records_the_precision(tmp_path, cli):
     runs = {}
     for name, flags in {"default": [], "fp32": ["--precision", "fp32"], "bf16": ["--precision", "bf16"]}.items():
         out = tmp_path / name
-        result = run_cli(*FINETUNE, *flags, "-o", out)
+        result = cli(*FINETUNE, *flags, "-o", out)
         assert result.returncode == 0, result.stderr
         (point,) = [p for p in out.glob("*.safetensors") if p.name != "base.safetensors"]
         assert metadata(point)["negmerge.precision"] == (name if name != "default" else "fp32")
@@ -122,8 +122,8 @@ def test_finetune_defaults_to_float32_and_records_the_precision(tmp_path):
 
 def test_eval_records_the_precision_and_refuses_unknown_ones(quick_gelu_sweep, cli):
     _, point = quick_gelu_sweep
-    assert eval_json("-c", point)["precision"] == "fp32"
-    assert eval_json("-c", point, "--precision", "bf16")["precision"] == "bf16"
+    assert eval_json(cli, "-c", point)["precision"] == "fp32"
+    assert eval_json(cli, "-c", point, "--precision", "bf16")["precision"] == "bf16"
     assert_clean_failure(cli("eval", "-m", TINY, "-c", point, "-d", "digits", "--precision", "fp8"),
                          "--precision", "fp8")
 
@@ -151,9 +151,9 @@ def search_args(files, *extra, out=None) -> list:
             "--json", out or files / "bad.json", "-q", *extra]
 
 
-def search(files, *extra):
+def search(cli, files, *extra):
     out = files / f"search{len(list(files.glob('search*.json')))}.json"
-    result = run_cli(*search_args(files, *extra, out=out))
+    result = cli(*search_args(files, *extra, out=out))
     return result, (json.loads(out.read_text()) if out.exists() else None)
 
 
@@ -163,8 +163,8 @@ def paper_choice(points, base_retain, threshold=0.95):
     return min(passing, key=lambda p: p["forget_acc1"])["coef"] if passing else None
 
 
-def test_base_retain_from_a_number_or_stored_accuracies(search_files, tmp_path):
-    _, evaluated = search(search_files)
+def test_base_retain_from_a_number_or_stored_accuracies(search_files, tmp_path, cli):
+    _, evaluated = search(cli, search_files)
     assert evaluated["base_retain_source"].startswith("evaluated")
     assert evaluated["base_retain_acc1"] == evaluated["base"]["retain_acc1"]
 
@@ -174,7 +174,7 @@ def test_base_retain_from_a_number_or_stored_accuracies(search_files, tmp_path):
     ours.write_text(json.dumps([{"dataset": evaluated["retain"], "metrics": {"acc1": 0.25, "acc5": 1.0}}]))
     choices = {}
     for flag, expected in (("0.8", 0.8), (f"{stored}:ImageNetVal", 0.5), (str(ours), 0.25)):
-        result, found = search(search_files, "--base-retain", flag)
+        result, found = search(cli, search_files, "--base-retain", flag)
         assert found is not None, result.stderr
         assert found["base_retain_acc1"] == expected and found["base_retain_source"] == flag
         assert found["retain_limit"] == pytest.approx(0.95 * expected, abs=0, rel=1e-15)
@@ -210,14 +210,14 @@ def test_base_retain_belongs_to_the_search(search_files, cli):
     assert_clean_failure(result, "--base-retain", "--vector")
 
 
-def test_apply_carries_the_bases_activation_to_the_unlearned_checkpoint(quick_gelu_sweep, tmp_path):
+def test_apply_carries_the_bases_activation_to_the_unlearned_checkpoint(quick_gelu_sweep, tmp_path, cli):
     out, point = quick_gelu_sweep
     vector, unlearned = tmp_path / "tau.safetensors", tmp_path / "unlearned.safetensors"
-    assert run_cli("vector", "-b", out / "base.safetensors", "-o", vector, point, "-q").returncode == 0
-    result = run_cli("apply", "-b", out / "base.safetensors", "-v", vector, "-s", "-0.5", "-o", unlearned, "-q")
+    assert cli("vector", "-b", out / "base.safetensors", "-o", vector, point, "-q").returncode == 0
+    result = cli("apply", "-b", out / "base.safetensors", "-v", vector, "-s", "-0.5", "-o", unlearned, "-q")
     assert result.returncode == 0, result.stderr
     assert metadata(unlearned)["negmerge.quick_gelu"] == "true"
-    assert eval_json("-c", unlearned)["quick_gelu"] is True
+    assert eval_json(cli, "-c", unlearned)["quick_gelu"] is True
 
 
 def test_convert_records_the_activation_of_its_pretrained_model(quick_gelu_sweep, tmp_path, cli):
