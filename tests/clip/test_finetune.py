@@ -24,8 +24,9 @@ GRID = ["--randaug", "none", "--randaug", "rand-m2-n1-mstd0.5"]
 NAMES = ["lr0.001_st3_wd0.1_ls0_seed0_noaug", "lr0.001_st3_wd0.1_ls0_seed0_rand-m2-n1-mstd0.5"]
 
 
-def finetune(*args, **kwargs):
-    return run_cli("finetune", *COMMON, *args, **kwargs)
+def finetune(*args, run=run_cli, **kwargs):
+    """``negmerge finetune`` of the tiny model on digits; ``run``: a subprocess, or the ``cli`` fixture."""
+    return run("finetune", *COMMON, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +62,11 @@ def test_sweep_writes_base_points_and_manifest(sweep):
     assert result.stdout == ""  # results go to files; stdout stays clean
 
 
-def test_finished_points_are_skipped(sweep):
+def test_finished_points_are_skipped(sweep, cli):
     out, stamp, result = sweep
     assert f"skip {NAMES[0]}" in result.stderr and f"skip {NAMES[1]}" in result.stderr
     assert (out / f"{NAMES[1]}.safetensors").stat().st_mtime_ns == stamp
-    again = finetune("-o", out, *GRID, "-q")
+    again = finetune("-o", out, *GRID, "-q", run=cli)
     assert again.returncode == 0 and again.stderr == "", again.stderr
 
 
@@ -91,11 +92,11 @@ def test_outputs_load_into_open_clip_and_carry_hyperparameters(sweep):
         assert json.loads(metadata["negmerge.hyperparameters"])["steps"] == 3
 
 
-def test_eval_of_sweep_outputs(sweep, tmp_path):
+def test_eval_of_sweep_outputs(sweep, tmp_path, cli):
     out, _, _ = sweep
     report = tmp_path / "eval.json"
-    result = run_cli("eval", "-m", TINY, "-c", out / f"{NAMES[0]}.safetensors", "-d", "digits", "-d", "digits:val",
-                     "-j", "0", "--json", report)
+    result = cli("eval", "-m", TINY, "-c", out / f"{NAMES[0]}.safetensors", "-d", "digits", "-d", "digits:val",
+                 "-j", "0", "--json", report)
     assert result.returncode == 0, result.stderr
     rows = json.loads(report.read_text())
     assert [r["dataset"] for r in rows] == ["digits:test", "digits:val"]
@@ -145,10 +146,10 @@ def test_two_process_torchrun_gloo(tmp_path):
     assert not torch.equal(saved["visual.proj"], base["visual.proj"])
 
 
-def test_refuses_a_folder_holding_another_sweep(sweep):
+def test_refuses_a_folder_holding_another_sweep(sweep, cli):
     out, _, _ = sweep
     before = sorted(p.name for p in out.iterdir())
-    result = run_cli("finetune", "-m", TINY, "-d", "digits", "-o", out, "--steps", "3", "-b", "64", "-j", "0")
+    result = cli("finetune", "-m", TINY, "-d", "digits", "-o", out, "--steps", "3", "-b", "64", "-j", "0")
     assert_clean_failure(result, str(out), "different sweep", "batch_size")
     assert sorted(p.name for p in out.iterdir()) == before
 
@@ -301,19 +302,19 @@ def test_resuming_with_other_seed_or_freeze_settings_is_refused(sweep, tmp_path,
     del sweep_json["identity"]["seed_mode"], sweep_json["identity"]["freeze"]
     (old / "sweep.json").write_text(json.dumps(sweep_json))
     assert_clean_failure(cli("finetune", *COMMON, "-o", old, *GRID), "seed_mode is 'shared' there, 'per-point' here")
-    resumed = finetune("-o", old, *GRID, "--seed-mode", "shared")
+    resumed = finetune("-o", old, *GRID, "--seed-mode", "shared", run=cli)
     assert resumed.returncode == 0, resumed.stderr
     assert f"skip {NAMES[0]}" in resumed.stderr and f"skip {NAMES[1]}" in resumed.stderr
 
 
-def test_frozen_parameters_stay_at_the_base_and_their_task_vector_is_zero(tmp_path):
+def test_frozen_parameters_stay_at_the_base_and_their_task_vector_is_zero(tmp_path, cli):
     out = tmp_path / "frozen"
     globs = ["--freeze", RELEASE_FROZEN, "--freeze", "visual.conv1.weight"]
-    result = finetune("-o", out, *globs, "-q")
+    result = finetune("-o", out, *globs, "-q", run=cli)
     assert result.returncode == 0, result.stderr
     checkpoint = out / f"{NAMES[0]}.safetensors"
     tau = tmp_path / "tau.safetensors"
-    assert run_cli("vector", "-b", out / "base.safetensors", "-o", tau, checkpoint, "-q").returncode == 0
+    assert cli("vector", "-b", out / "base.safetensors", "-o", tau, checkpoint, "-q").returncode == 0
 
     import fnmatch
 
@@ -339,7 +340,7 @@ def test_frozen_parameters_stay_at_the_base_and_their_task_vector_is_zero(tmp_pa
     assert json.loads(metadata["negmerge.freeze"]) == expected
     assert int(metadata["negmerge.frozen_parameters"]) == point["train"]["frozen_parameters"]
     # the same globs in another order are the same sweep: the finished point is skipped
-    again = finetune("-o", out, "--freeze", "visual.conv1.weight", "--freeze", RELEASE_FROZEN)
+    again = finetune("-o", out, "--freeze", "visual.conv1.weight", "--freeze", RELEASE_FROZEN, run=cli)
     assert again.returncode == 0 and f"skip {NAMES[0]}" in again.stderr, again.stderr
 
 
