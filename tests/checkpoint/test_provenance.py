@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_hf_folders import (  # skips without transformers
@@ -52,14 +51,14 @@ def _expected(role: str, named: str, folder: Path) -> set[tuple[str, ...]]:
     return {(role, named, p.name, _sha256(p)) for p in folder.glob("*.safetensors")}
 
 
-def test_sharded_inputs_are_recorded_as_named_and_apply_carries_the_chain(family, tmp_path):
+def test_sharded_inputs_are_recorded_as_named_and_apply_carries_the_chain(family, tmp_path, cli):
     base, finetuned = family
     # the inputs as a user names them: a folder, a folder with a slash, an index
     named = [str(finetuned[0]), f"{finetuned[1]}/", str(finetuned[2] / "model.safetensors.index.json")]
     tau, out = tmp_path / "tau", tmp_path / "unlearned"
-    merged = run_cli("merge", "--base", base, "-o", f"{tau}/", *named, "-q")
+    merged = cli("merge", "--base", base, "-o", f"{tau}/", *named, "-q")
     assert merged.returncode == 0, merged.stderr
-    applied = run_cli("apply", "--base", base, "--vector", tau, "-s", "-1", "-o", f"{out}/", "-q")
+    applied = cli("apply", "--base", base, "--vector", tau, "-s", "-1", "-o", f"{out}/", "-q")
     assert applied.returncode == 0, applied.stderr
 
     # the metadata: one entry per input, as named and resolved, with its three shards' digests
@@ -95,11 +94,11 @@ def test_sharded_inputs_are_recorded_as_named_and_apply_carries_the_chain(family
     _load(tau)
 
 
-def test_old_flat_metadata_still_reads(family, tmp_path):
+def test_old_flat_metadata_still_reads(family, tmp_path, cli):
     """A vector written before inputs were grouped: a flat list of ``{"file", "sha256"}``."""
     base, finetuned = family
     vector = tmp_path / "old.safetensors"
-    assert run_cli("vector", "--base", base, "-o", vector, finetuned[0], "-q").returncode == 0
+    assert cli("vector", "--base", base, "-o", vector, finetuned[0], "-q").returncode == 0
     flat = [{"file": "model-00001-of-00003.safetensors", "sha256": "a" * 64},
             {"file": "model-00002-of-00003.safetensors", "sha256": "b" * 64}]
     with safe_open(str(vector), "pt") as handle:
@@ -108,7 +107,7 @@ def test_old_flat_metadata_still_reads(family, tmp_path):
                                                                                          "sha256": "c" * 64}])})
     save_file(load_file(str(vector)), str(vector), metadata)
     out = tmp_path / "out"
-    applied = run_cli("apply", "--base", base, "--vector", vector, "-s", "-1", "-o", f"{out}/", "-q")
+    applied = cli("apply", "--base", base, "--vector", vector, "-s", "-1", "-o", f"{out}/", "-q")
     assert applied.returncode == 0, applied.stderr
     card = (out / "README.md").read_text()
     assert "made by `vector` from 2 inputs" in card  # an old list cannot say which files belong together
@@ -125,15 +124,15 @@ def test_damaged_input_lists_are_skipped_by_the_card(value):
     assert "the merge of" in card
 
 
-def test_a_lone_file_base_names_the_folder_output_model_safetensors(tmp_path):
+def test_a_lone_file_base_names_the_folder_output_model_safetensors(tmp_path, cli):
     """``apply -o DIR/`` with an OpenCLIP-style lone file ``base.safetensors``: the result is not the base."""
     generator = torch.Generator().manual_seed(0)
     base = {"w": torch.randn(4, 3, generator=generator)}
     save_file(base, str(tmp_path / "base.safetensors"), {"format": "pt", "negmerge.kind": "checkpoint"})
     save_file({"w": torch.ones(4, 3)}, str(tmp_path / "tau.safetensors"), {"format": "pt", "negmerge.kind": "task_vector"})
     out = tmp_path / "unlearned"
-    applied = run_cli("apply", "-b", tmp_path / "base.safetensors", "-v", tmp_path / "tau.safetensors", "-s", "-1",
-                      "-o", f"{out}/", "-q")
+    applied = cli("apply", "-b", tmp_path / "base.safetensors", "-v", tmp_path / "tau.safetensors", "-s", "-1",
+                  "-o", f"{out}/", "-q")
     assert applied.returncode == 0, applied.stderr
     assert sorted(os.listdir(out)) == ["README.md", "model.safetensors"]
     torch.testing.assert_close(load_file(str(out / "model.safetensors"))["w"], base["w"] - 1)

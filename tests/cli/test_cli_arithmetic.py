@@ -74,34 +74,34 @@ def test_pipeline_vector_merge_apply_inspect(model_files, tmp_path):
     assert "layer.weight" in table and "negmerge.scale" in table
 
 
-def test_vector_then_apply_gives_back_the_finetuned_weights(model_files, tmp_path):
+def test_vector_then_apply_gives_back_the_finetuned_weights(model_files, tmp_path, cli):
     base, finetuned = model_files
     tau = tmp_path / "tau.safetensors"
     back = tmp_path / "back.safetensors"
-    assert run_cli("vector", "--base", base, "-o", tau, finetuned[0], "-q").returncode == 0
-    assert run_cli("apply", "--base", base, "--vector", tau, "--scale", "1", "-o", back, "-q").returncode == 0
+    assert cli("vector", "--base", base, "-o", tau, finetuned[0], "-q").returncode == 0
+    assert cli("apply", "--base", base, "--vector", tau, "--scale", "1", "-o", back, "-q").returncode == 0
     original, restored = load_file(str(finetuned[0])), load_file(str(back))
     for name in original:
         torch.testing.assert_close(restored[name], original[name], rtol=0, atol=1e-6)
 
 
-def test_half_precision_round_trip_is_exact_with_float32_vectors(tmp_path):
+def test_half_precision_round_trip_is_exact_with_float32_vectors(tmp_path, cli):
     generator = torch.Generator().manual_seed(0)
     base = {"w": torch.randn(50, 50, generator=generator).half()}
     ft = {"w": (base["w"].float() + 0.01 * torch.randn(50, 50, generator=generator)).half()}
     save_file(base, str(tmp_path / "base.safetensors"))
     save_file(ft, str(tmp_path / "ft.safetensors"))
-    assert run_cli("vector", "-b", tmp_path / "base.safetensors", "-o", tmp_path / "tau.safetensors",
-                   "--dtype", "float32", tmp_path / "ft.safetensors", "-q").returncode == 0
-    assert run_cli("apply", "-b", tmp_path / "base.safetensors", "-v", tmp_path / "tau.safetensors", "-s", "1",
-                   "-o", tmp_path / "back.safetensors", "-q").returncode == 0
+    assert cli("vector", "-b", tmp_path / "base.safetensors", "-o", tmp_path / "tau.safetensors",
+               "--dtype", "float32", tmp_path / "ft.safetensors", "-q").returncode == 0
+    assert cli("apply", "-b", tmp_path / "base.safetensors", "-v", tmp_path / "tau.safetensors", "-s", "1",
+               "-o", tmp_path / "back.safetensors", "-q").returncode == 0
     back = load_file(str(tmp_path / "back.safetensors"))["w"]
     assert back.dtype == torch.float16 and torch.equal(back, ft["w"])
 
 
-def test_sharded_output_and_sharded_input(vectors, tmp_path):
+def test_sharded_output_and_sharded_input(vectors, tmp_path, cli):
     out = tmp_path / "out" / "merged.safetensors"
-    result = run_cli("merge", "-m", "mean", "-o", out, "--shard-size", "10KB", *vectors, "-q")
+    result = cli("merge", "-m", "mean", "-o", out, "--shard-size", "10KB", *vectors, "-q")
     assert result.returncode == 0, result.stderr
     index = tmp_path / "out" / "merged.safetensors.index.json"
     weight_map = json.loads(index.read_text())["weight_map"]
@@ -109,7 +109,7 @@ def test_sharded_output_and_sharded_input(vectors, tmp_path):
     # a sharded checkpoint is a valid input, by index or by folder
     for source in (index, tmp_path / "out"):
         copy = tmp_path / f"copy-{source.name}.safetensors"
-        assert run_cli("merge", "-m", "sum", "-o", copy, source, "-q").returncode == 0
+        assert cli("merge", "-m", "sum", "-o", copy, source, "-q").returncode == 0
         dense = load_file(str(copy))
         expected = ref.mean([load_file(str(v))["w"] for v in vectors])
         torch.testing.assert_close(dense["w"], expected, rtol=1e-6, atol=1e-6)

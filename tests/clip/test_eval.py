@@ -30,9 +30,9 @@ def files(tmp_path_factory):
     return root
 
 
-def test_eval_writes_clip_benchmark_json_and_a_table(files, tmp_path):
-    result = run_cli("eval", "-m", TINY, "-c", files / "base.safetensors", "-d", "digits", "-d", files / "shapes",
-                     "-j", "1")
+def test_eval_writes_clip_benchmark_json_and_a_table(files, tmp_path, cli):
+    result = cli("eval", "-m", TINY, "-c", files / "base.safetensors", "-d", "digits", "-d", files / "shapes",
+                 "-j", "1")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["dataset"] for r in rows] == ["digits:test", str(files / "shapes")]
