@@ -174,10 +174,10 @@ def test_negmerge_and_negation_of_a_sharded_llama_load_with_transformers(llama, 
     torch.testing.assert_close(_logits(model), _logits_with(base, expected), rtol=1e-5, atol=1e-5)
 
 
-def test_model_card_front_matter_and_inputs(llama, tmp_path):
+def test_model_card_front_matter_and_inputs(llama, tmp_path, cli):
     base, finetuned = llama
     tau = tmp_path / "tau"
-    result = run_cli("merge", "-m", "ties", "--density", "0.5", "--base", base, "-o", f"{tau}/", *finetuned, "-q")
+    result = cli("merge", "-m", "ties", "--density", "0.5", "--base", base, "-o", f"{tau}/", *finetuned, "-q")
     assert result.returncode == 0, result.stderr
     card = (tau / "README.md").read_text()
     front = _front_matter(card)
@@ -200,13 +200,13 @@ def test_model_card_front_matter_and_inputs(llama, tmp_path):
 # -- GPT-2: the tied lm_head stays stored once ----------------------------------------------------
 
 
-def test_gpt2_tied_embeddings_stay_tied_and_load_without_warnings(gpt2, tmp_path):
+def test_gpt2_tied_embeddings_stay_tied_and_load_without_warnings(gpt2, tmp_path, cli):
     base, (finetuned,) = gpt2
     stored = set(load_file(base / "model.safetensors"))
     assert "lm_head.weight" not in stored and "transformer.wte.weight" in stored  # save_pretrained's convention
     tau, out = tmp_path / "tau.safetensors", tmp_path / "out"
-    assert run_cli("vector", "--base", base, "-o", tau, finetuned, "-q").returncode == 0
-    applied = run_cli("apply", "--base", base, "--vector", tau, "--scale", SCALE, "-o", f"{out}/", "-q")
+    assert cli("vector", "--base", base, "-o", tau, finetuned, "-q").returncode == 0
+    applied = cli("apply", "--base", base, "--vector", tau, "--scale", SCALE, "-o", f"{out}/", "-q")
     assert applied.returncode == 0, applied.stderr
 
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "generation_config.json",
@@ -261,7 +261,7 @@ def test_base_folder_without_weights_is_one_line(tmp_path, cli, llama):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
-    result = run_cli("merge", "--base", empty, "-o", f"{tmp_path / 'out'}/", *finetuned)
+    result = cli("merge", "--base", empty, "-o", f"{tmp_path / 'out'}/", *finetuned)
     assert_clean_failure(result, str(empty), "holds no weights (no .safetensors file or index)")
     assert not (tmp_path / "out").exists()
 
