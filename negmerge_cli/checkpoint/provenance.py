@@ -30,8 +30,12 @@ def architecture_of(metadata: dict[str, str]) -> dict[str, str]:
 
 
 def provenance(command: str, **params: object) -> dict[str, str]:
-    """Tool version, command and parameters; values that are not strings are stored as JSON."""
+    """Tool version, command and parameters; values that are not strings are stored as JSON. Starting
+    weights named by a Hub repo id arrive here as their snapshot's file: ``pretrained_hub`` says
+    which repository and commit that is (the path alone would not outlive the cache)."""
     metadata = {"format": "pt", PREFIX + "version": __version__, PREFIX + "command": command}
+    if isinstance(params.get("pretrained"), str):
+        params["pretrained_hub"] = origin(None, [params["pretrained"]]) or None
     for key, value in params.items():
         if value is not None:
             metadata[PREFIX + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)

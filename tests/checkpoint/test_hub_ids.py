@@ -155,6 +155,10 @@ def test_convert_eval_and_finetune_by_id(hub, cli, tmp_path):
     assert result.returncode == 0, result.stderr
     started, converted = load_file(sweep / "base.safetensors"), load_file(folder / "open_clip_model.safetensors")
     assert started.keys() == converted.keys() and all(torch.equal(started[k], converted[k]) for k in converted)
+    for checkpoint in sweep.glob("*.safetensors"):  # the base and the point name the repository and commit
+        with safe_open(str(checkpoint), "pt") as handle:
+            hub_origin = json.loads(handle.metadata()["negmerge.pretrained_hub"])
+        assert hub_origin == {"repo_id": OPEN_CLIP, "commit": commit_of("open clip")}, checkpoint.name
 
 
 def test_a_digest_comes_from_the_blob_name_unless_rehashed(hub, cli, tmp_path):
