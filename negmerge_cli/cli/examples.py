@@ -41,6 +41,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "negmerge merge --method negmerge -o tau.safetensors taus/*.safetensors",
         "negmerge merge -m ties --density 0.2 -o ties.safetensors taus/*.safetensors",
         "negmerge merge --base sweep/base.safetensors -o tau.safetensors sweep/lr*",
+        "negmerge merge --base meta-llama/Llama-3.2-1B -o tau/ ORG/ft-a ORG/ft-b@v2",
     ),
     "apply": (
         "negmerge apply --base base.safetensors --vector tau.safetensors \\\n"
@@ -70,6 +71,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "demo": (
         "negmerge demo",
         "negmerge demo --quick --workdir /tmp/negmerge-demo",
+        "negmerge demo --vary hyperparameters",
         "negmerge demo --scenario classifier",
     ),
 }
