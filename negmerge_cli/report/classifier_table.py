@@ -25,8 +25,8 @@ def markdown(mismatch: str) -> str:
             lines.append("| " + " | ".join([known.title + paper.MARKS[known.status], *cells,
                                             f"[{sources.index(known.source) + 1}]"]) + " |")
     notes = [f"[{i + 1}] {source}." for i, source in enumerate(sources)]
-    notes += [f"{paper.MARKS[paper.TRANSCRIBED]} transcribed from the paper's table by a reproduction "
-              "(DESIGN.md section 9; each Avg. Gap agrees with its four figures), not rechecked against the paper.",
+    notes += [f"{paper.MARKS[paper.TRANSCRIBED]} transcribed from the paper's table by a student reproduction "
+              "(each Avg. Gap agrees with its four figures), not rechecked against the paper.",
               f"{paper.MARKS[paper.SECONDARY]} from secondary sources, not the paper's own table: unverified.",
               f"{paper.NOT_TRANSCRIBED}: the table has the row; its figures are not copied here."]
     return "\n".join(lines + [""] + notes) + "\n"
