@@ -240,3 +240,22 @@ def test_salun_through_the_cli_records_its_settings(cli, tmp_path, split_file):
     assert (identity["saliency_fraction"], identity["saliency_freeze"], identity["milestones"]) == (0.25, False, [91, 136])
     other = cli("finetune", *common, "--milestones", "91,136", "-o", target)  # fraction 0.5 now
     assert other.returncode != 0 and "saliency_fraction" in other.stderr, other.stderr
+
+
+@pytest.mark.parametrize("objective, extra", [
+    ("l1-sparse", ["--subset", "retain", "--l1-alpha", "1e-3"]),
+    ("random-labels", []),
+    ("wrong-labels", ["--subset", "forget"]),
+])
+def test_each_objective_trains_through_the_cli(cli, tmp_path, split_file, objective, extra):
+    """One real step of each remaining objective through the command, its name and settings recorded."""
+    from negmerge_cli.checkpoint.opening import open_checkpoint
+
+    target = tmp_path / objective
+    result = cli("finetune", *FAST, "--objective", objective, "--forget-split", split_file, *extra, "-q", "-o", target)
+    assert result.returncode == 0, result.stderr
+    (trained,) = [p for p in target.glob("*.safetensors") if p.name != "base.safetensors"]
+    with open_checkpoint(trained) as checkpoint:
+        meta = checkpoint.metadata
+    assert meta["negmerge.objective"] == objective
+    assert meta.get("negmerge.l1_alpha") == ("0.001" if objective == "l1-sparse" else None)
