@@ -103,6 +103,24 @@ def test_report_of_the_demo_folder_in_every_format(quick_demo, cli, tmp_path):
     assert plot.read_bytes().startswith(b"<?xml") and b"best_single" in plot.read_bytes()
 
 
+@pytest.mark.slow
+def test_the_hyperparameter_variant_runs_end_to_end_and_reports_as_such(quick_demo, cli, tmp_path):
+    """`--vary hyperparameters` for real (the pretrained model cached by the quick demo): k fine-tunes
+    over the learning rates at one seed, the same budget, recorded and reported as that variant."""
+    _, cache, _ = quick_demo
+    workdir = tmp_path / "hyper"
+    result = cli("demo", "--quick", "--vary", "hyperparameters", "--workdir", workdir, "--cache-dir", cache, "-q")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["settings"]["vary"] == "hyperparameters" and results["settings"]["total_steps"] == 3 * 80
+    points = [p["hyperparameters"] for p in json.loads((workdir / "finetune" / "manifest.json").read_text())["points"]]
+    assert {p["seed"] for p in points} == {0} and len({(p["lr"], p["steps"]) for p in points}) == 3
+    assert set(results["methods"]) == {"negmerge", "mean", "ties", "magmax", "best_single"}
+    report = cli("report", workdir)
+    assert report.returncode == 0, report.stderr
+    assert "### lambda chosen by the paper's rule; the 3 fine-tunes vary hyperparameters" in report.stdout
+
+
 def test_demo_refuses_a_file_as_workdir(tmp_path, cli):
     target = tmp_path / "file"
     target.write_text("x")
