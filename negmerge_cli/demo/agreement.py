@@ -1,8 +1,9 @@
 """How alike the demo's k task vectors are, which decides what NegMerge can do with them.
 
 NegMerge keeps an element only where all k vectors agree on its sign, and there takes their mean.
-Near-identical vectors (fine-tunes that differ only in their seed) agree almost everywhere, so the
-merge is close to the mean; vectors that differ more agree less, and the merge keeps less.
+Near-identical vectors agree almost everywhere, so the merge is close to the mean; vectors that
+differ more agree less, and the merge keeps less (the demo's seed-varied fine-tunes are far from
+identical: docs/demo.md gives the measured agreement).
 The tiny demo's vectors fit in memory; a dense computation keeps this obviously right.
 """
 
