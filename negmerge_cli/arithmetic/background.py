@@ -112,6 +112,14 @@ class Prefetcher:
                 continue
 
 
+def files_to_hash(files: list) -> list[SafetensorsFile]:
+    """Of checkpoints' ``files``, those whose digest is unknown, largest first, each once (a file
+    listed twice, as merge's base can be, is hashed once); the few others (small files of a LoRA
+    adapter) are hashed when their digest is first asked."""
+    pending = [f for f in dict.fromkeys(files) if isinstance(f, SafetensorsFile) and f.needs_hashing]
+    return sorted(pending, key=lambda f: f.header.file_size, reverse=True)
+
+
 class Hashers:
     """The SHA-256 of whole input files on ``HASH_THREADS`` threads, while the stream runs.
 
@@ -123,13 +131,13 @@ class Hashers:
     digest and raises the first error; leaving the context stops the threads within one block and
     joins them."""
 
-    def __init__(self, files: list, on_done: Callable[[], None] = lambda: None):
-        """``files``: checkpoints' ``files``; those whose digest is unknown are hashed here (the
-        few others, small files of a LoRA adapter, when their digest is first asked)."""
-        pending = sorted((f for f in files if isinstance(f, SafetensorsFile) and f.needs_hashing),
-                         key=lambda f: f.header.file_size, reverse=True)
-        self._todo = deque(dict.fromkeys(pending))  # a file listed twice (merge's base) is hashed once
+    def __init__(self, files: list, on_done: Callable[[], None] = lambda: None,
+                 on_bytes: Callable[[int], None] = lambda n: None):
+        """``files``: the files to hash (:func:`files_to_hash`); ``on_bytes`` is told each block
+        hashed, from the hashing threads (progress)."""
+        self._todo = deque(files)
         self._left, self._on_done, self._count_lock = len(self._todo), on_done, threading.Lock()
+        self._on_bytes = on_bytes
         self._failure: _Failure | None = None
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._hash_all, name=f"negmerge-hasher-{i}")
@@ -155,7 +163,7 @@ class Hashers:
             except IndexError:
                 return
             try:
-                file.compute_digest(self._stop)
+                file.compute_digest(self._stop, self._on_bytes)
                 if self._stop.is_set():
                     return
                 with self._count_lock:

@@ -26,6 +26,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError, NegmergeError
@@ -110,18 +111,19 @@ def sha256_of_fd(fd: int) -> str:
 HASH_BLOCK = 1 << 20  # hashlib releases the GIL for it; larger blocks measured no faster
 
 
-def hash_fd(fd: int, size: int, stop: threading.Event | None = None, label: str = "file") -> str | None:
+def hash_fd(fd: int, size: int, stop: threading.Event | None = None, label: str = "file",
+            on_bytes: Callable[[int], None] = lambda n: None) -> str | None:
     """SHA-256 of the first ``size`` bytes of an open file; None if ``stop`` was set meanwhile
     (see :func:`hash_range`)."""
     sha = hashlib.sha256()
-    return sha.hexdigest() if hash_range(sha, fd, 0, size, stop, label) else None
+    return sha.hexdigest() if hash_range(sha, fd, 0, size, stop, label, on_bytes) else None
 
 
 def hash_range(sha: "hashlib._Hash", fd: int, start: int, end: int, stop: threading.Event | None = None,
-               label: str = "file") -> bool:
+               label: str = "file", on_bytes: Callable[[int], None] = lambda n: None) -> bool:
     """Feed bytes ``[start, end)`` of an open file to ``sha``, read with ``pread`` into one reused
-    buffer (no copy of the file is held; the file position is left alone); False if ``stop`` was
-    set meanwhile. A file that ends before ``end`` (it shrank since it was opened) is an error
+    buffer (no copy of the file is held; the file position is left alone), telling ``on_bytes``
+    each block's size (progress); False if ``stop`` was set meanwhile. A file that ends before ``end`` (it shrank since it was opened) is an error
     naming ``label``."""
     buffer = memoryview(bytearray(max(1, min(HASH_BLOCK, end - start))))
     offset = start
@@ -133,6 +135,7 @@ def hash_range(sha: "hashlib._Hash", fd: int, start: int, end: int, stop: thread
             raise CheckpointError(f"{label}: file shrank while being hashed (at byte {offset:,} of {end:,})")
         sha.update(buffer[:count])
         offset += count
+        on_bytes(count)
     return True
 
 

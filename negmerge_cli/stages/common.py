@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from negmerge_cli.arithmetic.background import Hashers, WriteBehind
+from negmerge_cli.arithmetic.background import Hashers, WriteBehind, files_to_hash
 from negmerge_cli.arithmetic.streaming import Engine, Process, TensorJob
 from negmerge_cli.checkpoint import kinds
 from negmerge_cli.checkpoint.format import count_nonzero
@@ -102,13 +102,17 @@ def stream_to_file(
     metadata.update(_input_metadata(hashed_inputs, with_hashes=known))
     total_bytes = sum(j.read_bytes for j in jobs)
     counts = {"nonzero": 0, "elements": 0}
+    to_hash = files_to_hash([f for group in hashed_inputs.values() for _, c in group for f in c.files])
+    hash_bytes = sum(f.header.file_size for f in to_hash)
+    if to_hash:  # the bar counts the hashing too: a merge waits for it before it can finish
+        description += f" + hashing {len(to_hash)} input file{'s' if len(to_hash) > 1 else ''}"
 
     shard_bytes = options.shard_bytes if shard_bytes is ... else shard_bytes
     with StreamingWriter(target, layout, metadata, shard_size=shard_bytes,
                          force=options.force, metadata_final=known) as writer, \
-            output().progress(description, total_bytes, unit="bytes") as advance, \
-            Hashers([f for group in hashed_inputs.values() for _, c in group for f in c.files],
-                    lambda: writer.settle_metadata(_input_metadata(hashed_inputs, with_hashes=True))) as hashers, \
+            output().progress(description, total_bytes + hash_bytes, unit="bytes") as advance, \
+            Hashers(to_hash, lambda: writer.settle_metadata(_input_metadata(hashed_inputs, with_hashes=True)),
+                    advance) as hashers, \
             WriteBehind(lambda name, result: _write(writer, name, result, target, options, counts)) as sink:
         engine = Engine(options.torch_device, options.budget, not (options.allow_nonfinite or sums_checked), advance)
 

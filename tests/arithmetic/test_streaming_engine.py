@@ -16,7 +16,7 @@ import torch
 from helpers import tricky_tensor
 from safetensors.torch import save_file
 
-from negmerge_cli.arithmetic.background import Hashers, WriteBehind
+from negmerge_cli.arithmetic.background import Hashers, WriteBehind, files_to_hash
 from negmerge_cli.arithmetic.streaming import Engine, Source, TensorJob, check_sum
 from negmerge_cli.checkpoint import digests, open_checkpoint
 from negmerge_cli.core.errors import CheckpointError, UsageError
@@ -274,7 +274,8 @@ def test_counted_bytes_are_the_bytes_the_jobs_read(files3):
 
 def test_hashers_give_sha256sum_on_background_threads_while_the_engine_runs(files3, monkeypatch):
     """Every input hashed whole on the hasher threads (one file twice in the list: hashed once),
-    while the process subtracts in place; each digest is ``sha256sum`` and goes to the cache."""
+    while the process subtracts in place; each digest is ``sha256sum`` and goes to the cache, and
+    progress is told every byte hashed, once."""
     monkeypatch.setattr(digests, "HASH_BLOCK", 4096)  # many blocks per file, on both threads
     monkeypatch.setenv(digests.ENV_VAR, str(files3[0].parent / "cache"))
     base, finetuned, _ = files3
@@ -283,7 +284,8 @@ def test_hashers_give_sha256sum_on_background_threads_while_the_engine_runs(file
     try:
         assert not any(c.hashes_known for c in checkpoints)
         files = [f for c in checkpoints for f in c.files]
-        with Hashers(files + files[:1]) as hashers:
+        hashed = []  # list.append is atomic: the two threads may report at once
+        with Hashers(files_to_hash(files + files[:1]), on_bytes=hashed.append) as hashers:
             run(Engine(CPU, smallest_budget()), jobs_for(checkpoints), sum_of_taus)
             hashers.finish()
         assert all(c.hashes_known for c in checkpoints)  # by the threads, not on demand below
@@ -294,6 +296,7 @@ def test_hashers_give_sha256sum_on_background_threads_while_the_engine_runs(file
     expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     assert found == expected
     assert [digests.lookup(digests.Identity.of(os.stat(p))) for p in paths] == expected
+    assert sum(hashed) == sum(p.stat().st_size for p in paths) and max(hashed) <= 4096
     assert not negmerge_threads()
 
 
@@ -303,7 +306,7 @@ def test_a_file_that_shrinks_fails_its_hashing_in_the_main_thread(files3):
             open_checkpoint(finetuned[0], digest=True, rehash=True) as f1:
         os.truncate(finetuned[0], f1.files[0].header.file_size - 100)
         with pytest.raises(CheckpointError, match=rf"{re.escape(str(finetuned[0]))}: file shrank while being hashed"):
-            with Hashers([*b.files, *f1.files]) as hashers:
+            with Hashers(files_to_hash([*b.files, *f1.files])) as hashers:
                 hashers.finish()
         assert f1.files[0].needs_hashing  # no digest of a file that changed
     assert not negmerge_threads()
@@ -409,7 +412,7 @@ def test_an_error_in_the_process_propagates_and_stops_the_threads(files3):
 
     with open_checkpoint(base, digest=True, rehash=True) as b, \
             open_checkpoint(finetuned[0], digest=True, rehash=True) as f1:
-        with pytest.raises(ValueError, match="boom in slice 3"), Hashers([*b.files, *f1.files]):
+        with pytest.raises(ValueError, match="boom in slice 3"), Hashers(files_to_hash([*b.files, *f1.files])):
             run(Engine(CPU, smallest_budget()), jobs_for([b, f1]), failing)
     assert len(calls) == 3
     assert not negmerge_threads()

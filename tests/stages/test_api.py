@@ -6,6 +6,7 @@ import inspect
 import os
 import subprocess
 import sys
+import threading
 
 import torch
 from helpers import assert_clean_failure, run_cli
@@ -87,3 +88,64 @@ def test_out_dir_is_all_or_nothing(tmp_path):
                      tmp_path / "good.safetensors", tmp_path / "bad.safetensors", "--device", "cpu")
     assert_clean_failure(result, "bad.safetensors")
     assert not (tmp_path / "vectors").exists()  # the good vector and the folder went with the failure
+
+
+class _RecordingOutput:
+    """The real Output on a terminal console (Rich draws the bar into a buffer), recording each bar's
+    description, total and the bytes it was advanced by."""
+
+    def __init__(self):
+        import io
+
+        from rich.console import Console
+
+        from negmerge_cli.core.output import Output
+
+        self.output = Output(console=Console(file=io.StringIO(), force_terminal=True, width=200))
+        self.bars = []
+
+    def install(self, monkeypatch) -> None:
+        from contextlib import contextmanager
+
+        from negmerge_cli.core import output
+
+        real = self.output.progress
+
+        @contextmanager
+        def progress(description, total, unit="items"):
+            bar = {"description": description, "total": total, "done": 0}
+            self.bars.append(bar)
+            with real(description, total, unit) as advance:
+                lock = threading.Lock()  # the hasher threads and the main thread advance the same bar
+
+                def counted(n, note=None):
+                    with lock:
+                        bar["done"] += n
+                    advance(n, note)
+
+                yield counted
+
+        monkeypatch.setattr(self.output, "progress", progress)
+        monkeypatch.setattr(output, "_current", self.output)
+
+
+def test_a_merge_bar_counts_the_hashing_it_waits_for(tmp_path, monkeypatch):
+    """With nothing cached, a merge hashes its inputs beside the stream and waits for them: the bar
+    says so and runs to its end over the reads and the hashing, not to 100% before the wait."""
+    from negmerge_cli.checkpoint import digests
+    from negmerge_cli.stages import StreamOptions, merge_vectors
+
+    monkeypatch.setenv(digests.ENV_VAR, str(tmp_path / "cache"))
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"tau{i}.safetensors")
+        save_file({"w": torch.randn(64, 32), "b": torch.randn(32)}, str(paths[-1]))
+    recorder = _RecordingOutput()
+    recorder.install(monkeypatch)
+    merge_vectors(paths, tmp_path / "cold.safetensors", "negmerge", options=StreamOptions(device="cpu"))
+    merge_vectors(paths, tmp_path / "warm.safetensors", "negmerge", options=StreamOptions(device="cpu"))
+    cold, warm = [bar for bar in recorder.bars if bar["description"].startswith("merge")]
+    tensor_bytes = (64 * 32 + 32) * 4 * 3
+    assert cold["description"].endswith("+ hashing 3 input files")
+    assert cold["total"] == cold["done"] == tensor_bytes + sum(p.stat().st_size for p in paths)
+    assert "hashing" not in warm["description"] and warm["total"] == warm["done"] == tensor_bytes
