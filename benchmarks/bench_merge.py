@@ -11,6 +11,13 @@ times each, best kept (the machine is shared, so ratios are against the floor of
 - ``warm``: the same command again, the inputs' digests cached;
 - ``--no-hash``: no digests at all.
 
+Two more floors, measured in the same run (imports excluded), show what no merge on this machine
+can beat, whatever its code: ``hash floor``, the SHA-256 of every input on all cores (what a cold
+merge must pay beside reading), and ``arithmetic floor``, the method's own kernels run over slices
+already in memory (what the merge must compute, on the one thread the engine computes on when on
+the CPU). Where the floors alone exceed a target ratio against ``cat``, the target is out of
+reach on this machine; the command's distance from them is what the code still costs.
+
 ``--in-process`` adds the library-level kinds (``merge_vectors`` called in an interpreter whose
 imports are done before the clock starts, against a Python ``pread`` floor and the naive
 load-stack-reduce): they leave out what the command pays on top (start-up, option parsing).
@@ -111,6 +118,8 @@ def run_cli(kind: str, paths: list[Path], tiny: list[Path], args: argparse.Names
     out = args.workdir / "out.safetensors"
     if kind == "cat":
         return timed(["cat", *map(str, paths)])
+    if kind in ("hash_floor", "arith_floor"):
+        return run_child(kind, paths, Path(), args.cli_method, "cpu", cache)
     if kind in ("cold", "startup"):  # start-up on an empty cache too: nothing of the big inputs known
         shutil.rmtree(cache, ignore_errors=True)
     # a previous output is removed first, so that its page cache is free memory again: otherwise,
@@ -124,7 +133,8 @@ def run_cli(kind: str, paths: list[Path], tiny: list[Path], args: argparse.Names
     return timed(argv, env)
 
 
-CLI_LABELS = {"cat": "cat FILES > /dev/null", "startup": "start-up (2 tiny inputs)", "cold": "merge, cold digest cache",
+CLI_LABELS = {"cat": "cat FILES > /dev/null", "hash_floor": "hash floor: SHA-256 of the inputs, all cores",
+              "arith_floor": "arithmetic floor: the method's kernels, slices in memory", "startup": "start-up (2 tiny inputs)", "cold": "merge, cold digest cache",
               "warm": "merge, warm digest cache", "nohash": "merge --no-hash"}
 
 
@@ -132,7 +142,7 @@ def cli_rows(k: int, paths: list[Path], tiny: list[Path], args: argparse.Namespa
     """Each kind ``args.repeat`` times, interleaved (with ``--before``, that tree's runs beside
     this one's); the fastest run of each, net of the start-up of the same tree."""
     trees = {"": REPO, **({"before:": args.before} if args.before else {})}
-    kinds = ["cat"] + [f"{tag} {kind}".strip() for tag in trees for kind in ("startup", *args.kinds.split(","))]
+    kinds = ["cat", "hash_floor", "arith_floor"] + [f"{tag} {kind}".strip() for tag in trees for kind in ("startup", *args.kinds.split(","))]
     best: dict[str, dict] = {kind: {"runs": []} for kind in kinds}
     for _ in range(args.repeat):
         for kind in kinds:
@@ -154,8 +164,9 @@ def cli_rows(k: int, paths: list[Path], tiny: list[Path], args: argparse.Namespa
         startup = best[f"{tag} startup".strip()]
         row = {"k": k, "what": f"{tag} {CLI_LABELS[plain]}".strip(), **best[kind]}
         if "wall_s" in row and "wall_s" in floor and "wall_s" in startup:
-            net = row["wall_s"] - (startup["wall_s"] if plain not in ("cat", "startup") else 0)
-            net_cpu = row["cpu_s"] - (startup["cpu_s"] if plain not in ("cat", "startup") else 0)
+            started = plain not in ("cat", "startup", *FLOORS)  # a floor's timing excludes its imports already
+            net = row["wall_s"] - (startup["wall_s"] if started else 0)
+            net_cpu = row["cpu_s"] - (startup["cpu_s"] if started else 0)
             row.update(net_s=net, net_cpu_s=net_cpu, x_cat=net / floor["wall_s"])
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -189,6 +200,53 @@ def measure_read_floor(paths: list[str], out: str, method: str, device: str) -> 
         os.close(fd)
 
 
+def measure_hash_floor(paths: list[str], out: str, method: str, device: str) -> None:
+    """SHA-256 of every file, one file per thread on every core (hashlib releases the GIL)."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    def digest(path: str) -> str:
+        sha, buffer = hashlib.sha256(), bytearray(1 << 20)
+        with open(path, "rb", buffering=0) as handle:
+            while count := handle.readinto(buffer):
+                sha.update(memoryview(buffer)[:count])
+        return sha.hexdigest()
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(digest, sorted(paths, key=os.path.getsize, reverse=True)))
+
+
+ARITH_SLICE = 1 << 18  # the engine's CPU slice (streaming.MAX_SLICE_ELEMENTS)
+
+
+def measure_arith_floor(paths: list[str], out: str, method: str, device: str) -> None:
+    """The method's ``merge_chunk`` over as many elements as one input holds, on k slices already in
+    memory (reused for every slice, so they stay in the CPU caches): no reading, converting,
+    writing, hashing or checking."""
+    import torch
+
+    from negmerge_cli.arithmetic.methods import Chunk, create_method
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))  # as the engine computes on the CPU
+    merger = create_method(method)
+    numel = sum(_numel(paths[0]).values())
+    generator = torch.Generator().manual_seed(0)
+    slices = [torch.randn(ARITH_SLICE, generator=generator) for _ in paths]
+    for start in range(0, numel, ARITH_SLICE):
+        stop = min(start + ARITH_SLICE, numel)
+        chunk = Chunk("floor", start, stop, len(paths))
+        merger.merge_chunk(chunk, (s[: stop - start] for s in slices))  # the first is changed in place: harmless
+
+
+def _numel(path: str) -> dict[str, int]:
+    from math import prod
+
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as handle:
+        return {name: prod(handle.get_slice(name).get_shape()) for name in handle.keys()}
+
+
 def measure_ours(paths: list[str], out: str, method: str, device: str, hash_inputs: bool = True) -> None:
     from negmerge_cli.stages import StreamOptions, merge_vectors
 
@@ -214,7 +272,8 @@ def measure_naive(paths: list[str], out: str, method: str, device: str) -> None:
     save_file(result, out)
 
 
-MEASURE = {"floor": "read_floor", "cold": "ours", "warm": "ours", "nohash": "ours_nohash", "naive": "naive"}
+FLOORS = ("hash_floor", "arith_floor")
+MEASURE = {"hash_floor": "hash_floor", "arith_floor": "arith_floor", "floor": "read_floor", "cold": "ours", "warm": "ours", "nohash": "ours_nohash", "naive": "naive"}
 
 
 def run_child(kind: str, paths: list[Path], out: Path, method: str, device: str, cache: Path) -> dict:
