@@ -97,7 +97,7 @@ def train_classifier(model, dataset, indices, settings: ClassifierSettings, devi
     optimizer = _optimizer(model, settings)
     labels_generator = torch.Generator().manual_seed(settings.seed + 1)
     model.train()
-    step, images, last_loss, started = 0, 0, float("nan"), time.perf_counter()
+    step, images, last_loss, started = 0, 0, torch.tensor(float("nan")), time.perf_counter()
     with output().progress(description or "train", total=total) as advance:
         for epoch, kind, inputs, labels in _batches(loaders, total):
             for group in optimizer.param_groups:
@@ -112,8 +112,10 @@ def train_classifier(model, dataset, indices, settings: ClassifierSettings, devi
             optimizer.step()
             if update is not None:
                 update.after_step(optimizer)
-            step, images, last_loss = step + 1, images + len(labels), float(loss.detach())
+            # kept on the device: reading it every step would wait for the GPU each time
+            step, images, last_loss = step + 1, images + len(labels), loss.detach()
             advance(1)
+    last_loss = float(last_loss)
     if not math.isfinite(last_loss):
         raise errors.NegmergeError(f"training diverged (loss {last_loss}); lower {errors.option('lr')}")
     seconds = time.perf_counter() - started

@@ -97,6 +97,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
     head = head.to(device)
 
     step, epoch, images, loss_value, started = 0, 0, 0, float("nan"), time.perf_counter()
+    diverged = torch.zeros((), dtype=torch.bool, device=device)  # whether any step's loss was NaN or Inf
     with output().progress(description, total) as advance, worker_errors():
         while step < total:
             if isinstance(loader.sampler, DistributedSampler):
@@ -105,15 +106,15 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
                 for group_ in optimizer.param_groups:
                     group_["lr"] = cosine_lr(step, settings.lr, warmup, total)
                 optimizer.zero_grad(set_to_none=True)
-                loss_value = _accumulate(encoder, head, group, loss_fn, amp, device)
+                loss = _accumulate(encoder, head, group, loss_fn, amp, device)
                 amp.step(optimizer, parameters)
                 step += 1
                 images += sum(len(labels) for _, labels in group) * ranks.world_size
+                diverged = diverged | ~torch.isfinite(loss)  # on the device: no wait
+                if step % LOSS_READ_STEPS == 0 or step >= total:
+                    loss_value = _checked_loss(loss, diverged, step, description)
                 rate = images / max(time.perf_counter() - started, 1e-9)
                 advance(1, note=f"loss {loss_value:.3f}  {rate:.0f} img/s")
-                if not math.isfinite(loss_value):
-                    raise NegmergeError(f"{description}: training diverged (loss is {loss_value} at step {step}); "
-                                        "nothing was saved for this point")
                 if step >= total:
                     break
             epoch += 1
@@ -156,7 +157,21 @@ def _groups(loader, size: int):
         yield group
 
 
-def _accumulate(encoder, head, group, loss_fn, amp, device) -> float:
+# Steps between reads of the loss (progress note, divergence check). Reading it waits for the GPU
+# to finish the step, so the next step's batch and kernels could not be queued meanwhile.
+LOSS_READ_STEPS = 10
+
+
+def _checked_loss(loss: torch.Tensor, diverged: torch.Tensor, step: int, description: str) -> float:
+    """The step's loss as a number, or the error if any loss so far (``diverged``) was NaN or Inf."""
+    if bool(diverged):
+        raise NegmergeError(f"{description}: training diverged (a loss was NaN or Inf by step {step}, the last "
+                            f"{float(loss)}); nothing was saved for this point")
+    return float(loss)
+
+
+def _accumulate(encoder, head, group, loss_fn, amp, device) -> torch.Tensor:
+    """The step's loss (on the device, not read: no wait for the GPU), its gradients accumulated."""
     total = 0.0
     for index, (images, labels) in enumerate(group):
         last = index == len(group) - 1
@@ -167,7 +182,7 @@ def _accumulate(encoder, head, group, loss_fn, amp, device) -> float:
                 features = encoder(images.to(device, non_blocking=True))
                 loss = loss_fn(zeroshot.logits(features, head), labels.to(device, non_blocking=True)) / len(group)
             amp.backward(loss)
-        total += loss.item()
+        total = total + loss.detach()
     return total
 
 

@@ -366,3 +366,25 @@ def test_bad_seed_and_freeze_options_fail_cleanly_and_write_nothing(tmp_path, cl
     ):
         assert_clean_failure(cli(*args, *extra), *fragments)
     assert not out.exists()
+
+
+def test_a_run_whose_loss_turns_nan_fails_without_reading_the_loss_every_step(tmp_path):
+    """The loss is read every LOSS_READ_STEPS steps (each read waits for the GPU), yet a NaN at the
+    first step still fails the run, in one line naming the step it was found by."""
+    from clip_helpers import make_image_folder
+
+    from negmerge_cli.clip import datasets, models, train
+    from negmerge_cli.core.errors import NegmergeError
+    from negmerge_cli.training.distributed import Ranks
+
+    model = models.create_model(TINY)
+    data = datasets.load_dataset(str(make_image_folder(tmp_path / "shapes", per_class=4, size=32)), "train")
+    data = data.with_transform(models.transforms_for(model, train=False))
+    head = torch.randn(3, model.text_projection.shape[1])
+    with torch.no_grad():
+        model.visual.proj.fill_(float("nan"))  # every feature NaN from the first step on
+    settings = train.TrainSettings(lr=1e-5, wd=0.1, label_smoothing=0.0, seed=0, steps=train.LOSS_READ_STEPS + 2,
+                                   batch_size=2, warmup_steps=0, workers=0)
+    with pytest.raises(NegmergeError, match=rf"point: training diverged \(a loss was NaN or Inf by step "
+                                            rf"{train.LOSS_READ_STEPS}, the last nan\)"):
+        train.train_image_encoder(model, head, data, settings, torch.device("cpu"), Ranks(), description="point")
