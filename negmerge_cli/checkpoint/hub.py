@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from negmerge_cli.checkpoint.hub_cache import ResolvedSource
+from negmerge_cli.checkpoint.hub_cache import OPEN_CLIP_WEIGHTS, ResolvedSource
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError
 
@@ -34,7 +34,6 @@ _NOT_NAMES = (".safetensors", ".json", ".bin", ".pt", ".pth", ".ckpt", ".yaml", 
 # the small top-level files an output folder carries (checkpoint/folder.py copies them), and indexes
 COMPANION_PATTERNS = ["*.json", "*.txt", "*.model", "*.jinja", "*.py", "*.tiktoken", "*.vocab", "*.spm"]
 NESTED = ["*/*"]  # subfolders (onnx/, other formats, training logs): never read here
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # OpenCLIP's hub layout: what open_clip itself loads
 
 
 def parse_id(text: str) -> tuple[str, str | None] | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REPO_FOLDER = "models--"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # OpenCLIP's hub layout: what open_clip itself loads
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,19 @@ def snapshot_of(path: str | os.PathLike) -> tuple[str, str] | None:
         if parts[index] == "snapshots" and parts[index - 1].startswith(_REPO_FOLDER) and index + 1 < len(parts):
             return parts[index - 1].removeprefix(_REPO_FOLDER).replace("--", "/", 1), parts[index + 1]
     return None
+
+
+def pinned_id(path: str | os.PathLike | None) -> str | None:
+    """How results name a model read from the hub cache: ``ORG/NAME@COMMIT`` when ``path`` is what
+    that id resolves to (a snapshot folder, or the OpenCLIP weights at its top), an id pinned to the
+    very weights evaluated, which the tool reads back as they were; any other path as given."""
+    found = snapshot_of(path) if path else None
+    if found is None:
+        return None if path is None else os.fspath(path)
+    parts = Path(os.path.abspath(path)).parts
+    folder = parts[:-1] if parts[-1] == OPEN_CLIP_WEIGHTS else parts
+    is_snapshot = len(folder) >= 3 and folder[-2] == "snapshots" and folder[-3].startswith(_REPO_FOLDER)
+    return f"{found[0]}@{found[1]}" if is_snapshot else os.fspath(path)
 
 
 def origin(named: object, paths: list) -> dict[str, str]:

@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from negmerge_cli.checkpoint.hub_cache import pinned_id
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError, UsageError, option
 from negmerge_cli.core.output import output
 from negmerge_cli.results import ClassifierEvaluation, ClassifierSearchPoint, ClassifierSearchResult, ReferenceMetrics
 from negmerge_cli.training.options import EvalOptions, SearchOptions
+
 
 def check_evaluation(data: Sequence[str], options: EvalOptions) -> str:
     """The one dataset a classifier is evaluated on; refuses what a classifier evaluation cannot do."""
@@ -49,7 +51,7 @@ def evaluate(data: Sequence[str], model_options: EvalOptions, *, json_out: Optio
         seconds = time.perf_counter() - started
         reference = session.reference()
         result = ClassifierEvaluation(
-            model=model_options.model, num_classes=session.num_classes, checkpoint=str(model_options.checkpoint),
+            model=model_options.model, num_classes=session.num_classes, checkpoint=pinned_id(model_options.checkpoint),
             checkpoint_sha256=checkpoint_sha256(model_options.checkpoint), data=session.data.identity,
             forget_split=session.split_record, counts=session.counts, metrics=metrics, reference=reference,
             avg_gap=_gap(metrics, reference), seconds=round(seconds, 3),
@@ -86,7 +88,7 @@ def search_coefficient(data: Sequence[str], model_options: EvalOptions, search: 
             points.append(_search_point(session, model, coef, reference))
         choice = _choose(points, search, rules)
         result = ClassifierSearchResult(
-            model=model_options.model, checkpoint=str(model_options.checkpoint), vector=str(search.vector),
+            model=model_options.model, checkpoint=pinned_id(model_options.checkpoint), vector=pinned_id(search.vector),
             data=session.data.identity, forget_split=session.split_record, points=points, reference=reference,
             counts=session.counts, seconds=round(time.perf_counter() - started, 3), **choice)
         if json_out:
@@ -207,7 +209,7 @@ class _Session:
         if source is None or self.stored_reference is not None:
             return self.stored_reference
         metrics = self.evaluate(self.load(source), f"reference {Path(source).name}")
-        return ReferenceMetrics(str(source), "checkpoint", metrics)
+        return ReferenceMetrics(pinned_id(source), "checkpoint", metrics)
 
 
 def _num_classes(requested: Optional[int], data, spec: str) -> int:

@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from negmerge_cli.checkpoint.hub_cache import pinned_id
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import CheckpointError, UsageError, option
 from negmerge_cli.core.output import output
 from negmerge_cli.results import DatasetEvaluation, SearchPoint, SearchResult, SearchRun
 from negmerge_cli.training.options import EvalOptions, SearchOptions
+
 
 def check_eval_mode(vector: Optional[str], data: Sequence[str], forget: Optional[str], retain: Optional[str],
                     plot: Optional[Path], base_retain: Optional[str] = None) -> None:
@@ -96,7 +98,7 @@ def _evaluate_one(data, model, encode, options: EvalOptions) -> DatasetEvaluatio
     metrics = evaluate_cached(model, cache, head, options.batch_size, resolve_device(options.device),
                               f"eval {data.label}", options.precision, encode=encode)
     seconds = time.perf_counter() - started
-    return DatasetEvaluation(data.label, options.model, options.weights, metrics, len(cache), len(data.classnames),
+    return DatasetEvaluation(data.label, options.model, pinned_id(options.weights), metrics, len(cache), len(data.classnames),
                              len(data.templates), round(seconds, 3), round(len(cache) / max(seconds, 1e-9), 2),
                              precision=options.precision, quick_gelu=models.uses_quick_gelu(model), split_source=data.split_source,
                              classes=data.class_mapping)
@@ -265,7 +267,8 @@ class _Search:
         runs = {kind: self._run_one(kind, base_retain) for kind in kinds}
         forget, retain = self.sets
         return SearchResult(
-            model=self.model_options.model, checkpoint=self.model_options.weights, vector=options.vector,
+            model=self.model_options.model, checkpoint=pinned_id(self.model_options.weights),
+            vector=pinned_id(options.vector),
             forget=forget.label, retain=retain.label, threshold=options.threshold,
             retain_limit=search.retain_limit(base_retain, options.threshold), search=options.search,
             base_retain=base_retain, base_retain_source=source, precision=self.model_options.precision,

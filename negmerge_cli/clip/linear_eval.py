@@ -11,6 +11,7 @@ import torch
 from negmerge_cli.checkpoint import linearization
 from negmerge_cli.core.errors import CheckpointError, UsageError, option
 
+
 def expansion_point(path: str | Path, given: Optional[str]) -> tuple[Path, dict]:
     """theta0 of the linear checkpoint or vector ``path``: ``given`` (--linearized-around), else the
     recorded base beside it; its SHA-256 must be the recorded one. Returns (file, {"file", "sha256"})."""

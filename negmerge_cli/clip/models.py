@@ -9,7 +9,6 @@ on first use, for tests and for machines with no network.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 from pathlib import Path

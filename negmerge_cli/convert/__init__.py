@@ -15,13 +15,13 @@ import torch
 
 from negmerge_cli.checkpoint import save_state_dict
 from negmerge_cli.checkpoint.folder import MODEL_CARD, check_read_back, is_folder_target, write_card
+from negmerge_cli.checkpoint.hub_cache import OPEN_CLIP_WEIGHTS  # open_clip's names for a model folder
 from negmerge_cli.checkpoint.provenance import describe_inputs, provenance
 from negmerge_cli.convert import fit, hf_clip, layouts, linear_release
 from negmerge_cli.convert.sources import read_source, sha256_of
 from negmerge_cli.core import files
 from negmerge_cli.core.errors import UsageError, option
 
-OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"  # open_clip's names for a model folder (its hub layout)
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 
 

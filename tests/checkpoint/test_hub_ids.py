@@ -147,7 +147,12 @@ def test_convert_eval_and_finetune_by_id(hub, cli, tmp_path):
     images = make_image_folder(tmp_path / "shapes", per_class=4, size=32)
     result = cli("eval", "-m", TINY, "-c", OPEN_CLIP, "-d", images, "-j", "0", "-q", "-b", "8")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)[0]["pretrained"].endswith("open_clip_model.safetensors")
+    evaluated = json.loads(result.stdout)[0]
+    pinned = f"{OPEN_CLIP}@{commit_of('open clip')}"  # named by the id, pinned to the commit evaluated
+    assert evaluated["pretrained"] == pinned
+    again = cli("eval", "-m", TINY, "-c", pinned, "-d", images, "-j", "0", "-q", "-b", "8")
+    assert again.returncode == 0, again.stderr  # the recorded name reads back the same weights
+    assert json.loads(again.stdout)[0]["metrics"] == evaluated["metrics"]
 
     sweep = tmp_path / "sweep"
     result = cli("finetune", "-m", TINY, "--pretrained", OPEN_CLIP, "-d", images, "-o", sweep, "--steps", "1",
@@ -254,3 +259,16 @@ def test_a_lora_adapter_by_id_is_its_task_vector(hub, cli, tmp_path):
     (entry,) = _inputs(tau, "inputs")
     assert entry["repo_id"] == "tiny-org/llama-lora" and {f["file"] for f in entry["files"]} == {
         "adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_results_name_a_snapshot_by_its_pinned_id(tmp_path):
+    """What a Hub id resolves to (the snapshot folder, or the OpenCLIP weights at its top) is named
+    ORG/NAME@COMMIT; anything else in or out of the cache keeps its path."""
+    from negmerge_cli.checkpoint.hub_cache import pinned_id
+
+    snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / ("c" * 40)
+    assert pinned_id(snapshot) == pinned_id(snapshot / "open_clip_model.safetensors") == f"org/name@{'c' * 40}"
+    for kept in (snapshot / "model.safetensors", snapshot / "sub" / "open_clip_model.safetensors",
+                 tmp_path / "snapshots" / "x", tmp_path / "plain.safetensors"):
+        assert pinned_id(kept) == str(kept)
+    assert pinned_id("openai") == "openai" and pinned_id(None) is None
