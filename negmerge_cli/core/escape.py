@@ -10,7 +10,8 @@ function here, and every renderer passes every string it did not write itself th
 - YAML (the model card's front matter): :func:`yaml_string`;
 - matplotlib labels: :func:`mathtext`;
 - the terminal: :func:`negmerge_cli.core.output.printable`, on a Rich console that reads no markup;
-- JSON: :func:`json_text` (NaN and Infinity are not JSON: refused, never written).
+- JSON: :func:`json_text` (NaN and Infinity are not JSON: refused, never written);
+- CSV (the csv module quotes; spreadsheets would still run a formula): :func:`spreadsheet_text`.
 
 Numbers shown to people go through :func:`number`: NaN and infinity are never shown as numbers.
 """
@@ -84,6 +85,17 @@ def mathtext(text: object) -> str:
     leaves such labels out of legends)."""
     line = one_line(text).replace("$", r"\$")
     return "\u200b" + line if line.startswith("_") else line
+
+
+# What makes a spreadsheet (Excel, LibreOffice, Sheets) read a cell as a formula, or as DDE
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell of a CSV file that a spreadsheet shows as text: one that would start a formula
+    (a dataset folder named ``=HYPERLINK(...)``) gets a leading apostrophe, which the spreadsheet
+    hides (OWASP's advice for CSV injection). Numbers are not text cells and never get one."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def number(value: Optional[float], spec: str = ".2f", *, scale: float = 1.0, missing: str = MISSING) -> str:

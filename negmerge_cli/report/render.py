@@ -10,7 +10,7 @@ import math
 from typing import Optional
 
 from negmerge_cli.core.errors import UsageError, option
-from negmerge_cli.core.escape import json_text, number
+from negmerge_cli.core.escape import json_text, number, spreadsheet_text
 from negmerge_cli.core.escape import markdown as md
 from negmerge_cli.report import classifier_table, trials
 from negmerge_cli.report import published as paper
@@ -328,10 +328,13 @@ def to_csv(report: Report, with_published: bool = False) -> str:
 
 
 def _csv_cell(value):
-    """The csv module quotes what needs it (commas, quotes, newlines); numbers are rounded to
-    CSV_DECIMALS (no float32 noise), NaN and infinity show as n/a, None as an empty cell."""
+    """The csv module quotes what needs it (commas, quotes, newlines); a text a spreadsheet would
+    run as a formula is shown as text; numbers are rounded to CSV_DECIMALS (no float32 noise),
+    NaN and infinity show as n/a, None as an empty cell."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        return spreadsheet_text(value)
     if isinstance(value, float) and math.isfinite(value):
         value = round(value, CSV_DECIMALS)
     return number(value, "") if isinstance(value, float) else value

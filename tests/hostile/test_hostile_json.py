@@ -286,8 +286,8 @@ def test_every_input_is_read_as_its_writer_left_it(ws, cli, kits):
     """The rows' files uncorrupted are accepted by the same readers (so each row fails for its
     corruption alone), and the tool's readers accept what its writers write."""
     from negmerge_cli.classifier.data import open_classifier_data
-    from negmerge_cli.classifier.split import load_forget_split
     from negmerge_cli.classifier.eval_run import read_evaluation
+    from negmerge_cli.classifier.split import load_forget_split
     from negmerge_cli.clip.eval_run import stored_base_retain
     from negmerge_cli.training.sweep import read_manifest
 

@@ -272,6 +272,22 @@ def test_report_renders_a_hostile_dataset_label_literally_in_every_format(tmp_pa
     assert json.loads((tmp_path / "report.json").read_text())["datasets"] == [label]
 
 
+def test_report_csv_shows_a_label_a_spreadsheet_would_run_as_text(tmp_path, cli):
+    """A dataset folder named like a formula stays text in a spreadsheet (a leading apostrophe,
+    which spreadsheets hide); numbers, negative ones included, are left as they are."""
+    from negmerge_cli.report import render
+    from negmerge_cli.report.rows import Report, ResultRow
+
+    for label in ('=HYPERLINK("x","y")', "+1+cmd|' -C calc'!A0", "-2+3", "@SUM(A1)", "\tx"):
+        results = tmp_path / "negmerge.json"
+        results.write_text(json.dumps([_evaluation(f"/data/{label}", 0.25), _evaluation("imagenet", 0.5)]))
+        assert cli("report", results, "-o", tmp_path / "report.csv", "-f").returncode == 0
+        with open(tmp_path / "report.csv", newline="") as handle:
+            assert next(csv.DictReader(handle))["dataset"] == "'" + label
+    rows = csv.DictReader(io.StringIO(render.render(Report([ResultRow("negmerge", "d", -0.25, 0.5, coef=-1.5)]), "csv")))
+    assert [(row["forget_acc1"], row["lambda"]) for row in rows] == [("-0.25", "-1.5")]
+
+
 def test_non_finite_figures_are_never_shown_as_numbers():
     """Result files cannot hold NaN (the strict JSON reader refuses it), but a report built in the
     library can: Markdown and CSV show n/a, JSON refuses in one line naming the source file."""
