@@ -8,17 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+from negmerge_cli.classifier.recipe import FINETUNE_DEFAULTS
 from negmerge_cli.core.errors import UsageError, option
 from negmerge_cli.training.distributed import Ranks
-from negmerge_cli.training.family import FinetuneDefaults
 from negmerge_cli.training.options import EvalOptions, FinetuneOptions, SearchOptions
 from negmerge_cli.training.sweep import GridPoint
 
 
 class ClassifierFamily:
     name = "classifier"
-    # the usual CIFAR ResNet recipe: SGD (momentum 0.9) at 0.1, weight decay 5e-4, no warm-up
-    finetune_defaults = FinetuneDefaults(lr=0.1, wd=5e-4, warmup_steps=0, optimizer="sgd")
+    finetune_defaults = FINETUNE_DEFAULTS
     distributed = False  # one process; under torchrun every rank would train the same sweep
 
     def owns(self, model: str) -> bool:

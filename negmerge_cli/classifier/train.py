@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Sequence
 
 import torch
@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from negmerge_cli.classifier import objectives
+from negmerge_cli.classifier.recipe import FINETUNE_DEFAULTS as _RECIPE
 from negmerge_cli.core import errors
 from negmerge_cli.core.errors import UsageError
+from negmerge_cli.training.options import FinetuneOptions
 from negmerge_cli.training.seeding import seed_everything
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -31,8 +33,15 @@ MOMENTUM = 0.9
 GAMMA = 0.1  # the step schedule's factor; the protocol's MultiStepLR has it fixed (unlearn/impl.py:95-97)
 
 
+# What a run leaves unset takes the command's defaults, declared once: the family's recipe and
+# `finetune`'s options (a library caller gets what the command line gets)
+_OPTION = {option.name: option.default for option in fields(FinetuneOptions)}
+
+
 @dataclass(frozen=True)
 class ClassifierSettings:
+    """One grid point's training settings."""
+
     lr: float
     wd: float
     label_smoothing: float
@@ -40,15 +49,15 @@ class ClassifierSettings:
     epochs: int | None
     steps: int | None
     batch_size: int
-    warmup_steps: int = 0
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    objective: str = "ce"
-    workers: int = 0
-    milestones: tuple[int, ...] = ()  # step schedule: x0.1 from each of these (0-based) epochs on
-    saliency_fraction: float = 0.5  # salun: the share of all weights it trains
-    saliency_freeze: bool = False  # salun: hold the weights outside the mask (not only their gradients)
-    l1_alpha: float = 5e-4  # l1-sparse: the penalty's coefficient in the first epoch
+    warmup_steps: int = _RECIPE.warmup_steps
+    optimizer: str = _RECIPE.optimizer
+    schedule: str = _OPTION["schedule"]
+    objective: str = _OPTION["objective"]
+    workers: int = 0  # data loaded in the process (the command starts FinetuneOptions.workers)
+    milestones: tuple[int, ...] = tuple(_OPTION["milestones"])  # step schedule: x0.1 from these 0-based epochs on
+    saliency_fraction: float = _OPTION["saliency_fraction"]  # salun: the share of all weights it trains
+    saliency_freeze: bool = _OPTION["saliency_freeze"]  # salun: hold the weights outside the mask too
+    l1_alpha: float = _OPTION["l1_alpha"]  # l1-sparse: the penalty's coefficient in the first epoch
 
 
 def check_choices(optimizer: str, schedule: str, objective: str) -> None:
