@@ -123,8 +123,8 @@ def hash_range(sha: "hashlib._Hash", fd: int, start: int, end: int, stop: thread
                label: str = "file", on_bytes: Callable[[int], None] = lambda n: None) -> bool:
     """Feed bytes ``[start, end)`` of an open file to ``sha``, read with ``pread`` into one reused
     buffer (no copy of the file is held; the file position is left alone), telling ``on_bytes``
-    each block's size (progress); False if ``stop`` was set meanwhile. A file that ends before ``end`` (it shrank since it was opened) is an error
-    naming ``label``."""
+    each block's size (progress); False if ``stop`` was set meanwhile. A file that ends before
+    ``end`` (it shrank since it was opened) is an error naming ``label``."""
     buffer = memoryview(bytearray(max(1, min(HASH_BLOCK, end - start))))
     offset = start
     while offset < end:

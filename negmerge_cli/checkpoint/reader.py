@@ -69,11 +69,12 @@ class SafetensorsFile:
         """Whether the digest is wanted and not known yet (from the cache or an earlier hashing)."""
         return self._wanted and self.digest is None
 
-    def compute_digest(self, stop: threading.Event | None = None, on_bytes: Callable[[int], None] = lambda n: None,
-                       ) -> None:
+    def compute_digest(self, stop: threading.Event | None = None,
+                       on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Hash the whole file now if its digest is wanted and unknown (``stop`` set: give up, and
-        the digest stays unknown; ``on_bytes``: told each block hashed, for progress). Recorded in the cache only if the file did not change while it
-        was hashed (then the digest is of no version at all, and the next run hashes it again)."""
+        the digest stays unknown; ``on_bytes``: told each block hashed, for progress). Recorded in
+        the cache only if the file did not change while it was hashed (then the digest is of no
+        version at all, and the next run hashes it again)."""
         with self._hashing:
             if not self.needs_hashing:
                 return

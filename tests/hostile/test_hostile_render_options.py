@@ -284,7 +284,8 @@ def test_report_csv_shows_a_label_a_spreadsheet_would_run_as_text(tmp_path, cli)
         assert cli("report", results, "-o", tmp_path / "report.csv", "-f").returncode == 0
         with open(tmp_path / "report.csv", newline="") as handle:
             assert next(csv.DictReader(handle))["dataset"] == "'" + label
-    rows = csv.DictReader(io.StringIO(render.render(Report([ResultRow("negmerge", "d", -0.25, 0.5, coef=-1.5)]), "csv")))
+    negative = Report([ResultRow("negmerge", "d", -0.25, 0.5, coef=-1.5)])
+    rows = csv.DictReader(io.StringIO(render.render(negative, "csv")))
     assert [(row["forget_acc1"], row["lambda"]) for row in rows] == [("-0.25", "-1.5")]
 
 
