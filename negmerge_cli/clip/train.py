@@ -111,7 +111,7 @@ def train_image_encoder(model, head: torch.Tensor, data: ImageSet, settings: Tra
                 step += 1
                 images += sum(len(labels) for _, labels in group) * ranks.world_size
                 diverged = diverged | ~torch.isfinite(loss)  # on the device: no wait
-                if step % LOSS_READ_STEPS == 0 or step >= total:
+                if step % LOSS_READ_STEPS == 1 or step >= total:  # steps 1, 11, 21... and the last
                     loss_value = _checked_loss(loss, diverged, step, description)
                 rate = images / max(time.perf_counter() - started, 1e-9)
                 advance(1, note=f"loss {loss_value:.3f}  {rate:.0f} img/s")
@@ -157,8 +157,8 @@ def _groups(loader, size: int):
         yield group
 
 
-# Steps between reads of the loss (progress note, divergence check). Reading it waits for the GPU
-# to finish the step, so the next step's batch and kernels could not be queued meanwhile.
+# Steps between reads of the loss (progress note, divergence check), from the first step on. Reading
+# it waits for the GPU to finish the step, so the next step's batch and kernels could not be queued.
 LOSS_READ_STEPS = 10
 
 

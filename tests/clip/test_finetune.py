@@ -369,8 +369,8 @@ def test_bad_seed_and_freeze_options_fail_cleanly_and_write_nothing(tmp_path, cl
 
 
 def test_a_run_whose_loss_turns_nan_fails_without_reading_the_loss_every_step(tmp_path):
-    """The loss is read every LOSS_READ_STEPS steps (each read waits for the GPU), yet a NaN at the
-    first step still fails the run, in one line naming the step it was found by."""
+    """The loss is read every LOSS_READ_STEPS steps (each read waits for the GPU), yet a NaN from
+    the second step on still fails the run, at the next read, in one line naming that step."""
     from clip_helpers import make_image_folder
 
     from negmerge_cli.clip import datasets, models, train
@@ -381,10 +381,17 @@ def test_a_run_whose_loss_turns_nan_fails_without_reading_the_loss_every_step(tm
     data = datasets.load_dataset(str(make_image_folder(tmp_path / "shapes", per_class=4, size=32)), "train")
     data = data.with_transform(models.transforms_for(model, train=False))
     head = torch.randn(3, model.text_projection.shape[1])
-    with torch.no_grad():
-        model.visual.proj.fill_(float("nan"))  # every feature NaN from the first step on
-    settings = train.TrainSettings(lr=1e-5, wd=0.1, label_smoothing=0.0, seed=0, steps=train.LOSS_READ_STEPS + 2,
+    steps = []
+
+    def poison_after_the_first_step(module, inputs):  # one forward a step: every feature NaN from step 2 on
+        steps.append(len(steps))
+        if len(steps) == 2:
+            with torch.no_grad():
+                model.visual.proj.fill_(float("nan"))
+
+    model.visual.register_forward_pre_hook(poison_after_the_first_step)
+    settings = train.TrainSettings(lr=1e-5, wd=0.1, label_smoothing=0.0, seed=0, steps=train.LOSS_READ_STEPS + 5,
                                    batch_size=2, warmup_steps=0, workers=0)
     with pytest.raises(NegmergeError, match=rf"point: training diverged \(a loss was NaN or Inf by step "
-                                            rf"{train.LOSS_READ_STEPS}, the last nan\)"):
+                                            rf"{train.LOSS_READ_STEPS + 1}, the last nan\)"):
         train.train_image_encoder(model, head, data, settings, torch.device("cpu"), Ranks(), description="point")
