@@ -66,10 +66,13 @@ def write_folder(root: Path, count: int, size: int, suffix: str, seed: int = 0) 
 
 
 class StepClock:
-    """Timestamps of every progress advance of our loops (one per optimizer step)."""
+    """Timestamps of every progress advance of our loops (one per optimizer step). Our loops do not
+    wait for the GPU each step (they read the loss every few), so the two marks a rate is taken
+    between wait for it here, as the bare loops' do: :meth:`start` says which."""
 
     def __init__(self, bars: bool):
         self.marks: list[tuple[float, float]] = []
+        self._synced_marks, self._device = (), torch.device("cpu")
         out = output()
         self._progress = out.progress
         out.progress = self.progress  # this process only: the benchmark's own instrument
@@ -82,9 +85,15 @@ class StepClock:
         with self._progress(description, total, unit) as advance:
             def timed(n, note=None):
                 advance(n, note)
+                if len(self.marks) in self._synced_marks:
+                    _sync(self._device)
                 self.marks.append(_now())
 
             yield timed
+
+    def start(self, warmup: int, steps: int, device: torch.device) -> None:
+        """A new run: marks from none, waiting for ``device`` at the two a rate is taken between."""
+        self.marks, self._synced_marks, self._device = [], (warmup - 1, steps - 1), device
 
 
 def _now() -> tuple[float, float]:
@@ -126,7 +135,7 @@ def clip_finetune(ours: bool, model, head, data, batch: int, workers: int, steps
     from negmerge_cli.training.distributed import Ranks
 
     if ours:
-        clock.marks = []
+        clock.start(warmup, steps, device)
         settings = train.TrainSettings(lr=LR, wd=WD, label_smoothing=0.0, seed=0, steps=steps, batch_size=batch,
                                        workers=workers)
         train.train_image_encoder(model, head, data, settings, device, Ranks())
@@ -196,7 +205,7 @@ def classifier_finetune(ours: bool, model, dataset, batch: int, workers: int, st
 
     indices = range(len(dataset))
     if ours:
-        clock.marks = []
+        clock.start(warmup, steps, device)
         settings = ClassifierSettings(lr=0.01, wd=5e-4, label_smoothing=0.0, seed=0, epochs=None, steps=steps,
                                       batch_size=batch, workers=workers)
         train_classifier(model, dataset, indices, settings, device)
