@@ -24,11 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from negmerge_cli.checkpoint import load_state_dict  # noqa: E402
 from negmerge_cli.clip import datasets, models, train  # noqa: E402
-from negmerge_cli.training.distributed import Ranks  # noqa: E402
 from negmerge_cli.clip.evaluate import ImageCache, evaluate_cached  # noqa: E402
 from negmerge_cli.clip.zeroshot import build_head  # noqa: E402
-from negmerge_cli.core.output import configure  # noqa: E402
 from negmerge_cli.stages import EvalOptions, SearchOptions, search_coefficient  # noqa: E402
+from negmerge_cli.training.distributed import Ranks  # noqa: E402
 
 
 def eval_throughput(model_name: str, data: datasets.ImageSet, device, batch_size: int) -> dict:

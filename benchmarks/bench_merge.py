@@ -220,9 +220,9 @@ ARITH_SLICE = 1 << 18  # the engine's CPU slice (streaming.MAX_SLICE_ELEMENTS)
 
 
 def measure_arith_floor(paths: list[str], out: str, method: str, device: str) -> None:
-    """The method's ``merge_chunk`` over as many elements as one input holds, on k slices already in
-    memory (reused for every slice, so they stay in the CPU caches): no reading, converting,
-    writing, hashing or checking."""
+    """The method's per-tensor pass (if any) and ``merge_chunk`` over as many elements as one input
+    holds, on k slices already in memory (reused for every slice, so they stay in the CPU caches):
+    no reading, converting, writing, hashing or checking."""
     import torch
 
     from negmerge_cli.arithmetic.methods import Chunk, create_method
@@ -232,6 +232,11 @@ def measure_arith_floor(paths: list[str], out: str, method: str, device: str) ->
     numel = sum(_numel(paths[0]).values())
     generator = torch.Generator().manual_seed(0)
     slices = [torch.randn(ARITH_SLICE, generator=generator) for _ in paths]
+
+    def read_taus(index: int):  # one input's slices, for a method's per-tensor pass (TIES' top-k)
+        return (slices[index][: min(ARITH_SLICE, numel - start)] for start in range(0, numel, ARITH_SLICE))
+
+    merger.prepare("floor", numel, len(paths), read_taus)  # the inputs as one tensor
     for start in range(0, numel, ARITH_SLICE):
         stop = min(start + ARITH_SLICE, numel)
         chunk = Chunk("floor", start, stop, len(paths))
