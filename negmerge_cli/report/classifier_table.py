@@ -27,20 +27,19 @@ def markdown(mismatch: str) -> str:
     notes = [f"[{i + 1}] {source}." for i, source in enumerate(sources)]
     notes += [f"{paper.MARKS[paper.TRANSCRIBED]} transcribed from the paper's table by a student reproduction "
               "(each Avg. Gap agrees with its four figures), not rechecked against the paper.",
-              f"{paper.MARKS[paper.SECONDARY]} from secondary sources, not the paper's own table: unverified.",
-              f"{paper.NOT_TRANSCRIBED}: the table has the row; its figures are not copied here."]
+              f"{paper.MARKS[paper.SECONDARY]} {paper.STATUS_MEANINGS[paper.SECONDARY]}.",
+              f"{paper.NOT_TRANSCRIBED}: {paper.STATUS_MEANINGS[paper.NOT_TRANSCRIBED]}."]
     return "\n".join(lines + [""] + notes) + "\n"
 
 
 def records(blank: dict, keys: list[str]) -> list[dict]:
     """One CSV/JSON record per published row: percent and points as fractions (and points)."""
-    fraction = lambda value: None if value is None else round(value / 100, 6)
     found = []
     for method, known in paper.CLASSIFIER.items():
-        metrics = {"dtest_acc": fraction(known.dtest), "mia_efficacy": fraction(known.mia),
+        metrics = {"dtest_acc": paper.fraction(known.dtest), "mia_efficacy": paper.fraction(known.mia),
                    "avg_gap_points": known.avg_gap}
-        found.append(blank | {"method": method, "dataset": paper.CLASSIFIER_DATASET, "forget_acc1": fraction(known.df),
-                              "retain_acc1": fraction(known.dr), **{k: metrics.get(k) for k in keys},
+        found.append(blank | {"method": method, "dataset": paper.CLASSIFIER_DATASET,
+                              "forget_acc1": paper.fraction(known.df), "retain_acc1": paper.fraction(known.dr), **{k: metrics.get(k) for k in keys},
                               "published_status": known.status, "published_source": known.source,
                               "trains_on": paper.DATA_GROUPS[known.data]})
     return found

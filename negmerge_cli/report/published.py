@@ -74,6 +74,9 @@ TRANSCRIBED = "transcribed"  # copied from the paper's table by a reproduction; 
 SECONDARY = "secondary"  # from secondary sources, not the paper's own table: unverified
 NOT_TRANSCRIBED = "not transcribed"  # the table has the row; its figures are not copied here
 MARKS = {TRANSCRIBED: "\u2021", SECONDARY: "\u2020", NOT_TRANSCRIBED: ""}
+STATUS_MEANINGS = {TRANSCRIBED: "copied from the paper's table by a reproduction, not rechecked against it",
+                   SECONDARY: "from secondary sources, not the paper's own table: unverified",
+                   NOT_TRANSCRIBED: "the table has the row; its figures are not copied here"}
 # which data a method trains on: NegMerge's fine-tunes see only Df, so its fair comparison is the Df group
 DATA_GROUPS = {"reference": "retrained from scratch on Dr", "retain": "unlearning with Dr (and Df)",
                "forget": "unlearning with Df only"}
@@ -128,13 +131,15 @@ def classifier_rows(data: str) -> list[tuple[str, PublishedUnlearning]]:
     return [(key, p) for key, p in CLASSIFIER.items() if p.data == data]
 
 
+def fraction(percent: Optional[float]) -> Optional[float]:
+    """A published percentage as the fraction every file the tool writes holds (None stays None)."""
+    return None if percent is None else round(percent / 100, 6)
+
+
 def classifier_to_json() -> dict:
     """As fractions (and points), the units of every JSON the tool writes."""
-    fraction = lambda value: None if value is None else round(value / 100, 6)
     return {"setting": CLASSIFIER_SETTING, "units": "fractions (accuracy, MIA-efficacy); points (avg_gap_points)",
-            "statuses": {TRANSCRIBED: "copied from the paper's table by a reproduction, not rechecked against it",
-                         SECONDARY: "from secondary sources, not the paper's own table: unverified",
-                         NOT_TRANSCRIBED: "the table has the row; its figures are not copied here"},
+            "statuses": STATUS_MEANINGS,
             "rows": [{"method": key, "title": p.title, "dr_acc": fraction(p.dr), "df_acc": fraction(p.df),
                       "dtest_acc": fraction(p.dtest), "mia_efficacy": fraction(p.mia), "avg_gap_points": p.avg_gap,
                       "trains_on": DATA_GROUPS[p.data], "source": p.source, "status": p.status,
